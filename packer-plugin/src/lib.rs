@@ -1,0 +1,1 @@
+//! Packer plugin protocol in Rust.

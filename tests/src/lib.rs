@@ -1,0 +1,1 @@
+//! Shared helpers for workspace-level tests, and the DigitalOcean API simulator.

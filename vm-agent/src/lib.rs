@@ -1,0 +1,1 @@
+//! vm-agent library.
