@@ -1,1 +1,29 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use image_builder::cli::{self, Cli, Command};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMAGE_BUILDER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Render(a) => cli::render_cmd(a),
+        Command::Validate(a) => cli::validate_cmd(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(cli::CliError::Invalid(_)) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
