@@ -1,0 +1,144 @@
+//! Simulator configuration: timings, account limits, catalogue restrictions and
+//! injected faults. Loaded from JSON (`do-sim --config faults.json`), built in Rust
+//! tests, or changed at run time through the control API (`POST /_sim/faults`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything that shapes how the simulator behaves. Every field has a default,
+/// so `{}` is a valid config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    /// Bearer token the API accepts. `None` accepts any non-empty token.
+    pub token: Option<String>,
+    /// How long a new droplet stays `new` before it becomes `active`.
+    pub droplet_boot_ms: u64,
+    /// Default duration of a droplet action (shutdown, power_off, power_on, ...).
+    pub action_ms: u64,
+    /// Per action type overrides of `action_ms` (e.g. `{"snapshot": 30000}` for a slow snapshot).
+    pub action_ms_by_type: BTreeMap<String, u64>,
+    /// Action types that end `errored` instead of `completed` (e.g. `["snapshot"]`).
+    pub errored_actions: Vec<String>,
+    /// `account.droplet_limit`; creating beyond it answers 422.
+    pub droplet_limit: u64,
+    /// Size slugs that are listed but answer 422 "restricted" on create.
+    pub restricted_sizes: Vec<String>,
+    /// IPv4 address handed out as every droplet's public address (loopback by default,
+    /// so a tool that SSHes to the droplet reaches a local sshd).
+    pub droplet_ipv4: String,
+    /// Rate-limit window: `ratelimit-limit`, the starting `ratelimit-remaining`,
+    /// and the seconds until `ratelimit-reset`. At remaining 0 the API answers 429.
+    pub ratelimit: RateLimitConfig,
+    /// Play the in-VM provisioning automatically for every new droplet.
+    pub auto_provision: Option<ProvisionPlan>,
+    /// Injected faults, matched in order against each request.
+    pub faults: Vec<FaultRule>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            droplet_boot_ms: 200,
+            action_ms: 200,
+            action_ms_by_type: BTreeMap::new(),
+            errored_actions: Vec::new(),
+            droplet_limit: 25,
+            restricted_sizes: vec!["g-2vcpu-8gb".to_owned()],
+            droplet_ipv4: "127.0.0.1".to_owned(),
+            ratelimit: RateLimitConfig::default(),
+            auto_provision: None,
+            faults: Vec::new(),
+        }
+    }
+}
+
+impl SimConfig {
+    /// Duration of an action of the given type, in milliseconds.
+    pub fn action_duration_ms(&self, kind: &str) -> u64 {
+        self.action_ms_by_type
+            .get(kind)
+            .copied()
+            .unwrap_or(self.action_ms)
+    }
+}
+
+/// The rolling rate-limit window the simulator reports in its headers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_secs: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            limit: 5000,
+            remaining: 5000,
+            reset_secs: 60,
+        }
+    }
+}
+
+/// Outcome of the simulated in-VM provisioning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisionResult {
+    Ok,
+    Failed,
+}
+
+/// "Provisioning finishes with `result` and the droplet powers itself off
+/// `after_ms` after it was requested (or after the droplet became active, for
+/// `auto_provision`)."
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionPlan {
+    pub result: ProvisionResult,
+    #[serde(default)]
+    pub after_ms: u64,
+}
+
+/// One injected fault: applies to calls `nth ..= nth + times - 1` of `route`
+/// (1-based, counted per route since start or the last log reset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRule {
+    /// Route key as shown in the request log, e.g. `"POST /v2/droplets"` or
+    /// `"GET /v2/actions/{id}"`. `"*"` matches every API route.
+    pub route: String,
+    /// First affected call of that route (1-based).
+    #[serde(default = "one")]
+    pub nth: u64,
+    /// Number of consecutive affected calls.
+    #[serde(default = "one")]
+    pub times: u64,
+    pub fault: Fault,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// What happens to an affected call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// 429 `too_many_requests` with `retry-after: SECS`; nothing is processed.
+    RateLimit { retry_after_secs: u64 },
+    /// A 5xx error before the request is processed (nothing changes).
+    ServerError { status: u16 },
+    /// The request IS processed (e.g. the droplet is created), then a 5xx is
+    /// returned instead of the real response: the client cannot know the outcome.
+    ServerErrorAfterCommit { status: u16 },
+    /// The connection is closed without a response, before processing.
+    Drop,
+    /// The request is processed, then the connection is closed without a response.
+    DropAfterCommit,
+    /// The response is delayed by `ms` (the request is processed normally).
+    Delay { ms: u64 },
+}
