@@ -1,1 +1,23 @@
-//! vm-agent library.
+//! vm-agent: the agent every worker runs.
+//!
+//! * [`config`]: the config/secrets contract written by the image-builder renderer.
+//! * [`daemon`]: staged readiness (`booting` → `waiting-cloud-init` → `fetching-artifacts` →
+//!   `ready`/`degraded`), jobs, timers and self-destroy, served on a unix socket.
+//! * [`cli`]: `vm-agent status|run|jobs|logs|cancel|hold|release`.
+//! * [`destroy`]: self-destroy providers (DigitalOcean, local power-off, dry run).
+//! * [`artifacts`]: the hook the `fetching-artifacts` stage calls.
+
+pub mod artifacts;
+pub mod cli;
+pub mod cloud_init;
+pub mod config;
+pub mod daemon;
+pub mod destroy;
+pub mod hostkeys;
+pub mod jobs;
+pub mod protocol;
+pub mod report;
+pub mod sessions;
+pub mod timers;
+pub mod users;
+pub mod util;

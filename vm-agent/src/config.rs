@@ -1,0 +1,736 @@
+//! The agent's configuration and secrets files: a **contract** with the image-builder
+//! renderer, which writes both files into a worker's user-data.
+//!
+//! * `config.toml` (default `/etc/vm-agent/config.toml`, overridable with `--config` or
+//!   `VM_AGENT_CONFIG`): every path and timer the agent uses. Unknown keys are refused.
+//! * `secrets.toml` (default `/etc/vm-agent/secrets.toml`, path in `paths.secrets_file`): the
+//!   DigitalOcean token and the readiness-callback bearer token. It must be mode 0600 (no
+//!   group/other bits) and owned by the user the daemon runs as (root in production).
+//!
+//! This module depends only on `serde`, `toml` and `humantime` so it can move to a shared crate.
+//! Durations are strings parsed with `humantime` (`"30m"`, `"1h 30m"`); timers (`Limit`) also
+//! accept `"never"`, and a zero duration is refused: `0` never means "disabled".
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Version of the config/secrets contract written by the renderer.
+pub const CONFIG_VERSION: u32 = 1;
+/// Default config path.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vm-agent/config.toml";
+/// Environment variable overriding the config path.
+pub const CONFIG_ENV: &str = "VM_AGENT_CONFIG";
+
+/// Errors loading the config or secrets file. Every message names the file and, where the
+/// parser knows it, the key (TOML errors quote the offending line).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}: field `{field}`: {message}")]
+    Field {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+    #[error(
+        "secrets file {path} has mode {mode:04o}; it must not be readable by group or others (run `chmod 600 {path}`)"
+    )]
+    SecretsMode { path: PathBuf, mode: u32 },
+    #[error(
+        "secrets file {path} is owned by uid {owner}; it must be owned by uid {expected} (the user vm-agent runs as)"
+    )]
+    SecretsOwner {
+        path: PathBuf,
+        owner: u32,
+        expected: u32,
+    },
+}
+
+/// A timer limit: a positive duration or `never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Never,
+    After(Duration),
+}
+
+impl Limit {
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            Limit::Never => None,
+            Limit::After(d) => Some(d),
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Never => f.write_str("never"),
+            Limit::After(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+/// Parse a limit: `never` or a non-zero humantime duration.
+pub fn parse_limit(s: &str) -> Result<Limit, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("never") {
+        return Ok(Limit::Never);
+    }
+    let d = parse_duration(t)?;
+    if d.is_zero() {
+        return Err(format!(
+            "`{t}` is a zero duration, which is refused: write \"never\" to disable this timer"
+        ));
+    }
+    Ok(Limit::After(d))
+}
+
+/// Parse a humantime duration (`"30m"`, `"1h 30m"`, `"500ms"`). A bare number is refused
+/// because its unit would be a guess.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("`{t}` is not a duration like \"30m\" or \"1h 30m\": {e}"))
+}
+
+struct DurationVisitor {
+    limit: bool,
+}
+
+/// Either a `Duration` or a `Limit`, depending on the visitor.
+enum Parsed {
+    Duration(Duration),
+    Limit(Limit),
+}
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Parsed;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.limit {
+            f.write_str("a duration string like \"30m\", or \"never\"")
+        } else {
+            f.write_str("a duration string like \"10s\"")
+        }
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Parsed, E> {
+        if self.limit {
+            parse_limit(v).map(Parsed::Limit).map_err(E::custom)
+        } else {
+            parse_duration(v).map(Parsed::Duration).map_err(E::custom)
+        }
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Parsed, E> {
+        if v == 0 && self.limit {
+            return Err(E::custom(
+                "0 is refused (it does not mean \"disabled\"): write \"never\" to disable this timer",
+            ));
+        }
+        Err(E::custom(format!(
+            "bare number {v} has no unit: write a string like \"{v}s\" or \"{v}m\""
+        )))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Parsed, E> {
+        self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(DurationVisitor { limit: true })? {
+            Parsed::Limit(l) => Ok(l),
+            Parsed::Duration(_) => Err(serde::de::Error::custom("expected a limit")),
+        }
+    }
+}
+
+impl Serialize for Limit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A plain duration (zero allowed where the field says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_zero() {
+            f.write_str("0s")
+        } else {
+            write!(f, "{}", humantime::format_duration(self.0))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(DurationVisitor { limit: false })? {
+            Parsed::Duration(v) => Ok(Dur(v)),
+            Parsed::Limit(_) => Err(serde::de::Error::custom("expected a duration")),
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn secs(n: u64) -> Dur {
+    Dur(Duration::from_secs(n))
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Contract version; must be 1.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    #[serde(default)]
+    pub paths: Paths,
+    #[serde(default)]
+    pub socket: SocketConfig,
+    #[serde(default)]
+    pub cloud_init: CloudInitConfig,
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
+    #[serde(default)]
+    pub timers: TimersConfig,
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    #[serde(default)]
+    pub destroy: DestroyConfig,
+}
+
+fn default_version() -> u32 {
+    CONFIG_VERSION
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: CONFIG_VERSION,
+            paths: Paths::default(),
+            socket: SocketConfig::default(),
+            cloud_init: CloudInitConfig::default(),
+            readiness: ReadinessConfig::default(),
+            jobs: JobsConfig::default(),
+            timers: TimersConfig::default(),
+            sessions: SessionsConfig::default(),
+            destroy: DestroyConfig::default(),
+        }
+    }
+}
+
+/// Files and directories.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    /// Per-boot state: the ready file (`<runtime_dir>/ready`).
+    pub runtime_dir: PathBuf,
+    /// Persistent state: job records and logs (`<state_dir>/jobs/`), the hold.
+    pub state_dir: PathBuf,
+    /// The secrets file (TOML, mode 0600, owned by the daemon's user).
+    pub secrets_file: PathBuf,
+    /// Where jobs' build user and the socket group are looked up (parsed directly, no NSS).
+    pub passwd_file: PathBuf,
+    pub group_file: PathBuf,
+    /// Directory holding `ssh_host_*_key.pub`, fingerprinted into the readiness report.
+    pub ssh_host_key_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            runtime_dir: "/run/vm-agent".into(),
+            state_dir: "/var/lib/vm-agent".into(),
+            secrets_file: "/etc/vm-agent/secrets.toml".into(),
+            passwd_file: "/etc/passwd".into(),
+            group_file: "/etc/group".into(),
+            ssh_host_key_dir: "/etc/ssh".into(),
+        }
+    }
+}
+
+/// The unix socket the CLI talks to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    pub path: PathBuf,
+    /// Group owning the socket; its members (and root) may submit jobs. Unset: the daemon's gid.
+    pub group: Option<String>,
+    /// Octal file mode, e.g. "0660". "0666" lets every local user read status (not submit jobs).
+    pub mode: String,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            path: "/run/vm-agent/agent.sock".into(),
+            group: None,
+            mode: "0660".into(),
+        }
+    }
+}
+
+impl SocketConfig {
+    pub fn mode_bits(&self) -> Result<u32, String> {
+        let m = u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
+            .map_err(|_| format!("`{}` is not an octal mode like \"0660\"", self.mode))?;
+        if m > 0o777 {
+            return Err(format!("`{}` is larger than 0777", self.mode));
+        }
+        if m & 0o600 != 0o600 {
+            return Err(format!("`{}` must let the owner read and write", self.mode));
+        }
+        Ok(m)
+    }
+}
+
+/// Waiting for cloud-init.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudInitConfig {
+    /// Wait for cloud-init at all (false: skip the stage, e.g. on an image without cloud-init).
+    pub wait: bool,
+    /// Directories searched in order for `status.json` / `result.json`.
+    pub status_dirs: Vec<PathBuf>,
+    /// Give up after this long: readiness becomes `degraded`.
+    pub timeout: Limit,
+    /// How often the files are read.
+    pub poll_interval: Dur,
+}
+
+impl Default for CloudInitConfig {
+    fn default() -> Self {
+        CloudInitConfig {
+            wait: true,
+            status_dirs: vec!["/run/cloud-init".into(), "/var/lib/cloud/data".into()],
+            timeout: Limit::After(Duration::from_secs(15 * 60)),
+            poll_interval: secs(1),
+        }
+    }
+}
+
+/// What happens when the worker reaches a final readiness stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadinessConfig {
+    /// POST the readiness report (JSON) here when `ready` or `degraded`. The bearer token is
+    /// `callback_token` in the secrets file.
+    pub callback_url: Option<String>,
+    pub callback_timeout: Dur,
+    pub callback_attempts: u32,
+}
+
+impl Default for ReadinessConfig {
+    fn default() -> Self {
+        ReadinessConfig {
+            callback_url: None,
+            callback_timeout: secs(10),
+            callback_attempts: 3,
+        }
+    }
+}
+
+/// Jobs submitted with `vm-agent run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Build user jobs run as (looked up in `paths.passwd_file`). Unset: the daemon's own user.
+    /// Ignored (with a note in status) when the daemon is not root.
+    pub user: Option<String>,
+    /// Jobs running at once; more are queued.
+    pub max_concurrent: u32,
+    /// SIGTERM → SIGKILL grace period on cancel or timeout.
+    pub kill_grace: Dur,
+    /// Timeout for jobs submitted without `--timeout`.
+    pub default_timeout: Limit,
+    /// PATH given to jobs.
+    pub path_env: String,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            user: None,
+            max_concurrent: 2,
+            kill_grace: secs(10),
+            default_timeout: Limit::Never,
+            path_env: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        }
+    }
+}
+
+/// Self-destruct timers. Any of them firing ends the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimersConfig {
+    /// No running job, no hold, no SSH session for this long (counted from readiness).
+    pub idle_timeout: Limit,
+    /// Since the machine booted.
+    pub max_lifetime: Limit,
+    /// No job was ever submitted this long after readiness.
+    pub no_job_timeout: Limit,
+    /// Between warning logged-in users and destroying.
+    pub warn_grace: Dur,
+    /// How often the timers and guards are evaluated.
+    pub tick: Dur,
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        TimersConfig {
+            idle_timeout: Limit::After(Duration::from_secs(30 * 60)),
+            max_lifetime: Limit::After(Duration::from_secs(12 * 3600)),
+            no_job_timeout: Limit::After(Duration::from_secs(60 * 60)),
+            warn_grace: secs(60),
+            tick: secs(1),
+        }
+    }
+}
+
+/// How logged-in SSH sessions are found (no utmp): logind's session files plus a scan of
+/// `/proc` for `sshd: user@tty` session processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    pub logind_dir: PathBuf,
+    pub proc_dir: PathBuf,
+    /// Where session ttys live (`<dev_dir>/pts/N`), for the shutdown warning.
+    pub dev_dir: PathBuf,
+    /// Write a warning to logged-in users' terminals before destroying.
+    pub warn_users: bool,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            logind_dir: "/run/systemd/sessions".into(),
+            proc_dir: "/proc".into(),
+            dev_dir: "/dev".into(),
+            warn_users: true,
+        }
+    }
+}
+
+/// How the machine ends itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    /// DELETE its own droplet through the DigitalOcean API.
+    Digitalocean,
+    /// Run `poweroff_command` (QEMU workers).
+    Local,
+    /// Log and report what would happen; do nothing.
+    DryRun,
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Provider::Digitalocean => "digitalocean",
+            Provider::Local => "local",
+            Provider::DryRun => "dry-run",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DestroyConfig {
+    pub provider: Provider,
+    /// DigitalOcean: refuse to delete unless the droplet carries this tag.
+    pub ephemeral_tag: String,
+    /// DigitalOcean metadata service base URL.
+    pub metadata_url: String,
+    /// DigitalOcean API base URL.
+    pub api_url: String,
+    /// DELETE attempts (429 and 5xx are retried) before falling back to power-off.
+    pub max_attempts: u32,
+    /// First retry wait; doubles each attempt up to `retry_max_wait` (429 uses `retry-after`).
+    pub retry_base_wait: Dur,
+    pub retry_max_wait: Dur,
+    /// Command run by the `local` provider and as DigitalOcean's last resort (argv, no shell).
+    pub poweroff_command: Vec<String>,
+}
+
+impl Default for DestroyConfig {
+    fn default() -> Self {
+        DestroyConfig {
+            provider: Provider::DryRun,
+            ephemeral_tag: "ephemeral".into(),
+            metadata_url: "http://169.254.169.254".into(),
+            api_url: "https://api.digitalocean.com".into(),
+            max_attempts: 5,
+            retry_base_wait: secs(1),
+            retry_max_wait: secs(30),
+            poweroff_command: vec!["systemctl".into(), "poweroff".into()],
+        }
+    }
+}
+
+impl Config {
+    /// The default config, which doubles as a documented example.
+    pub fn example() -> Config {
+        Config::default()
+    }
+
+    /// Render as TOML (what the image-builder renderer writes).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Parse and validate config text. `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate the config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let field = |field: &'static str, message: String| ConfigError::Field {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        if self.version != CONFIG_VERSION {
+            return Err(field(
+                "version",
+                format!(
+                    "unsupported version {}; this agent reads version {CONFIG_VERSION}",
+                    self.version
+                ),
+            ));
+        }
+        self.socket
+            .mode_bits()
+            .map_err(|m| field("socket.mode", m))?;
+        if self.jobs.max_concurrent == 0 {
+            return Err(field("jobs.max_concurrent", "must be at least 1".into()));
+        }
+        if self.cloud_init.poll_interval.0.is_zero() {
+            return Err(field(
+                "cloud_init.poll_interval",
+                "must be more than 0".into(),
+            ));
+        }
+        if self.timers.tick.0.is_zero() {
+            return Err(field("timers.tick", "must be more than 0".into()));
+        }
+        if self.destroy.max_attempts == 0 {
+            return Err(field("destroy.max_attempts", "must be at least 1".into()));
+        }
+        if self.destroy.poweroff_command.is_empty() {
+            return Err(field(
+                "destroy.poweroff_command",
+                "must not be empty".into(),
+            ));
+        }
+        for (name, url) in [
+            ("destroy.metadata_url", Some(&self.destroy.metadata_url)),
+            ("destroy.api_url", Some(&self.destroy.api_url)),
+            (
+                "readiness.callback_url",
+                self.readiness.callback_url.as_ref(),
+            ),
+        ] {
+            if let Some(u) = url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Err(field(name, format!("`{u}` is not an http(s) URL")));
+            }
+        }
+        for (name, p) in [
+            ("paths.runtime_dir", &self.paths.runtime_dir),
+            ("paths.state_dir", &self.paths.state_dir),
+            ("paths.secrets_file", &self.paths.secrets_file),
+            ("socket.path", &self.socket.path),
+        ] {
+            if !p.is_absolute() {
+                return Err(field(
+                    name,
+                    format!("`{}` must be an absolute path", p.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The secrets file. `Debug` never prints values.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// DigitalOcean token able to delete this droplet (`destroy.provider = "digitalocean"`).
+    #[serde(default)]
+    pub do_token: Option<String>,
+    /// Bearer token for `readiness.callback_url`.
+    #[serde(default)]
+    pub callback_token: Option<String>,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = |o: &Option<String>| if o.is_some() { "<redacted>" } else { "<unset>" };
+        f.debug_struct("Secrets")
+            .field("do_token", &r(&self.do_token))
+            .field("callback_token", &r(&self.callback_token))
+            .finish()
+    }
+}
+
+impl Secrets {
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Load the secrets file, refusing it unless it is mode 0600 (no group/other bits) and owned
+    /// by `expected_owner` (the daemon's effective uid: root in production). A missing file is
+    /// an empty set of secrets.
+    pub fn load(path: &Path, expected_owner: u32) -> Result<Secrets, ConfigError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Secrets::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::SecretsMode {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        if meta.uid() != expected_owner {
+            return Err(ConfigError::SecretsOwner {
+                path: path.to_path_buf(),
+                owner: meta.uid(),
+                expected: expected_owner,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // toml's error quotes the offending line, which could hold a secret: keep only the
+        // first line of the message (position + key).
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: redact_toml_error(&e),
+        })
+    }
+}
+
+fn redact_toml_error(e: &toml::de::Error) -> String {
+    let msg = e.message();
+    match e.span() {
+        Some(span) => format!("{msg} (at byte {})", span.start),
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_round_trips() {
+        let cfg = Config::example();
+        let text = cfg.to_toml();
+        let back = Config::from_toml(&text, Path::new("x.toml")).expect("example parses");
+        assert_eq!(cfg, back);
+        assert!(text.contains("idle_timeout = \"30m\""), "{text}");
+    }
+
+    #[test]
+    fn zero_and_bare_numbers_are_refused() {
+        for (text, needle) in [
+            ("[timers]\nidle_timeout = \"0\"\n", "never"),
+            ("[timers]\nidle_timeout = \"0s\"\n", "never"),
+            ("[timers]\nidle_timeout = 0\n", "never"),
+            ("[timers]\nmax_lifetime = 30\n", "no unit"),
+            ("[timers]\nno_job_timeout = \"soon\"\n", "not a duration"),
+        ] {
+            let err = Config::from_toml(text, Path::new("c.toml"))
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+            let key = text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split(' ').next())
+                .unwrap_or("");
+            assert!(
+                err.contains(key),
+                "{text}: error does not name {key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn never_is_spelled_out() {
+        let cfg = Config::from_toml("[timers]\nidle_timeout = \"never\"\n", Path::new("c"))
+            .expect("never parses");
+        assert_eq!(cfg.timers.idle_timeout, Limit::Never);
+        assert_eq!(
+            parse_limit("1h 30m"),
+            Ok(Limit::After(Duration::from_secs(5400)))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("[timers]\nidle_timout = \"3m\"\n", Path::new("c"))
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("idle_timout"), "{err}");
+        let err = Config::from_toml("[socket]\nmode = \"0999\"\n", Path::new("c"))
+            .expect_err("bad mode")
+            .to_string();
+        assert!(err.contains("socket.mode"), "{err}");
+    }
+
+    #[test]
+    fn secrets_debug_is_redacted() {
+        let s = Secrets {
+            do_token: Some("dop_v1_secret".into()),
+            callback_token: None,
+        };
+        assert!(!format!("{s:?}").contains("dop_v1_secret"));
+    }
+}

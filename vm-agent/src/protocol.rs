@@ -1,0 +1,95 @@
+//! The socket protocol: newline-delimited JSON. The client writes one [`Request`] line; the
+//! daemon answers with one or more [`Response`] lines. `run` (without `detach`) and
+//! `logs --follow` stream `output` lines (base64 chunks of the job's log) and end with `exit`.
+//! A client that disconnects during a non-detached `run` cancels the job, as an SSH session
+//! that drops would end a command it ran.
+
+use crate::jobs::JobRecord;
+use crate::report::StatusReport;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Jobs,
+    Run {
+        argv: Vec<String>,
+        #[serde(default)]
+        name: Option<String>,
+        /// Duration string (`"10m"`, `"never"`).
+        #[serde(default)]
+        timeout: Option<String>,
+        #[serde(default)]
+        detach: bool,
+    },
+    Logs {
+        id: u64,
+        #[serde(default)]
+        follow: bool,
+    },
+    Cancel {
+        id: u64,
+    },
+    Hold {
+        /// Duration string; unset holds until `release`.
+        #[serde(default)]
+        duration: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Release,
+}
+
+impl Request {
+    /// Whether the request changes state (needs root or the socket group).
+    pub fn is_privileged(&self) -> bool {
+        matches!(
+            self,
+            Request::Run { .. } | Request::Cancel { .. } | Request::Hold { .. } | Request::Release
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Response {
+    Status {
+        report: Box<StatusReport>,
+    },
+    Jobs {
+        jobs: Vec<JobRecord>,
+    },
+    /// A job was accepted (or cancelled); its record.
+    Job {
+        job: JobRecord,
+    },
+    /// A chunk of the job's output (base64).
+    Output {
+        data: String,
+    },
+    /// The job ended; its final record.
+    Exit {
+        job: JobRecord,
+    },
+    Warning {
+        message: String,
+    },
+    Ok {
+        message: String,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    BadRequest,
+    PermissionDenied,
+    NotFound,
+    Draining,
+    Internal,
+}

@@ -1,0 +1,363 @@
+//! The readiness report: what `vm-agent status --json` prints, what the ready file holds and
+//! what the readiness callback POSTs. Versioned (`report_version`).
+
+use crate::artifacts::ArtifactReport;
+use crate::cloud_init::CloudInitStatus;
+use crate::hostkeys::HostKey;
+use crate::jobs::{JobRecord, JobState};
+use crate::sessions::Session;
+use crate::timers::TimerStatus;
+use crate::util::{self, short_duration, ts};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::time::SystemTime;
+
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    Booting,
+    WaitingCloudInit,
+    FetchingArtifacts,
+    Ready,
+    Degraded,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Booting => "booting",
+            Stage::WaitingCloudInit => "waiting-cloud-init",
+            Stage::FetchingArtifacts => "fetching-artifacts",
+            Stage::Ready => "ready",
+            Stage::Degraded => "degraded",
+        }
+    }
+    pub fn is_final(self) -> bool {
+        matches!(self, Stage::Ready | Stage::Degraded)
+    }
+    /// `vm-agent status` exit code: 0 ready, 1 degraded, 2 not ready yet.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Stage::Ready => 0,
+            Stage::Degraded => 1,
+            _ => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageEntry {
+    pub stage: Stage,
+    #[serde(with = "ts")]
+    pub at: SystemTime,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub reason: Option<String>,
+    pub by_uid: u32,
+    #[serde(with = "ts")]
+    pub since: SystemTime,
+    /// `None`: until `vm-agent release`.
+    #[serde(with = "ts::opt", default)]
+    pub until: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunAsReport {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Why jobs do not run as the configured build user, if they don't.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobsSummary {
+    pub running: u32,
+    pub queued: u32,
+    pub total: u64,
+    pub max_concurrent: u32,
+    pub run_as: RunAsReport,
+    /// The most recent jobs (newest last).
+    pub recent: Vec<JobRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DestroyStatus {
+    pub provider: String,
+    /// `armed`, `draining`, `destroying`, `destroyed`, `blocked`, `refused`, `powered-off`,
+    /// `failed`, `dry-run`.
+    pub state: String,
+    pub detail: Option<String>,
+    /// The timer that fired.
+    pub timer: Option<String>,
+    #[serde(with = "ts::opt", default)]
+    pub at: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemStats {
+    pub load: [f64; 3],
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    /// The filesystem holding the state dir.
+    pub disk_total_bytes: u64,
+    pub disk_available_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub report_version: u32,
+    pub agent_version: String,
+    pub hostname: String,
+    pub stage: Stage,
+    /// Why `degraded`.
+    pub reason: Option<String>,
+    pub history: Vec<StageEntry>,
+    #[serde(with = "ts")]
+    pub now: SystemTime,
+    #[serde(with = "ts")]
+    pub boot_time: SystemTime,
+    #[serde(with = "ts")]
+    pub agent_started_at: SystemTime,
+    pub uptime_secs: u64,
+    pub cloud_init: CloudInitStatus,
+    pub artifacts: ArtifactReport,
+    pub jobs: JobsSummary,
+    #[serde(with = "ts::opt", default)]
+    pub idle_since: Option<SystemTime>,
+    pub hold: Option<Hold>,
+    pub sessions: Vec<Session>,
+    pub timers: Vec<TimerStatus>,
+    /// Set once a timer fired: new jobs are refused.
+    pub draining: Option<String>,
+    pub destroy: DestroyStatus,
+    /// Result of the readiness callback, if one is configured.
+    pub callback: Option<String>,
+    pub system: SystemStats,
+    pub ssh_host_keys: Vec<HostKey>,
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1}G", b as f64 / (1u64 << 30) as f64)
+}
+
+fn when(now: SystemTime, t: SystemTime) -> String {
+    match t.duration_since(now) {
+        Ok(d) => format!("in {}", short_duration(d.as_secs())),
+        Err(e) => format!("{} ago", short_duration(e.duration().as_secs())),
+    }
+}
+
+/// One line per job, fitting 80 columns.
+pub fn job_line(j: &JobRecord, now: SystemTime) -> String {
+    let age = match (j.started_at, j.finished_at) {
+        (Some(s), Some(f)) => short_duration(util::secs_between(s, f)),
+        (Some(s), None) => short_duration(util::secs_between(s, now)),
+        _ => "-".into(),
+    };
+    let code = match (j.state, j.exit_code, j.signal) {
+        (JobState::Queued | JobState::Running, _, _) => String::new(),
+        (_, Some(c), _) => format!("rc={c}"),
+        (_, None, Some(s)) => format!("sig={s}"),
+        _ => String::new(),
+    };
+    format!(
+        "{:>5}  {:<10} {:>7} {:<7} {}",
+        j.id,
+        j.state.as_str(),
+        age,
+        code,
+        clip(&j.label(), 44)
+    )
+}
+
+impl StatusReport {
+    /// Human-readable status, every line at most 80 columns.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let now = self.now;
+        let _ = writeln!(
+            o,
+            "{}  stage: {}  up {}  agent {}",
+            clip(&self.hostname, 30),
+            self.stage.as_str(),
+            short_duration(self.uptime_secs),
+            self.agent_version
+        );
+        if let Some(r) = &self.reason {
+            let _ = writeln!(o, "  reason: {}", clip(r, 70));
+        }
+        if let Some(d) = &self.draining {
+            let _ = writeln!(o, "  DRAINING: {}", clip(d, 68));
+        }
+        if matches!(
+            self.destroy.state.as_str(),
+            "powered-off"
+                | "failed"
+                | "refused"
+                | "blocked"
+                | "destroyed"
+                | "destroying"
+                | "dry-run"
+        ) {
+            let _ = writeln!(
+                o,
+                "  SELF-DESTROY {}: {}",
+                self.destroy.state.to_uppercase(),
+                clip(self.destroy.detail.as_deref().unwrap_or(""), 50)
+            );
+        }
+        let _ = writeln!(o, "stages:");
+        let mut prev: Option<SystemTime> = None;
+        for h in &self.history {
+            let delta = prev
+                .map(|p| format!("+{}", short_duration(util::secs_between(p, h.at))))
+                .unwrap_or_default();
+            prev = Some(h.at);
+            let _ = writeln!(
+                o,
+                "  {:<19} {}  {:>7}  {}",
+                h.stage.as_str(),
+                &util::rfc3339(h.at)[..19],
+                delta,
+                clip(h.reason.as_deref().unwrap_or(""), 28)
+            );
+        }
+        let ci = &self.cloud_init;
+        let mut ci_line = format!(
+            "cloud-init: {}",
+            serde_json::to_value(ci.state)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        );
+        if let Some(s) = &ci.stage {
+            let _ = write!(ci_line, " ({s})");
+        }
+        if let Some(d) = &ci.datasource {
+            let _ = write!(ci_line, "  {d}");
+        }
+        let _ = writeln!(o, "{}", clip(&ci_line, 80));
+        for e in ci.errors.iter().take(3) {
+            let _ = writeln!(o, "  error: {}", clip(e, 71));
+        }
+        let _ = writeln!(
+            o,
+            "artifacts: {} {}",
+            self.artifacts.state,
+            clip(self.artifacts.detail.as_deref().unwrap_or(""), 60)
+        );
+        let j = &self.jobs;
+        let _ = writeln!(
+            o,
+            "jobs: {} running, {} queued, {} total (max {}), run as {} ({})",
+            j.running,
+            j.queued,
+            j.total,
+            j.max_concurrent,
+            clip(&j.run_as.user, 12),
+            j.run_as.uid
+        );
+        if let Some(n) = &j.run_as.note {
+            let _ = writeln!(o, "  note: {}", clip(n, 72));
+        }
+        for r in j.recent.iter().rev().take(5) {
+            let _ = writeln!(o, "{}", job_line(r, now));
+        }
+        match &self.hold {
+            Some(h) => {
+                let until = h
+                    .until
+                    .map(|u| when(now, u))
+                    .unwrap_or_else(|| "until release".into());
+                let _ = writeln!(
+                    o,
+                    "hold: {} (uid {}) {}",
+                    until,
+                    h.by_uid,
+                    clip(h.reason.as_deref().unwrap_or(""), 40)
+                );
+            }
+            None => {
+                let _ = writeln!(o, "hold: none");
+            }
+        }
+        let sessions: Vec<String> = self
+            .sessions
+            .iter()
+            .map(|s| format!("{}@{}", s.user, s.tty.as_deref().unwrap_or("notty")))
+            .collect();
+        let _ = writeln!(
+            o,
+            "sessions: {}",
+            if sessions.is_empty() {
+                "none".into()
+            } else {
+                clip(&sessions.join(", "), 68)
+            }
+        );
+        let _ = writeln!(
+            o,
+            "idle since: {}",
+            self.idle_since
+                .map(|t| when(now, t))
+                .unwrap_or_else(|| "not idle".into())
+        );
+        for t in &self.timers {
+            let at = t.fires_at.map(|f| when(now, f)).unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  timer {:<12} {:>6}  {:<12} {}",
+                t.name,
+                clip(&t.limit, 6),
+                at,
+                clip(&t.state, 36)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "destroy: {} ({})",
+            self.destroy.provider,
+            clip(&self.destroy.state, 50)
+        );
+        let s = &self.system;
+        let _ = writeln!(
+            o,
+            "load {:.2} {:.2} {:.2}  mem {}/{} avail  disk {}/{} avail",
+            s.load[0],
+            s.load[1],
+            s.load[2],
+            gib(s.mem_available_bytes),
+            gib(s.mem_total_bytes),
+            gib(s.disk_available_bytes),
+            gib(s.disk_total_bytes)
+        );
+        for k in &self.ssh_host_keys {
+            let _ = writeln!(
+                o,
+                "hostkey {} {}",
+                clip(&k.key_type, 19),
+                clip(&k.fingerprint, 52)
+            );
+        }
+        if let Some(c) = &self.callback {
+            let _ = writeln!(o, "callback: {}", clip(c, 70));
+        }
+        o
+    }
+}
