@@ -134,7 +134,9 @@ pub enum ConfigError {
 ///   map of generated-data placeholders (`ID`, `Host`, …): only the first is ours.
 /// - HCL2 templates send the `packer_*` map, then `bin` holding go-cty JSON
 ///   (`{"value":{..},"type":..}`, unset attributes as null), then nil.
-pub fn merge_configs(configs: &[Value]) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+pub fn merge_configs(
+    configs: &[Value],
+) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
     let mut out = serde_json::Map::new();
     for (i, c) in configs.iter().enumerate() {
         let obj = match c {
@@ -160,7 +162,8 @@ pub fn merge_configs(configs: &[Value]) -> Result<serde_json::Map<String, serde_
             }
             Value::Map(pairs) => {
                 let keys: Vec<&str> = pairs.iter().filter_map(|(k, _)| k.as_str()).collect();
-                let build_settings = !keys.is_empty() && keys.iter().all(|k| k.starts_with("packer_"));
+                let build_settings =
+                    !keys.is_empty() && keys.iter().all(|k| k.starts_with("packer_"));
                 let placeholders = !keys.is_empty()
                     && keys
                         .iter()
@@ -204,7 +207,9 @@ fn duration(
         Some(DurationValue::Text(t)) => match humantime::parse_duration(t.trim()) {
             Ok(d) => d,
             Err(e) => {
-                errors.push(format!("{name}: {t:?} is not a duration like \"10m\" ({e})"));
+                errors.push(format!(
+                    "{name}: {t:?} is not a duration like \"10m\" ({e})"
+                ));
                 return default;
             }
         },
@@ -281,25 +286,26 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 .map(|u| local_file("agent_unit", u, &mut errors)),
         }),
     };
-    if let Some(a) = &agent {
-        if let Ok(text) = std::fs::read(&a.config) {
-            if std::str::from_utf8(&text).is_err() {
-                errors.push(format!("agent_config: {:?} is not UTF-8 text", a.config));
-            }
-        }
+    if let Some(a) = &agent
+        && let Ok(text) = std::fs::read(&a.config)
+        && std::str::from_utf8(&text).is_err()
+    {
+        errors.push(format!("agent_config: {:?} is not UTF-8 text", a.config));
     }
 
     let build_user = raw.build_user.filter(|u| !u.is_empty());
-    if let Some(u) = &build_user {
-        if !valid_user(u) {
-            errors.push(format!(
-                "build_user: {u:?} is not a valid user name (lowercase letters, digits, '_' and '-', at most 32)"
-            ));
-        }
+    if let Some(u) = &build_user
+        && !valid_user(u)
+    {
+        errors.push(format!(
+            "build_user: {u:?} is not a valid user name (lowercase letters, digits, '_' and '-', at most 32)"
+        ));
     }
     let sudoers_user = match (raw.sudoers, build_user) {
         (Some(true), None) => {
-            errors.push("sudoers: true needs build_user (the user that gets passwordless sudo)".into());
+            errors.push(
+                "sudoers: true needs build_user (the user that gets passwordless sudo)".into(),
+            );
             None
         }
         (Some(false), _) => None,
@@ -324,7 +330,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let staging_dir = raw.staging_dir.unwrap_or_else(|| "/tmp".to_string());
     if !staging_dir.starts_with('/') {
-        errors.push(format!("staging_dir: {staging_dir:?} must be an absolute path"));
+        errors.push(format!(
+            "staging_dir: {staging_dir:?} must be an absolute path"
+        ));
     }
 
     let cfg = Config {
@@ -460,7 +468,10 @@ mod tests {
     #[test]
     fn sudoers_needs_a_user_and_agent_files_must_exist() {
         let err = prepare(&[user_map(&[("sudoers", Value::Bool(true))])]).unwrap_err();
-        assert!(err.to_string().contains("sudoers: true needs build_user"), "{err}");
+        assert!(
+            err.to_string().contains("sudoers: true needs build_user"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("vm-agent");
         std::fs::write(&bin, b"\x7fELF").unwrap();

@@ -67,7 +67,9 @@ pub fn plan(cfg: &Config, nonce: &str) -> Result<Vec<PlannedStep>, PlanError> {
         uploads: Vec::new(),
     };
     if cfg.wait_for_cloud_init {
-        out.push(plain(steps::wait_cloud_init_outside(cfg.cloud_init_timeout)));
+        out.push(plain(steps::wait_cloud_init_outside(
+            cfg.cloud_init_timeout,
+        )));
     }
     if cfg.apt_lock_fix {
         out.push(plain(steps::apt_lock_dropin(cfg.apt_lock_timeout)));
@@ -89,7 +91,8 @@ pub fn plan(cfg: &Config, nonce: &str) -> Result<Vec<PlannedStep>, PlanError> {
         };
         let binary = read("agent_path", &agent.binary)?;
         let sha256 = hex::encode(Sha256::digest(&binary));
-        let config_toml = String::from_utf8_lossy(&read("agent_config", &agent.config)?).into_owned();
+        let config_toml =
+            String::from_utf8_lossy(&read("agent_config", &agent.config)?).into_owned();
         let unit = match &agent.unit {
             Some(p) => String::from_utf8_lossy(&read("agent_unit", p)?).into_owned(),
             None => DEFAULT_AGENT_UNIT.to_string(),
@@ -109,11 +112,7 @@ pub fn plan(cfg: &Config, nonce: &str) -> Result<Vec<PlannedStep>, PlanError> {
     }
     out.push(plain(steps::command(
         "cleanup",
-        &format!(
-            "rm -f {} {}",
-            sh_quote(&staged_agent),
-            sh_quote(&pidfile(cfg, nonce))
-        ),
+        &format!("rm -f {}", sh_quote(&staged_agent)),
     )));
     if cfg.seal {
         out.push(plain(steps::seal_clean()));
@@ -122,7 +121,10 @@ pub fn plan(cfg: &Config, nonce: &str) -> Result<Vec<PlannedStep>, PlanError> {
 }
 
 fn pidfile(cfg: &Config, nonce: &str) -> String {
-    format!("{}/vmagent-step.{nonce}.pid", cfg.staging_dir.trim_end_matches('/'))
+    format!(
+        "{}/vmagent-step.{nonce}.pid",
+        cfg.staging_dir.trim_end_matches('/')
+    )
 }
 
 /// The remote command for one step (see the module docs).
@@ -133,15 +135,34 @@ pub fn wrap(cfg: &Config, nonce: &str, step: &Step) -> String {
     }
     script.push_str(&step.script);
     let secs = cfg.step_timeout.as_secs().max(1);
+    // `timeout` runs as a background job so its pid can be recorded for Cancel
+    // and the pid file removed when the step ends.
     let wrapper = format!(
-        "echo $$ > {pid}; \
+        "p={pid}; \
          if [ \"$(id -u)\" -ne 0 ] && [ {sudo} = yes ]; then \
-         exec timeout -k 10 {secs} sudo -n -- sh -c \"$1\"; \
-         else exec timeout -k 10 {secs} sh -c \"$1\"; fi",
+         timeout -k 10 {secs} sudo -n -- sh -c \"$1\" & \
+         else timeout -k 10 {secs} sh -c \"$1\" & fi; \
+         echo $! > \"$p\"; wait $!; rc=$?; rm -f \"$p\"; exit $rc",
         pid = sh_quote(&pidfile(cfg, nonce)),
         sudo = if cfg.use_sudo { "yes" } else { "no" },
     );
     format!("sh -c {} vmagent {}", sh_quote(&wrapper), sh_quote(&script))
+}
+
+/// The remote command `Cancel` runs: TERM the running step's `timeout`, which
+/// passes it on to the step's process group.
+pub fn kill_command(cfg: &Config, nonce: &str) -> String {
+    let p = pidfile(cfg, nonce);
+    let p = sh_quote(&p);
+    let kill = format!("if [ -f {p} ]; then kill -TERM \"$(cat {p})\"; fi");
+    if cfg.use_sudo {
+        format!(
+            "if [ \"$(id -u)\" -ne 0 ]; then sudo -n -- sh -c {k}; else sh -c {k}; fi",
+            k = sh_quote(&kill)
+        )
+    } else {
+        kill
+    }
 }
 
 /// What a running Provision needs to be cancelled.
@@ -183,7 +204,9 @@ impl Provisioner {
                 let configs = match args.get("Configs") {
                     Some(Value::Array(items)) => items.clone(),
                     Some(Value::Nil) | None => Vec::new(),
-                    Some(other) => return Err(format!("vmagent: Prepare: unexpected Configs {other:?}")),
+                    Some(other) => {
+                        return Err(format!("vmagent: Prepare: unexpected Configs {other:?}"));
+                    }
                 };
                 let cfg = config::prepare(&configs).map_err(|e| e.to_string())?;
                 tracing::info!(?cfg, "prepared");
@@ -217,10 +240,7 @@ impl Provisioner {
         let planned = plan(&cfg, &nonce).map_err(|e| format!("vmagent: {e}"))?;
         *lock(&self.running) = Some(Running {
             remote: remote.clone(),
-            kill_command: format!(
-                "p={pid}; if [ -f \"$p\" ]; then kill -TERM \"$(cat \"$p\")\" 2>/dev/null; rm -f \"$p\"; fi",
-                pid = sh_quote(&pidfile(&cfg, &nonce))
-            ),
+            kill_command: kill_command(&cfg, &nonce),
         });
         let result = self.run_steps(&cfg, &nonce, &remote, &planned);
         *lock(&self.running) = None;
@@ -235,7 +255,10 @@ impl Provisioner {
         planned: &[PlannedStep],
     ) -> Result<(), String> {
         let names: Vec<&str> = planned.iter().map(|p| p.step.name.as_str()).collect();
-        say(remote, &format!("vmagent: provisioning: {}", names.join(", ")));
+        say(
+            remote,
+            &format!("vmagent: provisioning: {}", names.join(" > ")),
+        );
         let total = planned.len();
         for (i, p) in planned.iter().enumerate() {
             let name = &p.step.name;
@@ -335,7 +358,13 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["wait-cloud-init", "apt-lock-dropin", "wait-apt-idle", "cleanup", "seal"]
+            [
+                "wait-cloud-init",
+                "apt-lock-dropin",
+                "wait-apt-idle",
+                "cleanup",
+                "seal"
+            ]
         );
     }
 
@@ -355,13 +384,51 @@ mod tests {
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "it's me\n");
         assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-        assert!(dir.path().join("vmagent-step.n.pid").exists());
+        assert!(
+            !dir.path().join("vmagent-step.n.pid").exists(),
+            "pid file left behind"
+        );
+    }
+
+    #[test]
+    fn kill_command_stops_a_running_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg();
+        c.staging_dir = dir.path().to_str().unwrap().to_string();
+        let step = steps::command("slow", "sleep 60; echo finished");
+        let started = std::time::Instant::now();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(wrap(&c, "n", &step))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = dir.path().join("vmagent-step.n.pid");
+        while !pid.exists() {
+            assert!(started.elapsed().as_secs() < 10, "no pid file");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(kill_command(&c, "n"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        assert!(started.elapsed().as_secs() < 30, "the step was not stopped");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("finished"));
     }
 
     #[test]
     fn step_timeout_gives_124() {
         let mut c = cfg();
-        c.staging_dir = tempfile::tempdir().unwrap().path().to_str().unwrap().to_string();
+        c.staging_dir = tempfile::tempdir()
+            .unwrap()
+            .path()
+            .to_str()
+            .unwrap()
+            .to_string();
         std::fs::create_dir_all(&c.staging_dir).unwrap();
         c.step_timeout = std::time::Duration::from_secs(1);
         let step = steps::command("slow", "sleep 30");

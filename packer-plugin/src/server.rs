@@ -32,7 +32,10 @@ pub enum ServerError {
     )]
     NoCookie,
     #[error("creating the plugin socket under {path}: {source}")]
-    Socket { path: PathBuf, source: std::io::Error },
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing the handshake line to stdout: {0}")]
     Stdout(std::io::Error),
     #[error("Packer did not connect to {0} within {CONNECT_TIMEOUT:?}")]

@@ -123,16 +123,16 @@ impl Broker {
         stream.set_read_timeout(None);
         let id = u32::from_le_bytes(id);
         let mut st = lock(&self.inner.state);
-        if let Some(slot) = st.expected.get_mut(&id) {
-            if slot.is_none() {
-                if let Err(e) = stream.write_all(&id.to_le_bytes()) {
-                    tracing::warn!(id, error = %e, "mux broker: echo failed");
-                }
-                *slot = Some(stream);
-                drop(st);
-                self.inner.cond.notify_all();
-                return;
+        if let Some(slot) = st.expected.get_mut(&id)
+            && slot.is_none()
+        {
+            if let Err(e) = stream.write_all(&id.to_le_bytes()) {
+                tracing::warn!(id, error = %e, "mux broker: echo failed");
             }
+            *slot = Some(stream);
+            drop(st);
+            self.inner.cond.notify_all();
+            return;
         }
         st.parked.insert(id, stream);
         drop(st);
@@ -221,10 +221,10 @@ impl Expected {
         let deadline = Instant::now() + inner.timeout;
         let mut st = lock(&inner.state);
         loop {
-            if let Some(Some(_)) = st.expected.get(&self.id) {
-                if let Some(Some(s)) = st.expected.remove(&self.id) {
-                    return Ok(s);
-                }
+            if let Some(Some(_)) = st.expected.get(&self.id)
+                && let Some(Some(s)) = st.expected.remove(&self.id)
+            {
+                return Ok(s);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -290,7 +290,10 @@ mod tests {
         s.read_exact(&mut id).unwrap();
         s.write_all(&6u32.to_le_bytes()).unwrap();
         let err = t.join().unwrap().err().unwrap();
-        assert!(matches!(err, BrokerError::BadAck { id: 5, got: 6 }), "{err}");
+        assert!(
+            matches!(err, BrokerError::BadAck { id: 5, got: 6 }),
+            "{err}"
+        );
     }
 
     #[test]

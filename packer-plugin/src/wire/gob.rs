@@ -790,7 +790,10 @@ mod tests {
         let zero = encode_command_finished(0);
         assert!(zero.ends_with(&[0x03, 0xff, 0x82, 0x00]));
         assert_eq!(decode_command_finished(&zero), Ok(0));
-        assert_eq!(decode_command_finished(&encode_command_finished(-1)), Ok(-1));
+        assert_eq!(
+            decode_command_finished(&encode_command_finished(-1)),
+            Ok(-1)
+        );
     }
 
     #[test]
@@ -838,7 +841,10 @@ mod tests {
         ] {
             let _ = decode(bad);
         }
-        assert_eq!(decode(&[0x04, 0xff, 0x80, 0x00, 0x01]), Err(GobError::UnknownType(64)));
+        assert_eq!(
+            decode(&[0x04, 0xff, 0x80, 0x00, 0x01]),
+            Err(GobError::UnknownType(64))
+        );
         assert_eq!(decode(&[0xf7]), Err(GobError::UintWidth(9)));
         assert!(decode_command_finished(&[]).is_err());
     }

@@ -68,7 +68,9 @@ pub enum HandshakeError {
         "{PROTOCOL_ENV}={0:?} is not understood: use `legacy` (Packer 1.6.x) or `modern` (Packer 1.7+)"
     )]
     BadOverride(String),
-    #[error("the protobuf protocol is not supported: this plugin describes itself as protocol v1 (gob)")]
+    #[error(
+        "the protobuf protocol is not supported: this plugin describes itself as protocol v1 (gob)"
+    )]
     Protobuf,
 }
 
@@ -155,7 +157,12 @@ pub fn component_type(binary_name: &str, component: &str) -> Option<String> {
 /// Where Packer 1.11+ expects an installed binary, relative to the plugin
 /// directory, and the name of its checksum file:
 /// `github.com/ORG/NAME/packer-plugin-NAME_vX.Y.Z_x5.0_OS_ARCH` + `_SHA256SUM`.
-pub fn install_layout(source: &str, version: &str, os: &str, arch: &str) -> Option<(String, String)> {
+pub fn install_layout(
+    source: &str,
+    version: &str,
+    os: &str,
+    arch: &str,
+) -> Option<(String, String)> {
     let mut parts = source.split('/');
     let (host, org, name) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || [host, org, name].iter().any(|p| p.is_empty()) {
@@ -179,8 +186,14 @@ mod tests {
 
     #[test]
     fn handshake_lines() {
-        assert_eq!(line(Protocol::Legacy, "unix", "/tmp/x.sock"), "5|unix|/tmp/x.sock");
-        assert_eq!(line(Protocol::Modern, "unix", "/tmp/x.sock"), "5|0|unix|/tmp/x.sock");
+        assert_eq!(
+            line(Protocol::Legacy, "unix", "/tmp/x.sock"),
+            "5|unix|/tmp/x.sock"
+        );
+        assert_eq!(
+            line(Protocol::Modern, "unix", "/tmp/x.sock"),
+            "5|0|unix|/tmp/x.sock"
+        );
     }
 
     #[test]
@@ -217,7 +230,10 @@ mod tests {
             parse_args(&args(&["start", "provisioner", "shell"])),
             Err(HandshakeError::UnknownComponent { .. })
         ));
-        assert!(matches!(parse_args(&args(&["bogus"])), Err(HandshakeError::Usage(_))));
+        assert!(matches!(
+            parse_args(&args(&["bogus"])),
+            Err(HandshakeError::Usage(_))
+        ));
     }
 
     #[test]
@@ -257,6 +273,9 @@ mod tests {
                     .into()
             ))
         );
-        assert_eq!(install_layout("github.com/example", "0.1.0", "linux", "amd64"), None);
+        assert_eq!(
+            install_layout("github.com/example", "0.1.0", "linux", "amd64"),
+            None
+        );
     }
 }

@@ -198,7 +198,9 @@ fn read_bytes<R: Read>(
     let mut out = Vec::with_capacity(len.min(4096));
     r.take(len as u64).read_to_end(&mut out)?;
     if out.len() != len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated msgpack payload").into());
+        return Err(
+            io::Error::new(io::ErrorKind::UnexpectedEof, "truncated msgpack payload").into(),
+        );
     }
     Ok(out)
 }
@@ -550,10 +552,16 @@ mod tests {
     fn rejects_lengths_over_the_limit_without_allocating() {
         // bin32 claiming 4 GiB, followed by nothing.
         let err = decode_slice(&hex("c6ffffffff")).unwrap_err();
-        assert!(matches!(err, DecodeError::TooLong { what: "bin", .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::TooLong { what: "bin", .. }),
+            "{err}"
+        );
         // array32 with 4 billion items.
         let err = decode_slice(&hex("ddffffffff")).unwrap_err();
-        assert!(matches!(err, DecodeError::TooLong { what: "array", .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::TooLong { what: "array", .. }),
+            "{err}"
+        );
         // str8 claiming 5 bytes but carrying 2.
         let err = decode_slice(&hex("a5ab")).unwrap_err();
         assert!(matches!(err, DecodeError::Io(_)), "{err}");

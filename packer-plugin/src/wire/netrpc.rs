@@ -290,7 +290,11 @@ mod tests {
              a353657101a54572726f72a0c0"
         );
         let err = encode_response("Provisioner.Prepare", 1, &Err("bad".into()));
-        assert!(hex(&err).ends_with("a54572726f72a362616480"), "{}", hex(&err));
+        assert!(
+            hex(&err).ends_with("a54572726f72a362616480"),
+            "{}",
+            hex(&err)
+        );
     }
 
     #[test]

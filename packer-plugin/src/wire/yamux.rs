@@ -287,10 +287,8 @@ impl Session {
         let stream = new_stream(id);
         st.streams.insert(id, Arc::clone(&stream));
         drop(st);
-        self.shared.send(
-            Header::new(FrameType::WindowUpdate, flags::SYN, id, 0),
-            &[],
-        )?;
+        self.shared
+            .send(Header::new(FrameType::WindowUpdate, flags::SYN, id, 0), &[])?;
         Ok(Stream {
             inner: stream,
             session: Arc::clone(&self.shared),
@@ -356,10 +354,7 @@ fn read_loop<R: Read>(shared: &Arc<Shared>, mut reader: R) -> Result<(), ReadLoo
         match h.ty {
             FrameType::Ping => {
                 if h.flags & flags::SYN != 0 {
-                    shared.send(
-                        Header::new(FrameType::Ping, flags::ACK, 0, h.length),
-                        &[],
-                    )?;
+                    shared.send(Header::new(FrameType::Ping, flags::ACK, 0, h.length), &[])?;
                 }
             }
             FrameType::GoAway => return Err(ReadLoopError::GoAway(h.length)),
@@ -368,7 +363,10 @@ fn read_loop<R: Read>(shared: &Arc<Shared>, mut reader: R) -> Result<(), ReadLoo
                 let payload_len = if h.ty == FrameType::Data { h.length } else { 0 };
                 let Some(stream) = stream else {
                     // Unknown (already closed) stream: drain and drop the payload.
-                    io::copy(&mut (&mut reader).take(u64::from(payload_len)), &mut io::sink())?;
+                    io::copy(
+                        &mut (&mut reader).take(u64::from(payload_len)),
+                        &mut io::sink(),
+                    )?;
                     continue;
                 };
                 let mut st = lock(&stream.state);
@@ -524,11 +522,7 @@ impl Stream {
                 return Err(SessionError::Closed(reason));
             }
             st = match deadline {
-                None => self
-                    .inner
-                    .cond
-                    .wait(st)
-                    .unwrap_or_else(|p| p.into_inner()),
+                None => self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
@@ -565,11 +559,7 @@ impl Stream {
             if st.send_window > 0 {
                 break;
             }
-            st = self
-                .inner
-                .cond
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         let n = (buf.len() as u64)
             .min(u64::from(st.send_window))

@@ -1,0 +1,552 @@
+//! Integration tests that drive Debian's real `packer` (1.6.6) with our plugin.
+//!
+//! Every test builds a private directory with the plugin installed as
+//! `packer-provisioner-vmagent` (single-component mode, the 1.6.6 layout), a
+//! template, and `PACKER_PLUGIN_PATH`/`PACKER_CONFIG_DIR` pointing there, then runs
+//! `packer build -machine-readable` and checks its output.
+//!
+//! The SSH tests start a throwaway `sshd` on 127.0.0.1 (own host key, own
+//! authorized key, free port). Its `ForceCommand` runs every command in a private
+//! mount namespace where `/etc`, `/var`, `/root`, `/home` and `/usr/local` are
+//! overlays whose upper layers live in the test's directory: the real provisioning
+//! steps (sudoers, apt drop-in, agent install, seal) run for real, and their writes
+//! land in the test directory instead of on this machine. A fake `cloud-init` and
+//! `journalctl` come first on PATH so the machine's own are never touched.
+//! This needs root (mount namespaces); without it the SSH tests fail and say so.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_packer-plugin-vmagent");
+
+/// Fail loudly (never skip) when a tool is missing.
+fn require(tool: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "`{tool}` is not installed: these tests need the Debian package `{package}` \
+         (run .ci/setup-packer.sh, or `apt-get install -y {package}`)"
+    );
+}
+
+struct Build {
+    dir: tempfile::TempDir,
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    log: String,
+}
+
+impl Run {
+    fn assert_contains(&self, needle: &str) {
+        assert!(
+            self.stdout.contains(needle),
+            "packer output lacks {needle:?}\n--- stdout ---\n{}\n--- log (tail) ---\n{}",
+            self.stdout,
+            tail(&self.log, 60)
+        );
+    }
+    fn assert_success(&self) {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "packer failed\n--- stdout ---\n{}\n--- log (tail) ---\n{}",
+            self.stdout,
+            tail(&self.log, 80)
+        );
+    }
+    fn assert_failure(&self) {
+        assert_eq!(self.code, Some(1), "packer should fail\n{}", self.stdout);
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Build {
+    fn new() -> Build {
+        require("packer", "packer");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(PLUGIN, dir.path().join("packer-provisioner-vmagent"))
+            .expect("install the plugin");
+        Build { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, content).expect("write file");
+        p
+    }
+
+    /// `packer build` with a hard limit; returns status, stdout and the debug log.
+    fn build(&self, template: &str) -> Run {
+        let log = self.path().join("packer.log");
+        let mut child = Command::new("packer")
+            .args(["build", "-machine-readable", "-color=false", template])
+            .current_dir(self.path())
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("PACKER_PLUGIN_PATH", self.path())
+            .env("PACKER_CONFIG_DIR", self.path())
+            .env("PACKER_LOG", "1")
+            .env("PACKER_LOG_PATH", &log)
+            .env("PACKER_PLUGIN_VMAGENT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start packer");
+        let out = wait_with_limit(&mut child, Duration::from_secs(300));
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            log: std::fs::read_to_string(&log).unwrap_or_default(),
+        }
+    }
+}
+
+fn wait_with_limit(child: &mut Child, limit: Duration) -> Output {
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait packer") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("packer did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Output {
+        status,
+        stdout: reader.join().expect("stdout reader"),
+        stderr: Vec::new(),
+    }
+}
+
+// ------------------------------------------------------------ no VM at all --
+
+#[test]
+fn json_template_null_builder_communicator_none() {
+    let b = Build::new();
+    b.file(
+        "t.json",
+        r#"{"builders":[{"type":"null","communicator":"none"}],
+            "provisioners":[{"type":"vmagent","commands":["echo hi"],"step_timeout":120}]}"#,
+    );
+    let r = b.build("t.json");
+    r.assert_success();
+    r.assert_contains(",ui,say,==> null: vmagent: provisioning: wait-cloud-init > apt-lock-dropin");
+    r.assert_contains(",ui,say,==> null: vmagent: step 4/6: command-1");
+    r.assert_contains(",ui,say,==> null: vmagent: all steps succeeded");
+    r.assert_contains("artifact,0,builder-id,fnoeding.null");
+}
+
+#[test]
+fn hcl2_template_null_builder_communicator_none() {
+    let b = Build::new();
+    b.file(
+        "t.pkr.hcl",
+        r#"
+source "null" "example" { communicator = "none" }
+build {
+  sources = ["source.null.example"]
+  provisioner "vmagent" {
+    commands            = ["echo one", "echo two"]
+    environment         = { GREETING = "hello" }
+    wait_for_cloud_init = false
+    seal                = false
+    step_timeout        = "5m"
+  }
+}
+"#,
+    );
+    let r = b.build("t.pkr.hcl");
+    r.assert_success();
+    r.assert_contains(
+        ",ui,say,==> null.example: vmagent: provisioning: apt-lock-dropin > wait-apt-idle > command-1 > command-2 > cleanup\n",
+    );
+    r.assert_contains(",ui,say,==> null.example: vmagent: all steps succeeded");
+    r.assert_contains("artifact,0,builder-id,fnoeding.null");
+}
+
+#[test]
+fn hcl2_unknown_attribute_is_unsupported_argument() {
+    let b = Build::new();
+    b.file(
+        "t.pkr.hcl",
+        r#"
+source "null" "example" { communicator = "none" }
+build {
+  sources = ["source.null.example"]
+  provisioner "vmagent" {
+    bogus = 1
+  }
+}
+"#,
+    );
+    let r = b.build("t.pkr.hcl");
+    r.assert_failure();
+    r.assert_contains("Unsupported argument");
+    r.assert_contains("An argument named \"bogus\" is not");
+}
+
+#[test]
+fn prepare_error_fails_the_build_with_our_text() {
+    let b = Build::new();
+    b.file(
+        "t.json",
+        r#"{"builders":[{"type":"null","communicator":"none"}],
+            "provisioners":[{"type":"vmagent","cloud_init_timeout":"soon","sudoers":true}]}"#,
+    );
+    let r = b.build("t.json");
+    r.assert_failure();
+    r.assert_contains("Failed to prepare build");
+    r.assert_contains("vmagent: 2 error(s) in the provisioner configuration");
+    r.assert_contains("sudoers: true needs build_user");
+    r.assert_contains("cloud_init_timeout: \"soon\" is not a duration");
+}
+
+#[test]
+fn provision_error_fails_the_build_with_our_text() {
+    // communicator = "none" cannot upload: the agent-install step must fail the
+    // build with our message naming the step and Packer's reason.
+    let b = Build::new();
+    let agent = b.file("vm-agent", "#!/bin/sh\necho fake agent\n");
+    let cfg = b.file("agent.toml", "stage = \"test\"\n");
+    b.file(
+        "t.pkr.hcl",
+        &format!(
+            r#"
+source "null" "example" {{ communicator = "none" }}
+build {{
+  sources = ["source.null.example"]
+  provisioner "vmagent" {{
+    agent_path   = "{}"
+    agent_config = "{}"
+  }}
+}}
+"#,
+            agent.display(),
+            cfg.display()
+        ),
+    );
+    let r = b.build("t.pkr.hcl");
+    r.assert_failure();
+    r.assert_contains("vmagent: step \"agent-install\": uploading");
+    r.assert_contains("Upload is not implemented when communicator = 'none'");
+    r.assert_contains("Build 'null.example' errored");
+}
+
+// ------------------------------------------------------------- over SSH ---
+
+/// A throwaway sshd whose sessions run in an overlay sandbox (see module docs).
+struct Sshd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+const SANDBOX: &str = r#"#!/bin/sh
+# ForceCommand: run the requested command in a private mount namespace with
+# overlays over the directories provisioning writes to.
+S="$(dirname "$0")"
+exec unshare --mount --propagation private -- sh -c '
+set -e
+S=$1
+for d in etc var root home usr/local; do
+  mkdir -p "$S/upper/$d" "$S/work/$d"
+  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$S/upper/$d,workdir=$S/work/$d" "/$d"
+done
+# Keep systemctl/journalctl away from the host service manager and journal.
+if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; fi
+export SYSTEMD_OFFLINE=1
+export PATH="$S/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+cd /
+exec sh -c "$SSH_ORIGINAL_COMMAND"
+' sandbox "$S"
+"#;
+
+const FAKE_CLOUD_INIT: &str = r#"#!/bin/sh
+S="$(cd "$(dirname "$0")/.." && pwd)"
+echo "cloud-init $*" >> "$S/calls.log"
+case "$1" in
+  status)
+    if [ "${2:-}" = "--wait" ]; then sleep "$(cat "$S/cloud-init-delay" 2>/dev/null || echo 0)"; fi
+    echo "status: done" ;;
+esac
+exit 0
+"#;
+
+const FAKE_JOURNALCTL: &str = r#"#!/bin/sh
+S="$(cd "$(dirname "$0")/.." && pwd)"
+echo "journalctl $*" >> "$S/calls.log"
+exit 0
+"#;
+
+fn write_exec(p: &Path, content: &str) {
+    std::fs::write(p, content).expect("write script");
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let sshd = require("sshd", "openssh-server");
+        require("ssh-keygen", "openssh-client");
+        require("unshare", "util-linux");
+        require("visudo", "sudo");
+        assert!(
+            nix_is_root(),
+            "the SSH tests need root: their sshd runs every command in a mount-namespace \
+             sandbox (overlays over /etc, /var, ...) so the real provisioning steps cannot \
+             change this machine"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("vmagent-sshd")
+            .tempdir()
+            .expect("tempdir");
+        let d = dir.path();
+        // sshd refuses a ForceCommand path or keys under group/world-writable dirs
+        // only with StrictModes; the temp dir is 0700 anyway.
+        for key in ["host_key", "id"] {
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .status()
+                .expect("ssh-keygen");
+            assert!(st.success(), "ssh-keygen failed");
+        }
+        std::fs::copy(d.join("id.pub"), d.join("authorized_keys")).expect("authorized_keys");
+        std::fs::create_dir_all(d.join("bin")).expect("bin");
+        std::fs::create_dir_all(d.join("stage")).expect("stage");
+        write_exec(&d.join("sandbox.sh"), SANDBOX);
+        write_exec(&d.join("bin/cloud-init"), FAKE_CLOUD_INIT);
+        write_exec(&d.join("bin/journalctl"), FAKE_JOURNALCTL);
+        std::fs::create_dir_all("/run/sshd").expect("sshd privilege-separation dir");
+
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+            l.local_addr().expect("addr").port()
+        };
+        let cfg = format!(
+            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nForceCommand {d}/sandbox.sh\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), cfg).expect("sshd_config");
+        let log = std::fs::File::create(d.join("sshd.log")).expect("sshd.log");
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start sshd");
+        let me = Sshd { dir, port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen on {port}: {}",
+                std::fs::read_to_string(me.dir.path().join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        me
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A file as the sandboxed commands left it (overlay upper layer).
+    fn upper(&self, p: &str) -> PathBuf {
+        self.path().join("upper").join(p.trim_start_matches('/'))
+    }
+
+    fn builder_json(&self) -> String {
+        format!(
+            r#"{{"type":"null","ssh_host":"127.0.0.1","ssh_port":{},"ssh_username":"root","ssh_private_key_file":"{}","ssh_timeout":"30s"}}"#,
+            self.port,
+            self.path().join("id").display()
+        )
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.path().join("calls.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn template(sshd: &Sshd, provisioner: serde_json::Value) -> String {
+    let builder: serde_json::Value =
+        serde_json::from_str(&sshd.builder_json()).expect("builder json");
+    serde_json::json!({"builders": [builder], "provisioners": [provisioner]}).to_string()
+}
+
+#[test]
+fn ssh_runs_the_shared_steps_uploads_the_agent_and_seals() {
+    let host_had_sudoers = Path::new("/etc/sudoers.d/90-builder").exists();
+    let sshd = Sshd::start();
+    let b = Build::new();
+    let agent_bytes = "#!/bin/sh\necho fake vm-agent\n";
+    let agent = b.file("vm-agent", agent_bytes);
+    let cfg = b.file("agent.toml", "stage = \"golden\"\n");
+    b.file(
+        "t.json",
+        &template(
+            &sshd,
+            serde_json::json!({
+                "type": "vmagent",
+                "agent_path": agent,
+                "agent_config": cfg,
+                "build_user": "builder",
+                "commands": ["echo \"out:$GREETING\"; echo err-line >&2"],
+                "environment": {"GREETING": "hello world"},
+                "staging_dir": sshd.path().join("stage"),
+                "wait_apt_idle": false,
+            }),
+        ),
+    );
+    let r = b.build("t.json");
+    r.assert_success();
+    // Remote stdout and stderr reach Packer's UI.
+    r.assert_contains(",ui,message,    null: out:hello world\n");
+    r.assert_contains(",ui,error,==> null: err-line\n");
+    r.assert_contains("vmagent: uploaded ");
+    r.assert_contains("image-builder: vm-agent installed and enabled");
+    r.assert_contains(",ui,say,==> null: vmagent: all steps succeeded");
+
+    // The steps really ran (in the sandbox).
+    let installed =
+        std::fs::read_to_string(sshd.upper("/usr/local/bin/vm-agent")).expect("agent installed");
+    assert_eq!(installed, agent_bytes);
+    assert_eq!(
+        std::fs::read_to_string(sshd.upper("/etc/vm-agent/config.toml")).expect("config"),
+        "stage = \"golden\"\n"
+    );
+    let unit =
+        std::fs::read_to_string(sshd.upper("/etc/systemd/system/vm-agent.service")).expect("unit");
+    assert!(unit.contains("ExecStart=/usr/local/bin/vm-agent"), "{unit}");
+    let wants = sshd.upper("/etc/systemd/system/multi-user.target.wants/vm-agent.service");
+    assert!(wants.symlink_metadata().is_ok(), "unit not enabled");
+    let sudoers =
+        std::fs::read_to_string(sshd.upper("/etc/sudoers.d/90-builder")).expect("sudoers");
+    assert!(
+        sudoers.contains("builder ALL=(ALL) NOPASSWD:ALL"),
+        "{sudoers}"
+    );
+    let apt = std::fs::read_to_string(sshd.upper("/etc/apt/apt.conf.d/90image-builder-dpkg-lock"))
+        .expect("apt drop-in");
+    assert!(apt.contains("DPkg::Lock::Timeout \"600\";"), "{apt}");
+    // The seal ran: cloud-init clean, and the staged agent and pid file are gone.
+    let calls = sshd.calls();
+    assert!(calls.contains("cloud-init status --wait"), "{calls}");
+    assert!(calls.contains("cloud-init clean --logs"), "{calls}");
+    let leftovers: Vec<_> = std::fs::read_dir(sshd.path().join("stage"))
+        .expect("stage dir")
+        .collect();
+    assert!(leftovers.is_empty(), "staged files left: {leftovers:?}");
+    // ...and nothing leaked onto this machine.
+    assert_eq!(
+        Path::new("/etc/sudoers.d/90-builder").exists(),
+        host_had_sudoers,
+        "the sandbox leaked a sudoers drop-in onto the host"
+    );
+}
+
+#[test]
+fn ssh_failing_step_fails_the_build_naming_the_step() {
+    let sshd = Sshd::start();
+    let b = Build::new();
+    b.file(
+        "t.json",
+        &template(
+            &sshd,
+            serde_json::json!({
+                "type": "vmagent",
+                "commands": ["echo before-failure", "echo about to fail >&2; exit 7", "echo never"],
+                "staging_dir": sshd.path().join("stage"),
+                "wait_for_cloud_init": false,
+                "wait_apt_idle": false,
+                "seal": false,
+            }),
+        ),
+    );
+    let r = b.build("t.json");
+    r.assert_failure();
+    r.assert_contains(",ui,message,    null: before-failure\n");
+    r.assert_contains(",ui,error,==> null: about to fail\n");
+    r.assert_contains("Build 'null' errored after");
+    r.assert_contains("vmagent: step \"command-2\" failed with exit status 7");
+    assert!(!r.stdout.contains("null: never"), "{}", r.stdout);
+}
+
+/// The one slow test: cloud-init "finishes" after 45 s, past Packer's 30 s yamux
+/// keepalive ping; the plugin must answer the ping while the step runs.
+#[test]
+fn ssh_step_longer_than_the_keepalive_interval_succeeds() {
+    let sshd = Sshd::start();
+    std::fs::write(sshd.path().join("cloud-init-delay"), "45").expect("delay");
+    let b = Build::new();
+    b.file(
+        "t.json",
+        &template(
+            &sshd,
+            serde_json::json!({
+                "type": "vmagent",
+                "staging_dir": sshd.path().join("stage"),
+                "apt_lock_fix": false,
+                "wait_apt_idle": false,
+                "seal": false,
+                "cloud_init_timeout": "2m",
+            }),
+        ),
+    );
+    let started = Instant::now();
+    let r = b.build("t.json");
+    r.assert_success();
+    assert!(
+        started.elapsed() >= Duration::from_secs(45),
+        "the step did not wait"
+    );
+    r.assert_contains("image-builder: cloud-init is done");
+    // Go's yamux drops the session when a ping goes unanswered for 10 s after the
+    // 30 s interval, so a build that succeeds after 45 s proves the pings were answered.
+}
