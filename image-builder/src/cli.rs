@@ -119,13 +119,22 @@ pub fn render_cmd(args: &RenderArgs) -> Result<(), CliError> {
     warn_unavailable(&checks);
     first_failure(&args.spec, args.mode, &checks)?;
     match &args.output {
-        Some(path) => crate::fsutil::write_atomic(path, rendered.text.as_bytes(), 0o600)
-            .map_err(|source| CliError::Write { path: path.clone(), source }),
+        Some(path) => {
+            crate::fsutil::write_atomic(path, rendered.text.as_bytes(), 0o600).map_err(|source| {
+                CliError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })
+        }
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(rendered.text.as_bytes())
                 .and_then(|()| out.flush())
-                .map_err(|source| CliError::Write { path: "<stdout>".into(), source })
+                .map_err(|source| CliError::Write {
+                    path: "<stdout>".into(),
+                    source,
+                })
         }
     }
 }
@@ -162,8 +171,12 @@ pub struct ModeReport {
 
 /// Build the validate report (no printing).
 pub fn validate_report(path: &Path) -> ValidateReport {
-    let mut report =
-        ValidateReport { spec: path.display().to_string(), valid: true, error: None, modes: Vec::new() };
+    let mut report = ValidateReport {
+        spec: path.display().to_string(),
+        valid: true,
+        error: None,
+        modes: Vec::new(),
+    };
     let loaded = match spec::load(path) {
         Ok(l) => l,
         Err(e) => {
@@ -177,14 +190,31 @@ pub fn validate_report(path: &Path) -> ValidateReport {
         let mr = match result {
             Ok(r) => {
                 let checks = validate::external_checks(&r);
-                if checks.iter().any(|c| matches!(c.status, CheckStatus::Failed { .. })) {
+                if checks
+                    .iter()
+                    .any(|c| matches!(c.status, CheckStatus::Failed { .. }))
+                {
                     report.valid = false;
                 }
-                ModeReport { mode, bytes: r.text.len(), steps: r.steps, notes: r.notes, checks, error: None }
+                ModeReport {
+                    mode,
+                    bytes: r.text.len(),
+                    steps: r.steps,
+                    notes: r.notes,
+                    checks,
+                    error: None,
+                }
             }
             Err(e) => {
                 report.valid = false;
-                ModeReport { mode, bytes: 0, steps: vec![], notes: vec![], checks: vec![], error: Some(e.to_string()) }
+                ModeReport {
+                    mode,
+                    bytes: 0,
+                    steps: vec![],
+                    notes: vec![],
+                    checks: vec![],
+                    error: Some(e.to_string()),
+                }
             }
         };
         report.modes.push(mr);
@@ -196,7 +226,10 @@ pub fn validate_report(path: &Path) -> ValidateReport {
 pub fn validate_cmd(args: &ValidateArgs) -> Result<(), CliError> {
     let report = validate_report(&args.spec);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_human(&report);
     }
@@ -216,15 +249,25 @@ fn print_human(r: &ValidateReport) {
         match &m.error {
             Some(e) => println!("{} mode: {e}", m.mode),
             None => {
-                println!("{} mode: {} bytes, {} steps: {}", m.mode, m.bytes, m.steps.len(), m.steps.join(", "));
+                println!(
+                    "{} mode: {} bytes, {} steps: {}",
+                    m.mode,
+                    m.bytes,
+                    m.steps.len(),
+                    m.steps.join(", ")
+                );
                 for n in &m.notes {
                     println!("  note: {n}");
                 }
                 for c in &m.checks {
                     match &c.status {
                         CheckStatus::Passed => println!("  ok      {}", c.name),
-                        CheckStatus::Failed { detail } => println!("  FAILED  {}: {detail}", c.name),
-                        CheckStatus::Unavailable { hint } => println!("  skipped {} ({hint})", c.name),
+                        CheckStatus::Failed { detail } => {
+                            println!("  FAILED  {}: {detail}", c.name)
+                        }
+                        CheckStatus::Unavailable { hint } => {
+                            println!("  skipped {} ({hint})", c.name)
+                        }
                     }
                 }
             }

@@ -57,7 +57,11 @@ impl Step {
 
 /// A user command as a step: the snippet runs with `sh -eu`.
 pub fn command(name: &str, run: &str) -> Step {
-    let run = if run.ends_with('\n') { run.to_owned() } else { format!("{run}\n") };
+    let run = if run.ends_with('\n') {
+        run.to_owned()
+    } else {
+        format!("{run}\n")
+    };
     Step::new(name, &run)
 }
 
@@ -93,7 +97,11 @@ pub fn apt_lock_dropin_content(lock_timeout: Duration) -> String {
 pub fn apt_lock_dropin(lock_timeout: Duration) -> Step {
     Step::new(
         "apt-lock-dropin",
-        &write_file_snippet(APT_LOCK_DROPIN, &apt_lock_dropin_content(lock_timeout), "0644"),
+        &write_file_snippet(
+            APT_LOCK_DROPIN,
+            &apt_lock_dropin_content(lock_timeout),
+            "0644",
+        ),
     )
 }
 
@@ -154,16 +162,24 @@ done
     Step::new("apt-update", &body)
 }
 
-const APT_GET: &str = "apt-get -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold";
+const APT_GET: &str =
+    "apt-get -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold";
 
 /// `apt-get upgrade`.
 pub fn apt_upgrade() -> Step {
-    Step::new("apt-upgrade", &format!("export DEBIAN_FRONTEND=noninteractive\n{APT_GET} upgrade\n"))
+    Step::new(
+        "apt-upgrade",
+        &format!("export DEBIAN_FRONTEND=noninteractive\n{APT_GET} upgrade\n"),
+    )
 }
 
 /// `apt-get install` of the given packages (a transient dpkg failure is retried once).
 pub fn apt_install(packages: &[String]) -> Step {
-    let list = packages.iter().map(|p| sh_quote(p)).collect::<Vec<_>>().join(" ");
+    let list = packages
+        .iter()
+        .map(|p| sh_quote(p))
+        .collect::<Vec<_>>()
+        .join(" ");
     Step::new(
         "apt-install",
         &format!(
@@ -179,7 +195,9 @@ pub fn sudoers_path(user: &str) -> String {
 
 /// Content of the passwordless-sudo drop-in for `user`.
 pub fn sudoers_content(user: &str) -> String {
-    format!("# Installed by image-builder: passwordless sudo for the build user.\n{user} ALL=(ALL) NOPASSWD:ALL\n")
+    format!(
+        "# Installed by image-builder: passwordless sudo for the build user.\n{user} ALL=(ALL) NOPASSWD:ALL\n"
+    )
 }
 
 /// Validate a staged sudoers drop-in with `visudo -cf` and move it into place (0440 root:root).
@@ -342,7 +360,11 @@ echo "image-builder: sealed"
 /// (`/run/cloud-init/result.json`), builds the seal report (the contract between
 /// the VM and the bake), seals the image on success, prints the report on the
 /// console between markers, PUTs it to `report_url` when given, and powers off.
-pub fn seal_finisher(report_url: Option<&str>, seal_clean_path: &str, baked_info_json: &str) -> String {
+pub fn seal_finisher(
+    report_url: Option<&str>,
+    seal_clean_path: &str,
+    baked_info_json: &str,
+) -> String {
     format!(
         r#"#!/usr/bin/python3
 # image-builder bake finisher: report the provisioning result, seal, power off.
@@ -535,12 +557,27 @@ mod tests {
     use std::process::Command;
 
     fn sh_ok(script: &str) -> std::process::Output {
-        Command::new("sh").arg("-c").arg(script).output().expect("run sh")
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("run sh")
     }
 
     #[test]
     fn sh_quote_round_trips_through_a_real_shell() {
-        for s in ["plain", "it's", "a b", "$HOME", "`x`", "new\nline", "", "--flag", "\\", "\"q\""] {
+        for s in [
+            "plain",
+            "it's",
+            "a b",
+            "$HOME",
+            "`x`",
+            "new\nline",
+            "",
+            "--flag",
+            "\\",
+            "\"q\"",
+        ] {
             let out = sh_ok(&format!("printf %s {}", sh_quote(s)));
             assert_eq!(String::from_utf8_lossy(&out.stdout), s, "quoting {s:?}");
         }
@@ -549,17 +586,30 @@ mod tests {
     #[test]
     fn write_file_snippet_writes_exact_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        for (i, content) in ["no newline", "with newline\n", "IMAGE_BUILDER_EOF\nclash\n", "", "'$x' `y`\n\n"]
-            .iter()
-            .enumerate()
+        for (i, content) in [
+            "no newline",
+            "with newline\n",
+            "IMAGE_BUILDER_EOF\nclash\n",
+            "",
+            "'$x' `y`\n\n",
+        ]
+        .iter()
+        .enumerate()
         {
             let p = dir.path().join(format!("f{i}"));
             let p = p.to_str().unwrap();
             let out = sh_ok(&write_file_snippet(p, content, "0640"));
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert_eq!(std::fs::read_to_string(p).unwrap(), *content);
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o640);
+            assert_eq!(
+                std::fs::metadata(p).unwrap().permissions().mode() & 0o777,
+                0o640
+            );
         }
     }
 
@@ -568,7 +618,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         let mk = |name: &str, body: &str| {
-            let p = dir.path().join(name);
+            let p = dir.path().join(format!("{name}.sh"));
             std::fs::write(&p, body).unwrap();
             (name.to_owned(), p.to_str().unwrap().to_owned())
         };
@@ -587,9 +637,20 @@ mod tests {
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(dir.path().join("one").exists());
-        assert!(!dir.path().join("two").exists(), "set -e did not stop step two");
-        assert!(!dir.path().join("three").exists(), "runner went on after a failure");
-        assert_eq!(std::fs::read_to_string(run.join("failed-step")).unwrap().trim(), "two");
+        assert!(
+            !dir.path().join("two").exists(),
+            "set -e did not stop step two"
+        );
+        assert!(
+            !dir.path().join("three").exists(),
+            "runner went on after a failure"
+        );
+        assert_eq!(
+            std::fs::read_to_string(run.join("failed-step"))
+                .unwrap()
+                .trim(),
+            "two"
+        );
         let tsv = std::fs::read_to_string(run.join("steps.tsv")).unwrap();
         assert!(tsv.starts_with("one\t0\t"), "{tsv}");
         assert!(tsv.contains("two\t1\t"), "{tsv}");
@@ -647,10 +708,22 @@ mod tests {
             seal_clean(),
         ];
         for s in inside {
-            assert!(!s.script.contains("status --wait"), "{} calls cloud-init status --wait", s.name);
+            assert!(
+                !s.script.contains("status --wait"),
+                "{} calls cloud-init status --wait",
+                s.name
+            );
         }
         assert!(!seal_finisher(None, "/x", "{}").contains("status --wait"));
-        assert!(!seal_watcher_command("/x", Duration::from_secs(5)).join(" ").contains("status --wait"));
-        assert!(wait_cloud_init_outside(Duration::from_secs(5)).script.contains("status --wait"));
+        assert!(
+            !seal_watcher_command("/x", Duration::from_secs(5))
+                .join(" ")
+                .contains("status --wait")
+        );
+        assert!(
+            wait_cloud_init_outside(Duration::from_secs(5))
+                .script
+                .contains("status --wait")
+        );
     }
 }

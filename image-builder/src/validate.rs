@@ -59,22 +59,32 @@ fn run(cmd: &mut Command) -> CheckStatus {
             .trim()
             .to_owned(),
         },
-        Err(e) => CheckStatus::Failed { detail: format!("could not run: {e}") },
+        Err(e) => CheckStatus::Failed {
+            detail: format!("could not run: {e}"),
+        },
     }
 }
 
 /// `visudo -cf` on a sudoers drop-in.
 pub fn visudo(content: &str) -> CheckStatus {
     let Some(visudo) = find_tool("visudo") else {
-        return CheckStatus::Unavailable { hint: "install the `sudo` package for visudo".into() };
+        return CheckStatus::Unavailable {
+            hint: "install the `sudo` package for visudo".into(),
+        };
     };
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
-        Err(e) => return CheckStatus::Failed { detail: format!("temp dir: {e}") },
+        Err(e) => {
+            return CheckStatus::Failed {
+                detail: format!("temp dir: {e}"),
+            };
+        }
     };
     let p = dir.path().join("sudoers-dropin");
     if let Err(e) = std::fs::write(&p, content) {
-        return CheckStatus::Failed { detail: format!("write {}: {e}", p.display()) };
+        return CheckStatus::Failed {
+            detail: format!("write {}: {e}", p.display()),
+        };
     }
     run(Command::new(visudo).arg("-cf").arg(&p))
 }
@@ -82,17 +92,27 @@ pub fn visudo(content: &str) -> CheckStatus {
 /// `cloud-init schema --config-file` on user-data.
 pub fn cloud_init_schema(user_data: &str) -> CheckStatus {
     let Some(cloud_init) = find_tool("cloud-init") else {
-        return CheckStatus::Unavailable { hint: "install the `cloud-init` package".into() };
+        return CheckStatus::Unavailable {
+            hint: "install the `cloud-init` package".into(),
+        };
     };
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
-        Err(e) => return CheckStatus::Failed { detail: format!("temp dir: {e}") },
+        Err(e) => {
+            return CheckStatus::Failed {
+                detail: format!("temp dir: {e}"),
+            };
+        }
     };
     let p = dir.path().join("user-data");
     if let Err(e) = std::fs::write(&p, user_data) {
-        return CheckStatus::Failed { detail: format!("write {}: {e}", p.display()) };
+        return CheckStatus::Failed {
+            detail: format!("write {}: {e}", p.display()),
+        };
     }
-    run(Command::new(cloud_init).args(["schema", "--config-file"]).arg(&p))
+    run(Command::new(cloud_init)
+        .args(["schema", "--config-file"])
+        .arg(&p))
 }
 
 const PYYAML_CHECK: &str = r#"
@@ -126,32 +146,54 @@ if d:
 /// Load user-data with PyYAML and compare it with the model, value by value.
 pub fn pyyaml_roundtrip(rendered: &Rendered) -> CheckStatus {
     let Some(python) = find_tool("python3") else {
-        return CheckStatus::Unavailable { hint: "install `python3` and `python3-yaml`".into() };
+        return CheckStatus::Unavailable {
+            hint: "install `python3` and `python3-yaml`".into(),
+        };
     };
     let probe = Command::new(&python).args(["-c", "import yaml"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        return CheckStatus::Unavailable { hint: "install the `python3-yaml` package".into() };
+        return CheckStatus::Unavailable {
+            hint: "install the `python3-yaml` package".into(),
+        };
     }
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
-        Err(e) => return CheckStatus::Failed { detail: format!("temp dir: {e}") },
+        Err(e) => {
+            return CheckStatus::Failed {
+                detail: format!("temp dir: {e}"),
+            };
+        }
     };
     let ud = dir.path().join("user-data");
     let want = dir.path().join("want.json");
     let json = serde_json::to_string(&rendered.config).unwrap_or_default();
     if let Err(e) = std::fs::write(&ud, &rendered.text).and_then(|()| std::fs::write(&want, json)) {
-        return CheckStatus::Failed { detail: format!("write temp files: {e}") };
+        return CheckStatus::Failed {
+            detail: format!("write temp files: {e}"),
+        };
     }
-    run(Command::new(python).args(["-c", PYYAML_CHECK]).arg(&ud).arg(&want))
+    run(Command::new(python)
+        .args(["-c", PYYAML_CHECK])
+        .arg(&ud)
+        .arg(&want))
 }
 
 /// Every external check of one rendering.
 pub fn external_checks(rendered: &Rendered) -> Vec<Check> {
     let mut out = Vec::new();
     if let Some(s) = &rendered.sudoers {
-        out.push(Check { name: "visudo -cf (sudoers drop-in)".into(), status: visudo(s) });
+        out.push(Check {
+            name: "visudo -cf (sudoers drop-in)".into(),
+            status: visudo(s),
+        });
     }
-    out.push(Check { name: "cloud-init schema".into(), status: cloud_init_schema(&rendered.text) });
-    out.push(Check { name: "PyYAML read-back".into(), status: pyyaml_roundtrip(rendered) });
+    out.push(Check {
+        name: "cloud-init schema".into(),
+        status: cloud_init_schema(&rendered.text),
+    });
+    out.push(Check {
+        name: "PyYAML read-back".into(),
+        status: pyyaml_roundtrip(rendered),
+    });
     out
 }

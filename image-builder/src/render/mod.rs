@@ -13,9 +13,9 @@
 
 pub mod yaml11;
 
-use std::io::Write as _;
 use base64::Engine as _;
 use serde::Serialize;
+use std::io::Write as _;
 
 use crate::spec::{LoadedSpec, Timeout};
 use crate::steps::{self, AgentSource, Step};
@@ -86,7 +86,12 @@ pub struct RenderOptions {
 impl RenderOptions {
     /// Options for `mode` with nothing else.
     pub fn new(mode: Mode) -> Self {
-        RenderOptions { mode, report_url: None, agent: None, extra_files: Vec::new() }
+        RenderOptions {
+            mode,
+            report_url: None,
+            agent: None,
+            extra_files: Vec::new(),
+        }
     }
 }
 
@@ -211,13 +216,23 @@ fn step_file(index: usize, name: &str) -> String {
 fn sanitize_step_name(s: &str) -> String {
     let mut out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     while out.contains("--") {
         out = out.replace("--", "-");
     }
     let out = out.trim_matches('-').chars().take(40).collect::<String>();
-    if out.is_empty() { "command".to_owned() } else { out }
+    if out.is_empty() {
+        "command".to_owned()
+    } else {
+        out
+    }
 }
 
 fn encode_file(content: &[u8]) -> (String, Option<&'static str>) {
@@ -259,7 +274,10 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
     });
 
     // 2. The sudoers drop-in is staged, validated by visudo in the VM, then moved.
-    let sudoers = spec.build_user.passwordless_sudo.then(|| steps::sudoers_content(&user));
+    let sudoers = spec
+        .build_user
+        .passwordless_sudo
+        .then(|| steps::sudoers_content(&user));
     let staged_sudoers = format!("{}/staged/sudoers-90-{user}", steps::WORK_DIR);
     if let Some(content) = &sudoers {
         write_files.push(WriteFile {
@@ -275,7 +293,10 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
     // 3. Steps.
     let Timeout(lock_timeout) = spec.apt.lock_timeout;
     steps_list.push(steps::wait_apt_idle(lock_timeout));
-    let want_update = spec.apt.update.unwrap_or(!spec.apt.packages.is_empty() || spec.apt.upgrade);
+    let want_update = spec
+        .apt
+        .update
+        .unwrap_or(!spec.apt.packages.is_empty() || spec.apt.upgrade);
     if want_update {
         steps_list.push(steps::apt_update(spec.apt.update_retries));
     }
@@ -283,7 +304,12 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         steps_list.push(steps::apt_upgrade());
     }
     if !spec.apt.packages.is_empty() {
-        let pkgs: Vec<String> = spec.apt.packages.iter().map(|p| p.as_str().to_owned()).collect();
+        let pkgs: Vec<String> = spec
+            .apt
+            .packages
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
         steps_list.push(steps::apt_install(&pkgs));
     }
     if sudoers.is_some() {
@@ -317,13 +343,20 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
     // 4. User files (large ones compressed); non-root owners are written after users exist.
     for (f, content) in spec.files.iter().zip(&loaded.file_contents) {
         let (content, encoding) = encode_file(content);
-        let owner = f.owner.as_ref().map(|o| o.value.clone()).unwrap_or_else(|| "root:root".to_owned());
+        let owner = f
+            .owner
+            .as_ref()
+            .map(|o| o.value.clone())
+            .unwrap_or_else(|| "root:root".to_owned());
         let defer = owner != "root:root" && owner != "root";
         write_files.push(WriteFile {
             path: f.path.value.as_str().to_owned(),
             content,
             encoding,
-            permissions: f.mode.map(|m| m.octal()).unwrap_or_else(|| "0644".to_owned()),
+            permissions: f
+                .mode
+                .map(|m| m.octal())
+                .unwrap_or_else(|| "0644".to_owned()),
             owner,
             defer,
         });
@@ -384,20 +417,32 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         });
         write_files.push(WriteFile {
             path: finisher_path.clone(),
-            content: steps::seal_finisher(opts.report_url.as_deref(), &seal_path, &baked.to_string()),
+            content: steps::seal_finisher(
+                opts.report_url.as_deref(),
+                &seal_path,
+                &baked.to_string(),
+            ),
             encoding: None,
             permissions: "0700".to_owned(),
             owner: "root:root".to_owned(),
             defer: false,
         });
-        bootcmd.push(steps::seal_watcher_command(&finisher_path, spec.bake.timeout.0));
+        bootcmd.push(steps::seal_watcher_command(
+            &finisher_path,
+            spec.bake.timeout.0,
+        ));
     }
 
     let config = CloudConfig {
         hostname: spec.hostname.as_ref().map(|h| h.as_str().to_owned()),
         users: vec![User {
             name: user,
-            groups: spec.build_user.groups.iter().map(|g| g.as_str().to_owned()).collect(),
+            groups: spec
+                .build_user
+                .groups
+                .iter()
+                .map(|g| g.as_str().to_owned())
+                .collect(),
             shell: spec.build_user.shell.as_str().to_owned(),
             lock_passwd: true,
             ssh_authorized_keys: spec
@@ -414,8 +459,16 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         runcmd: vec![vec!["/bin/sh".to_owned(), runner]],
     };
 
-    let body = serde_saphyr::to_string(&config)
-        .map_err(|e| RenderError::Serialize { spec: spec_name.clone(), detail: e.to_string() })?;
+    // Long single-line strings (ssh keys, commands) stay on one line: folded
+    // scalars are legal but make keys and shell hard to read.
+    let mut yaml_opts = serde_saphyr::SerializerOptions::default();
+    yaml_opts.folded_wrap_chars = usize::MAX / 2;
+    let body = serde_saphyr::to_string_with_options(&config, yaml_opts).map_err(|e| {
+        RenderError::Serialize {
+            spec: spec_name.clone(),
+            detail: e.to_string(),
+        }
+    })?;
     let file_name = loaded
         .path
         .file_name()
@@ -430,10 +483,14 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         body
     );
 
-    let expected = serde_json::to_value(&config)
-        .map_err(|e| RenderError::Serialize { spec: spec_name.clone(), detail: e.to_string() })?;
-    yaml11::check(&text, &expected)
-        .map_err(|detail| RenderError::Yaml11 { spec: spec_name.clone(), detail })?;
+    let expected = serde_json::to_value(&config).map_err(|e| RenderError::Serialize {
+        spec: spec_name.clone(),
+        detail: e.to_string(),
+    })?;
+    yaml11::check(&text, &expected).map_err(|detail| RenderError::Yaml11 {
+        spec: spec_name.clone(),
+        detail,
+    })?;
 
     if text.len() > USER_DATA_LIMIT {
         return Err(RenderError::TooLarge {
@@ -462,7 +519,7 @@ fn largest_parts(c: &CloudConfig) -> Vec<(String, usize)> {
     parts.push(("users".to_owned(), json_len(&c.users)));
     parts.push(("bootcmd".to_owned(), json_len(&c.bootcmd)));
     parts.push(("runcmd".to_owned(), json_len(&c.runcmd)));
-    parts.sort_by(|a, b| b.1.cmp(&a.1));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.1));
     parts.truncate(5);
     parts
 }

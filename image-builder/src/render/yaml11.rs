@@ -83,7 +83,11 @@ pub fn resolve_plain(text: &str) -> Tag11 {
 
 #[derive(Debug)]
 enum Node {
-    Scalar { text: String, plain: bool, line: usize },
+    Scalar {
+        text: String,
+        plain: bool,
+        line: usize,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -118,7 +122,14 @@ fn build(text: &str) -> Result<Node, String> {
                     return Err(format!("line {line}: unexpected explicit tag"));
                 }
                 let plain = style == ScalarStyle::Plain;
-                add(&mut stack, Node::Scalar { text: v.into_owned(), plain, line })?;
+                add(
+                    &mut stack,
+                    Node::Scalar {
+                        text: v.into_owned(),
+                        plain,
+                        line,
+                    },
+                )?;
             }
             Event::SequenceStart(..) => stack.push(Frame::Seq(Vec::new())),
             Event::MappingStart(..) => stack.push(Frame::Map(Vec::new(), None)),
@@ -126,7 +137,9 @@ fn build(text: &str) -> Result<Node, String> {
                 let node = match stack.pop() {
                     Some(Frame::Seq(items)) => Node::Seq(items),
                     Some(Frame::Map(pairs, None)) => Node::Map(pairs),
-                    Some(Frame::Map(_, Some(_))) => return Err(format!("line {line}: key without value")),
+                    Some(Frame::Map(_, Some(_))) => {
+                        return Err(format!("line {line}: key without value"));
+                    }
                     None => return Err("unbalanced collection end".into()),
                 };
                 add(&mut stack, node)?;
@@ -139,14 +152,22 @@ fn build(text: &str) -> Result<Node, String> {
 }
 
 fn path_join(path: &str, seg: &str) -> String {
-    if path.is_empty() { seg.to_owned() } else { format!("{path}.{seg}") }
+    if path.is_empty() {
+        seg.to_owned()
+    } else {
+        format!("{path}.{seg}")
+    }
 }
 
 fn compare(node: &Node, want: &Value, path: &str) -> Result<(), String> {
     match (node, want) {
         (Node::Map(pairs), Value::Object(obj)) => {
             if pairs.len() != obj.len() {
-                return Err(format!("{path}: {} keys, expected {}", pairs.len(), obj.len()));
+                return Err(format!(
+                    "{path}: {} keys, expected {}",
+                    pairs.len(),
+                    obj.len()
+                ));
             }
             for (k, v) in pairs {
                 let Node::Scalar { text, plain, line } = k else {
@@ -167,7 +188,11 @@ fn compare(node: &Node, want: &Value, path: &str) -> Result<(), String> {
         }
         (Node::Seq(items), Value::Array(arr)) => {
             if items.len() != arr.len() {
-                return Err(format!("{path}: {} items, expected {}", items.len(), arr.len()));
+                return Err(format!(
+                    "{path}: {} items, expected {}",
+                    items.len(),
+                    arr.len()
+                ));
             }
             for (i, (n, w)) in items.iter().zip(arr).enumerate() {
                 compare(n, w, &format!("{path}[{i}]"))?;
@@ -175,12 +200,20 @@ fn compare(node: &Node, want: &Value, path: &str) -> Result<(), String> {
             Ok(())
         }
         (Node::Scalar { text, plain, line }, want) => {
-            let got = if *plain { resolve_plain(text) } else { Tag11::Str };
+            let got = if *plain {
+                resolve_plain(text)
+            } else {
+                Tag11::Str
+            };
             let ok = match want {
                 Value::String(s) => got == Tag11::Str && text == s,
-                Value::Bool(b) => got == Tag11::Bool && matches!(text.to_ascii_lowercase().as_str(), "true" | "yes" | "on") == *b,
+                Value::Bool(b) => {
+                    got == Tag11::Bool
+                        && matches!(text.to_ascii_lowercase().as_str(), "true" | "yes" | "on") == *b
+                }
                 Value::Number(n) => {
-                    (got == Tag11::Int || got == Tag11::Float) && text.replace('_', "") == n.to_string()
+                    (got == Tag11::Int || got == Tag11::Float)
+                        && text.replace('_', "") == n.to_string()
                 }
                 Value::Null => got == Tag11::Null,
                 _ => false,

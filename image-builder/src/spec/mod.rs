@@ -170,7 +170,10 @@ impl<'de> Deserialize<'de> for Command {
                 if v.trim().is_empty() {
                     return Err(E::custom("empty command"));
                 }
-                Ok(Command { name: None, run: v.to_owned() })
+                Ok(Command {
+                    name: None,
+                    run: v.to_owned(),
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Command, A::Error> {
                 let (mut name, mut run) = (None, None);
@@ -265,7 +268,13 @@ pub struct Snapshot {
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Snapshot { name: Spanned::new(default_snapshot_name_str(), serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN) }
+        Snapshot {
+            name: Spanned::new(
+                default_snapshot_name_str(),
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            ),
+        }
     }
 }
 
@@ -321,7 +330,12 @@ pub struct Qemu {
 
 impl Default for Qemu {
     fn default() -> Self {
-        Qemu { memory: default_memory(), cpus: default_cpus(), disk_size: default_disk(), accel: Accel::Auto }
+        Qemu {
+            memory: default_memory(),
+            cpus: default_cpus(),
+            disk_size: default_disk(),
+            accel: Accel::Auto,
+        }
     }
 }
 
@@ -336,7 +350,9 @@ pub struct Bake {
 
 impl Default for Bake {
     fn default() -> Self {
-        Bake { timeout: default_bake_timeout() }
+        Bake {
+            timeout: default_bake_timeout(),
+        }
     }
 }
 
@@ -344,7 +360,9 @@ fn yes() -> bool {
     true
 }
 fn default_shell() -> AbsPath {
-    "/bin/bash".parse().expect("constant is a valid absolute path")
+    "/bin/bash"
+        .parse()
+        .expect("constant is a valid absolute path")
 }
 fn default_lock_timeout() -> Timeout {
     Timeout(Duration::from_secs(600))
@@ -371,7 +389,11 @@ fn default_snapshot_name_str() -> String {
     "{name}-{timestamp}".to_owned()
 }
 fn default_snapshot_name() -> Spanned<String> {
-    Spanned::new(default_snapshot_name_str(), serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+    Spanned::new(
+        default_snapshot_name_str(),
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
 }
 fn default_memory() -> ByteSize {
     ByteSize(2 << 30)
@@ -479,8 +501,10 @@ impl LoadedSpec {
 
 /// Read and validate a spec file.
 pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
     load_str(path, &text, &base_dir)
 }
@@ -489,7 +513,12 @@ pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
 pub fn load_str(path: &Path, text: &str, base_dir: &Path) -> Result<LoadedSpec, SpecError> {
     let spec = parse(path, text)?;
     let file_contents = check(path, &spec, base_dir)?;
-    Ok(LoadedSpec { path: path.to_owned(), text: text.to_owned(), spec, file_contents })
+    Ok(LoadedSpec {
+        path: path.to_owned(),
+        text: text.to_owned(),
+        spec,
+        file_contents,
+    })
 }
 
 fn parse(path: &Path, text: &str) -> Result<ImageSpec, SpecError> {
@@ -499,11 +528,24 @@ fn parse(path: &Path, text: &str) -> Result<ImageSpec, SpecError> {
         ImageSpec::deserialize(de)
     });
     result.map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-        let field = track.path().to_string();
-        let field = if field == "." || field.is_empty() { "<document>".to_owned() } else { field };
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        // serde_path_to_error spells segments it could not name as `?`.
+        let mut field = track.path().to_string();
+        while let Some(stripped) = field.strip_suffix(".?") {
+            field = stripped.to_owned();
+        }
+        if field == "." || field == "?" || field.is_empty() {
+            field = "<document>".to_owned();
+        }
         SpecError::Parse {
-            pos: Pos { file: path.to_owned(), line, column },
+            pos: Pos {
+                file: path.to_owned(),
+                line,
+                column,
+            },
             field,
             message: first_line_message(&e.to_string()),
         }
@@ -522,22 +564,38 @@ fn first_line_message(display: &str) -> String {
 }
 
 fn pos_of<T>(path: &Path, s: &Spanned<T>) -> Pos {
-    Pos { file: path.to_owned(), line: s.referenced.line(), column: s.referenced.column() }
+    Pos {
+        file: path.to_owned(),
+        line: s.referenced.line(),
+        column: s.referenced.column(),
+    }
 }
 
 fn check(path: &Path, spec: &ImageSpec, base_dir: &Path) -> Result<Vec<Vec<u8>>, SpecError> {
-    let invalid = |pos: Pos, field: String, message: String| SpecError::Invalid { pos, field, message };
-    let top = Pos { file: path.to_owned(), line: 0, column: 0 };
+    let invalid = |pos: Pos, field: String, message: String| SpecError::Invalid {
+        pos,
+        field,
+        message,
+    };
+    let top = Pos {
+        file: path.to_owned(),
+        line: 0,
+        column: 0,
+    };
 
     let name = &spec.name.value;
     if name.is_empty()
         || name.len() > 64
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
     {
         return Err(invalid(
             pos_of(path, &spec.name),
             "name".into(),
-            format!("invalid image name {name:?}: expected 1-64 characters of letters, digits, '-' or '.'"),
+            format!(
+                "invalid image name {name:?}: expected 1-64 characters of letters, digits, '-' or '.'"
+            ),
         ));
     }
     if spec.base.digitalocean.is_none() && spec.base.qemu.is_none() {
@@ -550,16 +608,20 @@ fn check(path: &Path, spec: &ImageSpec, base_dir: &Path) -> Result<Vec<Vec<u8>>,
 
     // Snapshot template placeholders.
     let tpl = &spec.snapshot.name;
-    for ph in placeholders(&tpl.value).map_err(|m| {
-        invalid(pos_of(path, tpl), "snapshot.name".into(), m)
-    })? {
+    for ph in placeholders(&tpl.value)
+        .map_err(|m| invalid(pos_of(path, tpl), "snapshot.name".into(), m))?
+    {
         if !SNAPSHOT_PLACEHOLDERS.contains(&ph.as_str()) {
             return Err(invalid(
                 pos_of(path, tpl),
                 "snapshot.name".into(),
                 format!(
                     "unknown placeholder {{{ph}}}: expected one of {}",
-                    SNAPSHOT_PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
+                    SNAPSHOT_PLACEHOLDERS
+                        .iter()
+                        .map(|p| format!("{{{p}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -569,11 +631,18 @@ fn check(path: &Path, spec: &ImageSpec, base_dir: &Path) -> Result<Vec<Vec<u8>>,
         return Err(invalid(
             top.clone(),
             "apt.update_retries".into(),
-            format!("{} is out of range: expected 1 to 100", spec.apt.update_retries),
+            format!(
+                "{} is out of range: expected 1 to 100",
+                spec.apt.update_retries
+            ),
         ));
     }
     if spec.qemu.cpus == 0 || spec.qemu.cpus > 64 {
-        return Err(invalid(top.clone(), "qemu.cpus".into(), format!("{} is out of range: expected 1 to 64", spec.qemu.cpus)));
+        return Err(invalid(
+            top.clone(),
+            "qemu.cpus".into(),
+            format!("{} is out of range: expected 1 to 64", spec.qemu.cpus),
+        ));
     }
 
     // Files: exactly one of content/source, unique paths, owner syntax.
@@ -593,7 +662,8 @@ fn check(path: &Path, spec: &ImageSpec, base_dir: &Path) -> Result<Vec<Vec<u8>>,
             ));
         }
         if let Some(owner) = &f.owner {
-            check_owner(&owner.value).map_err(|m| invalid(pos_of(path, owner), field("owner"), m))?;
+            check_owner(&owner.value)
+                .map_err(|m| invalid(pos_of(path, owner), field("owner"), m))?;
         }
         let data = match (&f.content, &f.source) {
             (Some(_), Some(src)) => {

@@ -51,8 +51,11 @@ fn check_user_name(s: &str) -> Result<(), String> {
     // without escaping.
     let ok = !s.is_empty()
         && s.len() <= 32
-        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
@@ -72,13 +75,17 @@ fn check_group_name(s: &str) -> Result<(), String> {
 
 fn check_abs_path(s: &str) -> Result<(), String> {
     if !s.starts_with('/') {
-        return Err(format!("path {s:?} is relative: expected an absolute path starting with '/'"));
+        return Err(format!(
+            "path {s:?} is relative: expected an absolute path starting with '/'"
+        ));
     }
     if s.ends_with('/') {
         return Err(format!("path {s:?} ends with '/': expected a file path"));
     }
     if s.split('/').any(|c| c == "..") {
-        return Err(format!("path {s:?} contains '..': expected a normalized absolute path"));
+        return Err(format!(
+            "path {s:?} contains '..': expected a normalized absolute path"
+        ));
     }
     if s.chars().any(|c| c.is_control()) {
         return Err(format!("path {s:?} contains a control character"));
@@ -110,14 +117,16 @@ fn check_package(s: &str) -> Result<(), String> {
         None => (s, None),
     };
     let name_ok = name.len() >= 2
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
     let rest_ok = rest.is_none_or(|r| {
         !r.is_empty()
-            && r
-                .chars()
+            && r.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "+-.:~_".contains(c))
     });
     if name_ok && rest_ok {
@@ -132,7 +141,8 @@ fn check_package(s: &str) -> Result<(), String> {
 fn check_do_tag(s: &str) -> Result<(), String> {
     if !s.is_empty()
         && s.len() <= 255
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-:".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-:".contains(c))
     {
         Ok(())
     } else {
@@ -153,7 +163,9 @@ fn check_ssh_key(s: &str) -> Result<(), String> {
         "sk-ecdsa-sha2-nistp256@openssh.com",
     ];
     if s.contains('\n') || s.contains('\r') {
-        return Err("invalid ssh public key: it spans several lines; give one key per list item".into());
+        return Err(
+            "invalid ssh public key: it spans several lines; give one key per list item".into(),
+        );
     }
     let mut parts = s.split_whitespace();
     let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
@@ -206,7 +218,7 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
         } as u32)
     }
     let bytes = s.as_bytes();
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
@@ -319,6 +331,16 @@ impl<'de> Deserialize<'de> for Mode {
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Mode, E> {
                 Mode::parse_digits(&format!("{v:04}")).map_err(E::custom)
             }
+            // An unquoted 0999 is read as a float by the YAML 1.2 core schema.
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Mode, E> {
+                if v.fract() == 0.0 && (0.0..=9999.0).contains(&v) {
+                    self.visit_u64(v as u64)
+                } else {
+                    Err(E::custom(format!(
+                        "invalid mode {v}: expected octal permission bits such as \"0644\""
+                    )))
+                }
+            }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Mode, E> {
                 if v < 0 {
                     return Err(E::custom(format!("invalid mode {v}: must not be negative")));
@@ -402,7 +424,9 @@ impl<'de> Deserialize<'de> for Limit {
         if s == "never" {
             return Ok(Limit::Never);
         }
-        parse_duration(&s).map(Limit::After).map_err(de::Error::custom)
+        parse_duration(&s)
+            .map(Limit::After)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -421,16 +445,18 @@ impl ByteSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected a number with a unit, e.g. \"8G\""))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("invalid size {s:?}: expected a number with a unit, e.g. \"8G\"")
+        })?;
         let mult: u64 = match unit.trim() {
             "K" | "KiB" | "k" => 1 << 10,
             "M" | "MiB" => 1 << 20,
             "G" | "GiB" => 1 << 30,
             "T" | "TiB" => 1 << 40,
             "" | "B" => {
-                return Err(format!("invalid size {s:?}: a unit is required (K, M, G or T)"));
+                return Err(format!(
+                    "invalid size {s:?}: a unit is required (K, M, G or T)"
+                ));
             }
             other => {
                 return Err(format!(
@@ -449,9 +475,14 @@ impl ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(u64, &str); 4] = [(1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+        const UNITS: [(u64, &str); 4] = [
+            (1 << 40, "T"),
+            (1 << 30, "G"),
+            (1 << 20, "M"),
+            (1 << 10, "K"),
+        ];
         for (m, u) in UNITS {
-            if self.0 % m == 0 {
+            if self.0.is_multiple_of(m) {
                 return write!(f, "{}{u}", self.0 / m);
             }
         }
@@ -509,8 +540,18 @@ mod tests {
         let mismatched = ED25519.replacen("ssh-ed25519", "ssh-rsa", 1);
         let err = mismatched.parse::<SshPublicKey>().unwrap_err();
         assert!(err.contains("does not encode a ssh-rsa key"), "{err}");
-        assert!("ssh-ed25519 not*base64".parse::<SshPublicKey>().unwrap_err().contains("base64"));
-        assert!("ssh-foo AAAA".parse::<SshPublicKey>().unwrap_err().contains("unknown key type"));
+        assert!(
+            "ssh-ed25519 not*base64"
+                .parse::<SshPublicKey>()
+                .unwrap_err()
+                .contains("base64")
+        );
+        assert!(
+            "ssh-foo AAAA"
+                .parse::<SshPublicKey>()
+                .unwrap_err()
+                .contains("unknown key type")
+        );
         assert!("justoneword".parse::<SshPublicKey>().is_err());
     }
 
@@ -518,16 +559,32 @@ mod tests {
     fn modes_are_octal() {
         assert_eq!(Mode::parse_digits("0644").unwrap(), Mode(0o644));
         assert_eq!(Mode::parse_digits("440").unwrap().octal(), "0440");
-        assert!(Mode::parse_digits("0999").unwrap_err().contains("not octal"));
+        assert!(
+            Mode::parse_digits("0999")
+                .unwrap_err()
+                .contains("not octal")
+        );
         assert!(Mode::parse_digits("12345").is_err());
         assert!(Mode::parse_digits("rw").is_err());
     }
 
     #[test]
     fn durations_reject_zero_and_bare_numbers() {
-        assert!(parse_duration("0").unwrap_err().contains("0 is not allowed"));
-        assert!(parse_duration("0s").unwrap_err().contains("0 is not allowed"));
-        assert!(parse_duration("30").unwrap_err().contains("unit is required"));
+        assert!(
+            parse_duration("0")
+                .unwrap_err()
+                .contains("0 is not allowed")
+        );
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .contains("0 is not allowed")
+        );
+        assert!(
+            parse_duration("30")
+                .unwrap_err()
+                .contains("unit is required")
+        );
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
     }
 
