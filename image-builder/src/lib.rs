@@ -8,6 +8,9 @@
 
 pub mod steps;
 
+#[cfg(feature = "do-api")]
+pub mod do_api;
+
 #[cfg(feature = "host")]
 pub mod cli;
 #[cfg(feature = "host")]
