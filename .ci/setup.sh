@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install everything the build and the test suite need on a fresh Debian 12 machine.
+# Idempotent and quiet when everything is there already. Slow things are cached
+# outside the checkout (under ~/.cache/image-builder), keyed by their inputs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: real cloud-init (schema checks), PyYAML, visudo, packer, sshd,
+# QEMU/nspawn/mmdebstrap for local images, rclone/hyperfine for benchmarks, node for Prism.
+PACKAGES=(
+  cloud-init python3-yaml sudo
+  packer openssh-server openssh-client
+  qemu-system-x86 qemu-utils systemd-container mmdebstrap e2fsprogs genisoimage
+  nodejs npm
+  rclone hyperfine curl ca-certificates
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  # A first install can fail transiently on these machines; retry once.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    { sleep 3; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+fi
+
+# Component setup scripts (each idempotent, each caching under ~/.cache/image-builder).
+for s in .ci/setup-*.sh; do
+  [[ -e "$s" ]] || continue
+  echo "setup: $s" >&2
+  bash "$s" >/dev/null
+done
+echo "setup: ok" >&2
