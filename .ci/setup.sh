@@ -11,9 +11,12 @@ PACKAGES=(
   cloud-init python3-yaml sudo
   packer openssh-server openssh-client
   qemu-system-x86 qemu-utils systemd-container mmdebstrap e2fsprogs genisoimage
-  nodejs npm
   rclone hyperfine curl ca-certificates
 )
+
+# node/npm may come from elsewhere (e.g. NodeSource, whose nodejs conflicts with
+# Debian's npm): only install Debian's when there is no npm at all.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
