@@ -141,4 +141,10 @@ pub enum Fault {
     DropAfterCommit,
     /// The response is delayed by `ms` (the request is processed normally).
     Delay { ms: u64 },
+    /// Answer with this status and JSON body instead (nothing is processed).
+    /// Used to check that a contract checker catches a bad response.
+    Respond {
+        status: u16,
+        body: serde_json::Value,
+    },
 }

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::api::{ReqId, Shared, error_response};
+use crate::api::{ReqId, Shared, error_response, json_response};
 use crate::config::Fault;
 use crate::state::LoggedRequest;
 
@@ -85,6 +85,7 @@ fn fault_name(f: &Fault) -> String {
         Fault::Drop => "drop",
         Fault::DropAfterCommit => "drop_after_commit",
         Fault::Delay { .. } => "delay",
+        Fault::Respond { .. } => "respond",
     }
     .to_owned()
 }
@@ -159,6 +160,7 @@ async fn handle(
                 rate_limited(*retry_after_secs, &request_id)
             }
             Some(Fault::ServerError { status }) => server_error(*status, &request_id),
+            Some(Fault::Respond { status, body }) => json_response(status_of(*status), body),
             _ => {
                 req.extensions_mut().insert(ReqId(request_id.clone()));
                 let resp = infallible(router.oneshot(req).await);
