@@ -137,6 +137,8 @@ pub(crate) struct Inner {
     /// Self-destroy finished or was refused for good: timers no longer fire.
     destroy_done: bool,
     destroying: bool,
+    /// After a guard blocked self-destroy, don't fire again before this.
+    retry_at: Option<SystemTime>,
     callback: Option<String>,
 }
 
@@ -231,6 +233,7 @@ impl Agent {
                 },
                 destroy_done: false,
                 destroying: false,
+                retry_at: None,
                 callback: None,
             }),
             cfg,
@@ -466,7 +469,9 @@ impl Agent {
             let (statuses, fired) = timers::evaluate(&self.cfg.timers, &inputs);
             i.timers = statuses;
             match fired {
-                Some(f) if !i.destroy_done && !i.destroying => {
+                Some(f)
+                    if !i.destroy_done && !i.destroying && i.retry_at.is_none_or(|r| now >= r) =>
+                {
                     i.destroying = true;
                     i.draining = Some(format!("{} timer fired: {}", f.timer, f.reason));
                     i.destroy.state = "draining".into();
@@ -514,8 +519,13 @@ impl Agent {
                 i.draining = None;
             }
             Outcome::Blocked(b) => {
-                tracing::warn!("self-destroy blocked: {b}; no longer draining");
+                let wait = self.cfg.timers.tick.0 * 5;
+                tracing::warn!(
+                    "self-destroy blocked: {b}; no longer draining, re-checking in {}",
+                    crate::config::Dur(wait)
+                );
                 i.draining = None;
+                i.retry_at = Some(SystemTime::now() + wait);
             }
             Outcome::Refused(r) => {
                 tracing::error!("SELF-DESTROY REFUSED: {r}");

@@ -1,0 +1,7 @@
+//! Integration tests: the real `vm-agent` binary, run as a daemon in a temp dir.
+mod common;
+mod config_errors;
+mod jobs;
+mod readiness;
+mod selfdestroy;
+mod unit;

@@ -1,0 +1,356 @@
+use crate::common::*;
+use do_sim::{Fault, FaultRule, Sim, SimConfig};
+use std::time::Duration;
+use vm_agent::config::{Dur, Limit, Provider};
+
+const TOKEN: &str = "dop_v1_selfdestroy_test_token_6f2a";
+const DELETE: &str = "DELETE /v2/droplets/{id}";
+
+fn secs(n: u64) -> Limit {
+    Limit::After(Duration::from_secs(n))
+}
+
+fn fired(s: &serde_json::Value, state: &str) -> bool {
+    s["destroy"]["state"] == state
+}
+
+struct DoEnv {
+    sim: Sim,
+    droplet: u64,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn do_env(tags: &[&str]) -> DoEnv {
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let sim = rt
+        .block_on(Sim::start(SimConfig {
+            token: Some(TOKEN.into()),
+            ..SimConfig::default()
+        }))
+        .expect("sim");
+    let url = format!("{}/v2/droplets", sim.api_url());
+    let body = serde_json::json!({
+        "name": "worker-1", "size": "s-1vcpu-1gb", "image": "debian-12-x64", "tags": tags,
+    });
+    let created: serde_json::Value = rt.block_on(async {
+        reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json")
+    });
+    let droplet = created["droplet"]["id"].as_u64().expect("droplet id");
+    sim.act_as(Some(droplet));
+    sim.reset_requests();
+    DoEnv {
+        sim,
+        droplet,
+        _rt: rt,
+    }
+}
+
+fn do_agent(env: &DoEnv, tweak: impl FnOnce(&mut Agent)) -> Agent {
+    let mut a = Agent::new();
+    a.cfg.destroy.provider = Provider::Digitalocean;
+    a.cfg.destroy.api_url = env.sim.api_url();
+    a.cfg.destroy.metadata_url = env.sim.metadata_url();
+    a.cfg.destroy.retry_base_wait = Dur(Duration::from_millis(100));
+    a.cfg.destroy.retry_max_wait = Dur(Duration::from_millis(400));
+    a.write_secrets(&format!("do_token = \"{TOKEN}\"\n"));
+    tweak(&mut a);
+    a.cloud_init_done();
+    a.start();
+    a
+}
+
+fn uptime_secs() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split('.').next().and_then(|x| x.parse().ok()))
+        .expect("/proc/uptime")
+}
+
+#[test]
+fn idle_timer_fires_dry_run_reports_it() {
+    let mut a = Agent::new();
+    a.cfg.timers.idle_timeout = secs(2);
+    a.cloud_init_done();
+    a.start();
+    let s = a.wait_status("idle timer", 15, |s| fired(s, "dry-run"));
+    assert_eq!(s["destroy"]["timer"], "idle");
+    assert!(
+        s["destroy"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("would"),
+        "{s:#}"
+    );
+    assert!(s["draining"].is_null(), "a dry run does not keep draining");
+    assert!(a.log().contains("dry run: would"));
+}
+
+#[test]
+fn no_job_timer_fires_and_a_job_satisfies_it() {
+    let mut a = Agent::new();
+    a.cfg.timers.no_job_timeout = secs(2);
+    a.cloud_init_done();
+    a.start();
+    let s = a.wait_status("no-job timer", 15, |s| fired(s, "dry-run"));
+    assert_eq!(s["destroy"]["timer"], "no-job");
+
+    let mut b = Agent::new();
+    b.cfg.timers.no_job_timeout = secs(2);
+    b.cloud_init_done();
+    b.start();
+    b.wait_ready();
+    assert_eq!(code(&b.cli(&["run", "--", "true"])), 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let s = b.status();
+    assert_eq!(s["destroy"]["state"], "armed", "{s:#}");
+    let t = s["timers"]
+        .as_array()
+        .expect("timers")
+        .iter()
+        .find(|t| t["name"] == "no-job")
+        .cloned();
+    assert!(
+        t.expect("no-job")["state"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("satisfied")
+    );
+}
+
+#[test]
+fn max_lifetime_fires_and_local_provider_powers_off() {
+    let mut a = Agent::new();
+    a.cfg.timers.max_lifetime = secs(uptime_secs() + 3);
+    a.cfg.destroy.provider = Provider::Local;
+    a.start(); // cloud-init never finishes: max lifetime applies anyway
+    let s = a.wait_status("max-lifetime", 20, |s| fired(s, "destroyed"));
+    assert_eq!(s["destroy"]["timer"], "max-lifetime");
+    assert!(a.path("powered-off").exists(), "poweroff command ran");
+}
+
+#[test]
+fn hold_blocks_the_idle_timer_until_released() {
+    let mut a = Agent::new();
+    a.cfg.timers.idle_timeout = secs(2);
+    a.cloud_init_done();
+    a.start();
+    a.wait_ready();
+    assert_eq!(code(&a.cli(&["hold", "--reason", "debug"])), 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let s = a.status();
+    assert_eq!(s["destroy"]["state"], "armed", "{s:#}");
+    assert_eq!(s["timers"][0]["state"], "paused: hold");
+    assert_eq!(code(&a.cli(&["release"])), 0);
+    a.wait_status("idle after release", 15, |s| fired(s, "dry-run"));
+}
+
+#[test]
+fn open_session_blocks_idle_and_is_warned_on_max_lifetime() {
+    let mut a = Agent::new();
+    a.cfg.timers.idle_timeout = secs(1);
+    a.cfg.destroy.provider = Provider::Local;
+    a.open_session(4242, "alice", "pts/5");
+    std::fs::write(a.path("dev/pts/5"), "").expect("fake tty");
+    a.cloud_init_done();
+    a.start();
+    a.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let s = a.status();
+    assert_eq!(s["destroy"]["state"], "armed");
+    assert!(
+        s["timers"][0]["state"]
+            .as_str()
+            .unwrap_or("")
+            .contains("session"),
+        "{s:#}"
+    );
+    assert_eq!(s["sessions"][0]["user"], "alice");
+    assert!(!a.path("powered-off").exists());
+    a.kill();
+
+    // Max lifetime fires regardless of idleness: users are warned, the guard still blocks.
+    a.cfg.timers.max_lifetime = secs(1);
+    a.start();
+    let s = a.wait_status("blocked", 15, |s| fired(s, "blocked"));
+    assert!(
+        s["destroy"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("session"),
+        "{s:#}"
+    );
+    let tty = std::fs::read_to_string(a.path("dev/pts/5")).expect("tty");
+    assert!(
+        tty.contains("will be destroyed"),
+        "warning written: {tty:?}"
+    );
+    assert!(
+        !a.path("powered-off").exists(),
+        "guard blocked the power-off"
+    );
+    a.close_session(4242);
+    a.wait_status("destroyed once the session closed", 15, |s| {
+        fired(s, "destroyed")
+    });
+    assert!(a.path("powered-off").exists());
+}
+
+#[test]
+fn digitalocean_deletes_its_own_tagged_droplet_and_never_leaks_the_token() {
+    let env = do_env(&["ephemeral", "ci"]);
+    let a = do_agent(&env, |a| a.cfg.timers.idle_timeout = secs(2));
+    let s = a.wait_status("destroyed", 20, |s| fired(s, "destroyed"));
+    assert!(
+        s["destroy"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&env.droplet.to_string())
+    );
+    assert_eq!(env.sim.count(DELETE), 1);
+    wait_until("droplet gone", 10, || {
+        !env.sim.droplet_ids().contains(&env.droplet)
+    });
+    // The token: never in any argv, the log or the status.
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(TOKEN),
+                "token in /proc/{}/cmdline",
+                e.file_name().to_string_lossy()
+            );
+        }
+    }
+    assert!(!a.log().contains(TOKEN), "token in the daemon log");
+    assert!(!a.status().to_string().contains(TOKEN), "token in status");
+    assert!(!text(&a.cli(&["status"]).stdout).contains(TOKEN));
+}
+
+#[test]
+fn digitalocean_refuses_without_the_ephemeral_tag() {
+    let env = do_env(&["ci"]);
+    let a = do_agent(&env, |a| a.cfg.timers.idle_timeout = secs(1));
+    let s = a.wait_status("refused", 20, |s| fired(s, "refused"));
+    assert!(
+        s["destroy"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not tagged `ephemeral`"),
+        "{s:#}"
+    );
+    assert_eq!(env.sim.count(DELETE), 0);
+    assert!(env.sim.droplet_ids().contains(&env.droplet));
+    assert!(
+        !a.path("powered-off").exists(),
+        "refusal does not power off"
+    );
+    assert!(a.log().contains("SELF-DESTROY REFUSED"));
+}
+
+#[test]
+fn running_job_blocks_the_delete_until_it_ends() {
+    let env = do_env(&["ephemeral"]);
+    let a = do_agent(&env, |a| {
+        a.cfg.timers.max_lifetime = secs(uptime_secs() + 4)
+    });
+    a.wait_ready();
+    a.cli(&["run", "--detach", "--", "sleep", "300"]);
+    a.wait_job(1, 10, |j| j["state"] == "running");
+    let s = a.wait_status("blocked", 20, |s| fired(s, "blocked"));
+    assert!(
+        s["destroy"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("running"),
+        "{s:#}"
+    );
+    assert_eq!(env.sim.count(DELETE), 0);
+    a.cli(&["cancel", "1"]);
+    a.wait_status("destroyed", 20, |s| fired(s, "destroyed"));
+    assert_eq!(env.sim.count(DELETE), 1);
+}
+
+#[test]
+fn digitalocean_retries_429_and_5xx() {
+    let env = do_env(&["ephemeral"]);
+    env.sim.set_faults(vec![
+        FaultRule {
+            route: DELETE.into(),
+            nth: 1,
+            times: 1,
+            fault: Fault::RateLimit {
+                retry_after_secs: 1,
+            },
+        },
+        FaultRule {
+            route: DELETE.into(),
+            nth: 2,
+            times: 1,
+            fault: Fault::ServerError { status: 503 },
+        },
+    ]);
+    let a = do_agent(&env, |a| a.cfg.timers.idle_timeout = secs(1));
+    let s = a.wait_status("destroyed", 30, |s| fired(s, "destroyed"));
+    assert!(
+        s["destroy"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("attempt 3"),
+        "{s:#}"
+    );
+    assert_eq!(env.sim.count(DELETE), 3);
+    assert!(!env.sim.droplet_ids().contains(&env.droplet));
+}
+
+#[test]
+fn digitalocean_falls_back_to_power_off_loudly() {
+    let env = do_env(&["ephemeral"]);
+    env.sim.set_faults(vec![FaultRule {
+        route: DELETE.into(),
+        nth: 1,
+        times: 100,
+        fault: Fault::ServerError { status: 500 },
+    }]);
+    let a = do_agent(&env, |a| {
+        a.cfg.timers.idle_timeout = secs(1);
+        a.cfg.destroy.max_attempts = 3;
+    });
+    let s = a.wait_status("powered off", 30, |s| fired(s, "powered-off"));
+    assert_eq!(env.sim.count(DELETE), 3);
+    assert!(a.path("powered-off").exists());
+    assert!(
+        s["destroy"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("still billed"),
+        "{s:#}"
+    );
+    assert!(a.log().contains("STILL BILLED"));
+    let human = text(&a.cli(&["status"]).stdout);
+    assert!(human.contains("SELF-DESTROY POWERED-OFF"), "{human}");
+}
+
+#[test]
+fn draining_refuses_new_jobs() {
+    let mut a = Agent::new();
+    a.cfg.timers.idle_timeout = secs(1);
+    a.cfg.timers.warn_grace = Dur(Duration::from_secs(30));
+    a.cloud_init_done();
+    a.start();
+    a.wait_status("draining", 15, |s| s["draining"].is_string());
+    let out = a.cli(&["run", "--", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(
+        text(&out.stderr).contains("not accepting jobs"),
+        "{}",
+        text(&out.stderr)
+    );
+}
