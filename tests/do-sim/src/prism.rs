@@ -171,11 +171,16 @@ impl Prism {
             .clone()
     }
 
-    /// Prism's log lines that report a contract violation.
+    /// Prism's log lines that report a contract violation or an error
+    /// (`✖ error`, `⚠ warning`, `Violation`).
     pub fn violations(&self) -> Vec<String> {
         self.output()
             .into_iter()
-            .filter(|l| l.contains("Violation") || l.contains("violation"))
+            .filter(|l| {
+                l.contains('\u{2716}')
+                    || l.contains('\u{26a0}')
+                    || l.to_lowercase().contains("violation")
+            })
             .collect()
     }
 }
