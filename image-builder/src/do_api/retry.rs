@@ -147,7 +147,13 @@ impl RetryPolicy {
         #[allow(clippy::cast_precision_loss)] // epoch seconds fit an f64 exactly
         let left = (reset_epoch as f64 - now_secs).max(0.0);
         #[allow(clippy::cast_precision_loss)]
-        let wait = left / (remaining as f64 + 1.0);
+        let wait = if remaining == 0 {
+            // `ratelimit-reset` has whole-second granularity: one more second
+            // makes sure the window has really moved on.
+            left + 1.0
+        } else {
+            left / (remaining as f64 + 1.0)
+        };
         let wait = Duration::from_secs_f64(wait).min(self.max_pace_wait);
         (!wait.is_zero()).then_some(wait)
     }
@@ -276,10 +282,14 @@ mod tests {
         );
         assert_eq!(
             p.pace(0, 1_000_030, now),
-            Some(Duration::from_secs(30)),
-            "none left: wait for reset"
+            Some(Duration::from_secs(31)),
+            "none left: wait one second past the reset"
         );
-        assert_eq!(p.pace(0, 999_000, now), None, "reset already passed");
+        assert_eq!(
+            p.pace(0, 999_000, now),
+            Some(Duration::from_secs(1)),
+            "stale reset: one second"
+        );
         let capped = p.clone().with_max_pace_wait(Duration::from_secs(2));
         assert_eq!(capped.pace(0, 1_000_030, now), Some(Duration::from_secs(2)));
         assert_eq!(

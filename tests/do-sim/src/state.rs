@@ -504,7 +504,9 @@ impl World {
         }
         let exhausted = self.rate_remaining == 0;
         self.rate_remaining = self.rate_remaining.saturating_sub(1);
-        let reset = self.wall(self.rate_reset_at).unix_timestamp();
+        let reset_wall = self.wall(self.rate_reset_at);
+        // Whole seconds, rounded up: the window has moved on by then.
+        let reset = reset_wall.unix_timestamp() + i64::from(reset_wall.nanosecond() > 0);
         (
             self.config.ratelimit.limit,
             self.rate_remaining,
