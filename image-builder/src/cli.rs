@@ -27,6 +27,60 @@ pub enum Command {
     Render(RenderArgs),
     /// Validate an image spec: parse it, render both modes, check with the real tools.
     Validate(ValidateArgs),
+    /// Bake a golden image from a spec.
+    Bake(BakeArgs),
+    /// Local base images.
+    #[command(subcommand)]
+    Base(BaseCommand),
+}
+
+/// `image-builder bake`.
+#[derive(Debug, Args)]
+pub struct BakeArgs {
+    /// The image spec (YAML).
+    pub spec: PathBuf,
+    /// Where the image goes: `qemu` (local qcow2, the default) or `digitalocean`.
+    #[arg(long, value_enum, default_value_t = crate::bake::BackendKind::Qemu)]
+    pub backend: crate::bake::BackendKind,
+    /// Output directory (image files and manifest.json).
+    #[arg(long, default_value = "image-builder-out")]
+    pub out: PathBuf,
+    /// The static vm-agent binary to install (default: next to this executable).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Local backend: provision in a container (fast) or a full VM.
+    #[arg(long, value_enum, default_value_t = crate::backend::qemu::Way::Auto)]
+    pub way: crate::backend::qemu::Way,
+    /// Local backend: skip booting the golden image once to check it.
+    #[arg(long)]
+    pub no_boot_check: bool,
+    /// Keep the work directory (for debugging a failed bake).
+    #[arg(long)]
+    pub keep_work: bool,
+    /// Print the manifest as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `image-builder base ...`.
+#[derive(Debug, Subcommand)]
+pub enum BaseCommand {
+    /// Build (or reuse from the cache) a minimal Debian base for local bakes.
+    Build(BaseBuildArgs),
+}
+
+/// `image-builder base build`.
+#[derive(Debug, Args)]
+pub struct BaseBuildArgs {
+    /// Debian suite.
+    #[arg(long, default_value = "bookworm")]
+    pub suite: String,
+    /// Also copy the disk, kernel and initrd here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the base description as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `image-builder render`.
@@ -81,6 +135,9 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// A bake failed.
+    #[error(transparent)]
+    Bake(#[from] crate::bake::BakeError),
     /// The spec failed validation (details already reported).
     #[error("{0}: invalid")]
     Invalid(String),
@@ -274,4 +331,88 @@ fn print_human(r: &ValidateReport) {
         }
     }
     println!("{}: {}", r.spec, if r.valid { "valid" } else { "INVALID" });
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CliError::Write {
+            path: "<tokio runtime>".into(),
+            source,
+        })
+}
+
+/// `bake`.
+pub fn bake_cmd(args: &BakeArgs) -> Result<(), CliError> {
+    let req = crate::bake::BakeRequest {
+        spec: args.spec.clone(),
+        out_dir: args.out.clone(),
+        agent_bin: args.agent_bin.clone(),
+        qemu: crate::backend::qemu::QemuBakeOptions {
+            way: args.way,
+            no_boot_check: args.no_boot_check,
+            keep_work: args.keep_work,
+        },
+    };
+    let manifest = runtime()?.block_on(crate::bake::bake(args.backend, &req))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&manifest).unwrap_or_default()
+        );
+    } else {
+        for b in &manifest.builds {
+            println!("baked {} ({})", b.name, b.builder_type);
+            println!("  artifact: {}", b.artifact_id);
+            for f in &b.files {
+                println!("  file:     {} ({} MiB)", f.name, f.size >> 20);
+            }
+            let t: Vec<String> = b
+                .custom_data
+                .iter()
+                .filter(|(k, _)| k.starts_with("time_"))
+                .map(|(k, v)| format!("{}={v}s", &k[5..k.len() - 2]))
+                .collect();
+            println!("  timings:  {}", t.join(" "));
+            println!("  manifest: {}", args.out.join("manifest.json").display());
+        }
+    }
+    Ok(())
+}
+
+/// `base build`.
+pub fn base_build_cmd(args: &BaseBuildArgs) -> Result<(), CliError> {
+    use crate::backend::qemu::{QemuError, base};
+    let spec = base::BaseSpec {
+        suite: args.suite.clone(),
+        ..Default::default()
+    };
+    let b = base::build(&spec).map_err(|e| CliError::Bake(e.into()))?;
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).map_err(|source| CliError::Write {
+            path: out.clone(),
+            source,
+        })?;
+        for f in [&b.disk, &b.kernel, &b.initrd] {
+            let dest = out.join(f.file_name().unwrap_or_default());
+            std::fs::copy(f, &dest).map_err(|e| CliError::Bake(QemuError::io(&dest, e).into()))?;
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&b).unwrap_or_default());
+    } else {
+        println!(
+            "base {} ({}){}: {}",
+            b.key,
+            b.suite,
+            if b.cache_hit {
+                ", cache hit"
+            } else {
+                ", built"
+            },
+            b.dir.display()
+        );
+    }
+    Ok(())
 }

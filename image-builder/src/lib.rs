@@ -8,9 +8,16 @@
 
 pub mod steps;
 
+#[cfg(feature = "artifact")]
+pub mod artifact;
+
 #[cfg(feature = "do-api")]
 pub mod do_api;
 
+#[cfg(feature = "host")]
+pub mod backend;
+#[cfg(feature = "host")]
+pub mod bake;
 #[cfg(feature = "host")]
 pub mod cli;
 #[cfg(feature = "host")]

@@ -17,6 +17,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Render(a) => cli::render_cmd(a),
         Command::Validate(a) => cli::validate_cmd(a),
+        Command::Bake(a) => cli::bake_cmd(a),
+        Command::Base(cli::BaseCommand::Build(a)) => cli::base_build_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -325,11 +325,52 @@ fn py_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "''".to_owned())
 }
 
+/// The seal report: written by the bake finisher in the VM, read by every bake backend.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealReport {
+    /// Format version (1).
+    pub version: u32,
+    /// `ok` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The step that failed (`seal` when sealing itself failed).
+    #[serde(default)]
+    pub failed_step: Option<String>,
+    /// cloud-init's own errors (from `result.json`).
+    #[serde(default)]
+    pub cloud_init_errors: Vec<String>,
+    /// Steps that ran, with exit codes and durations.
+    #[serde(default)]
+    pub steps: Vec<StepResult>,
+    /// The tail of `/var/log/cloud-init-output.log`.
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+    /// cloud-init, kernel and OS versions.
+    #[serde(default)]
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// When the finisher ran (UTC, RFC 3339).
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+/// One step in a [`SealReport`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StepResult {
+    /// Step name.
+    pub name: String,
+    /// Its exit code.
+    pub exit_code: i32,
+    /// How long it took.
+    pub seconds: u64,
+}
+
 /// The part of the seal that removes state and secrets (no report, no power-off).
 /// Run last, right before a snapshot.
 pub fn seal_clean() -> Step {
     let body = format!(
-        r#"rm -rf {work}/staged {work}/steps {work}/run-steps.sh {work}/seal.py
+        r#"rm -rf {work}
 # cloud-init state: processed user-data (with any secret in it), instance data, logs, seed.
 if command -v cloud-init >/dev/null 2>&1; then
   cloud-init clean --logs --seed --machine-id || cloud-init clean --logs

@@ -1,0 +1,237 @@
+//! `image-builder base build`: a minimal Debian root filesystem made with
+//! mmdebstrap, an ext4 disk image of it, and the kernel and initrd beside it.
+//!
+//! The result lives in a cache directory keyed by a hash over its inputs (suite,
+//! package list, customize hook, format version), so a second build with the same
+//! inputs is a cache hit. A build happens in a temporary sibling directory that is
+//! renamed into place only when complete.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{QemuError, run_logged};
+
+/// Bumped when the layout of a base changes.
+const FORMAT: u32 = 1;
+
+/// The customize hook run by mmdebstrap.
+pub const CUSTOMIZE_HOOK: &str = include_str!("../../../../templates/qemu/customize-base.sh");
+
+/// Packages of the base (besides `minbase`).
+pub const PACKAGES: &[&str] = &[
+    "linux-image-cloud-amd64",
+    "systemd-sysv",
+    "systemd-resolved",
+    "udev",
+    "kmod",
+    "iproute2",
+    "cloud-init",
+    "openssh-server",
+    "sudo",
+    "ca-certificates",
+    "curl",
+    "netbase",
+    "less",
+    "python3",
+];
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BaseSpec {
+    /// Debian suite.
+    pub suite: String,
+    /// Extra packages.
+    pub extra_packages: Vec<String>,
+    /// Size of the ext4 disk image in bytes.
+    pub disk_size: u64,
+}
+
+impl Default for BaseSpec {
+    fn default() -> Self {
+        BaseSpec {
+            suite: "bookworm".into(),
+            extra_packages: Vec::new(),
+            disk_size: 2 << 30,
+        }
+    }
+}
+
+impl BaseSpec {
+    /// The cache key: a hash over everything that determines the result.
+    pub fn key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(format!(
+            "format={FORMAT}\nsuite={}\nsize={}\n",
+            self.suite, self.disk_size
+        ));
+        for p in PACKAGES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(self.extra_packages.iter().cloned())
+        {
+            h.update(format!("pkg={p}\n"));
+        }
+        h.update(CUSTOMIZE_HOOK.as_bytes());
+        hex::encode(h.finalize())[..16].to_owned()
+    }
+}
+
+/// A built base.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Base {
+    /// The cache key.
+    pub key: String,
+    /// Debian suite.
+    pub suite: String,
+    /// The directory holding everything below.
+    pub dir: PathBuf,
+    /// The root filesystem as a directory (for the container way).
+    pub rootfs: PathBuf,
+    /// The ext4 disk image (raw).
+    pub disk: PathBuf,
+    /// Kernel.
+    pub kernel: PathBuf,
+    /// Initrd.
+    pub initrd: PathBuf,
+    /// When it was built (RFC 3339).
+    pub built_at: String,
+    /// Whether this call reused a cached base.
+    #[serde(default)]
+    pub cache_hit: bool,
+}
+
+/// The cache root: `$IMAGE_BUILDER_CACHE` or `~/.cache/image-builder`.
+pub fn cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("IMAGE_BUILDER_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    home.join("image-builder")
+}
+
+fn metadata_path(dir: &Path) -> PathBuf {
+    dir.join("base.json")
+}
+
+/// Look up a cached base.
+pub fn lookup(spec: &BaseSpec) -> Option<Base> {
+    let dir = cache_root()
+        .join("base")
+        .join(format!("{}-{}", spec.suite, spec.key()));
+    let text = std::fs::read_to_string(metadata_path(&dir)).ok()?;
+    let mut base: Base = serde_json::from_str(&text).ok()?;
+    let complete = base.disk.is_file()
+        && base.kernel.is_file()
+        && base.initrd.is_file()
+        && base.rootfs.is_dir();
+    base.cache_hit = true;
+    complete.then_some(base)
+}
+
+fn require_root(what: &str) -> Result<(), QemuError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(QemuError::NeedsRoot {
+            what: what.to_owned(),
+        })
+    }
+}
+
+/// Build (or reuse) a base.
+pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
+    if let Some(b) = lookup(spec) {
+        tracing::info!("base {} is cached in {}", b.key, b.dir.display());
+        return Ok(b);
+    }
+    require_root("building a base image (mmdebstrap in root mode, mkfs.ext4 -d)")?;
+    for tool in ["mmdebstrap", "mkfs.ext4"] {
+        super::require_tool(tool)?;
+    }
+    let key = spec.key();
+    let parent = cache_root().join("base");
+    std::fs::create_dir_all(&parent).map_err(|e| QemuError::io(&parent, e))?;
+    let dir = parent.join(format!("{}-{key}", spec.suite));
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}-{key}.", spec.suite))
+        .tempdir_in(&parent)
+        .map_err(|e| QemuError::io(&parent, e))?;
+    let work = tmp.path();
+    let hook = work.join("customize.sh");
+    std::fs::write(&hook, CUSTOMIZE_HOOK).map_err(|e| QemuError::io(&hook, e))?;
+    let rootfs = work.join("rootfs");
+    let include: Vec<String> = PACKAGES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(spec.extra_packages.iter().cloned())
+        .collect();
+
+    tracing::info!(
+        "building base {key}: mmdebstrap {} ({} packages), takes ~2 min",
+        spec.suite,
+        include.len()
+    );
+    let mut mm = Command::new("mmdebstrap");
+    mm.args(["--variant=minbase", "--mode=root"])
+        .arg(format!("--include={}", include.join(",")))
+        .args([
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+        ])
+        .arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
+        .arg(&spec.suite)
+        .arg(&rootfs);
+    run_logged(&mut mm, "mmdebstrap", &work.join("mmdebstrap.log"))?;
+
+    let boot = rootfs.join("boot");
+    let kernel = super::newest_prefixed(&boot, "vmlinuz-")?;
+    let initrd = super::newest_prefixed(&boot, "initrd.img-")?;
+    std::fs::copy(&kernel, work.join("vmlinuz")).map_err(|e| QemuError::io(&kernel, e))?;
+    std::fs::copy(&initrd, work.join("initrd.img")).map_err(|e| QemuError::io(&initrd, e))?;
+
+    let disk = work.join("base.raw");
+    make_ext4(&rootfs, &disk, spec.disk_size)?;
+
+    let base = Base {
+        key: key.clone(),
+        suite: spec.suite.clone(),
+        dir: dir.clone(),
+        rootfs: dir.join("rootfs"),
+        disk: dir.join("base.raw"),
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        built_at: super::now_rfc3339(),
+        cache_hit: false,
+    };
+    let meta = serde_json::to_vec_pretty(&base).map_err(|e| QemuError::Other(e.to_string()))?;
+    std::fs::write(metadata_path(work), meta).map_err(|e| QemuError::io(work, e))?;
+    // Replace any incomplete leftover of an earlier run, then move into place.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| QemuError::io(&dir, e))?;
+    }
+    let work = tmp.keep();
+    std::fs::rename(&work, &dir).map_err(|e| QemuError::io(&dir, e))?;
+    tracing::info!("base {key} ready in {}", dir.display());
+    Ok(base)
+}
+
+/// `mkfs.ext4 -d ROOTFS DISK SIZE`.
+pub fn make_ext4(rootfs: &Path, disk: &Path, size: u64) -> Result<(), QemuError> {
+    let _ = std::fs::remove_file(disk);
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-L", "rootfs", "-d"])
+        .arg(rootfs)
+        .arg(disk)
+        .arg(format!("{}M", size >> 20));
+    let log = disk.with_extension("mkfs.log");
+    run_logged(&mut mkfs, "mkfs.ext4", &log)?;
+    let _ = std::fs::remove_file(log);
+    Ok(())
+}

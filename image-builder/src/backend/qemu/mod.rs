@@ -1,0 +1,587 @@
+//! The local backend: golden images built on this machine.
+//!
+//! - [`base`]: `image-builder base build`, a cached Debian root filesystem + disk.
+//! - [`container`]: provisioning with `systemd-nspawn -b` (cloud-init done in ~2 s).
+//! - [`vm`]: a full QEMU boot (user images with their own bootloader, boot checks,
+//!   and local workers).
+//!
+//! Child processes (nspawn, QEMU) are supervised: they run in their own process
+//! group, die with us (`PR_SET_PDEATHSIG`), and are killed on timeout, error,
+//! Ctrl-C or SIGTERM; temporary files go with them.
+
+pub mod base;
+pub mod container;
+pub mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::steps::SealReport;
+
+/// Errors of the local backend.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// A file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A required tool is missing.
+    #[error("`{tool}` not found: install the `{package}` package (or run .ci/setup.sh)")]
+    MissingTool {
+        /// The tool.
+        tool: String,
+        /// The Debian package.
+        package: String,
+    },
+    /// Root is needed.
+    #[error("{what} needs root")]
+    NeedsRoot {
+        /// What.
+        what: String,
+    },
+    /// A command failed.
+    #[error("{what} failed ({status}); last output:\n{tail}\n(full log: {})", log.display())]
+    Command {
+        /// What ran.
+        what: String,
+        /// Exit status.
+        status: String,
+        /// Its last lines.
+        tail: String,
+        /// The full log.
+        log: PathBuf,
+    },
+    /// Provisioning did not report in time.
+    #[error("{what} did not finish within {}; console tail:\n{tail}", humantime::format_duration(*timeout))]
+    Timeout {
+        /// What.
+        what: String,
+        /// The bound.
+        timeout: Duration,
+        /// Console tail.
+        tail: String,
+    },
+    /// Interrupted by a signal; everything started was stopped.
+    #[error("interrupted by {signal}; stopped {what} and removed its temporary files")]
+    Interrupted {
+        /// Which signal.
+        signal: &'static str,
+        /// What was running.
+        what: String,
+    },
+    /// Provisioning reported failure.
+    #[error("provisioning failed: {reason}{step}\n--- cloud-init log tail ---\n{tail}")]
+    ProvisioningFailed {
+        /// Why.
+        reason: String,
+        /// `(step NAME)` or empty.
+        step: String,
+        /// Log tail.
+        tail: String,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl QemuError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        QemuError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+const TOOL_PACKAGES: &[(&str, &str)] = &[
+    ("mmdebstrap", "mmdebstrap"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("systemd-nspawn", "systemd-container"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("qemu-img", "qemu-utils"),
+    ("genisoimage", "genisoimage"),
+];
+
+/// Fail with the package to install when `tool` is missing.
+pub fn require_tool(tool: &str) -> Result<PathBuf, QemuError> {
+    crate::validate::find_tool(tool).ok_or_else(|| QemuError::MissingTool {
+        tool: tool.to_owned(),
+        package: TOOL_PACKAGES
+            .iter()
+            .find(|(t, _)| *t == tool)
+            .map(|(_, p)| (*p).to_owned())
+            .unwrap_or_else(|| tool.to_owned()),
+    })
+}
+
+/// UTC now as RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn tail_of(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Run a short command to completion, output to `log`; on failure the error carries its tail.
+pub fn run_logged(
+    cmd: &mut std::process::Command,
+    what: &str,
+    log: &Path,
+) -> Result<(), QemuError> {
+    let out = cmd
+        .output()
+        .map_err(|e| QemuError::Other(format!("cannot run {what}: {e}")))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    std::fs::write(log, &text).map_err(|e| QemuError::io(log, e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(QemuError::Command {
+            what: what.to_owned(),
+            status: out.status.to_string(),
+            tail: tail_of(&text, 30),
+            log: log.to_owned(),
+        })
+    }
+}
+
+/// Markers around the seal report on the console.
+pub const REPORT_BEGIN: &str = "IMAGE-BUILDER-SEAL-REPORT-BEGIN";
+/// See [`REPORT_BEGIN`].
+pub const REPORT_END: &str = "IMAGE-BUILDER-SEAL-REPORT-END";
+
+/// What a supervised run saw.
+#[derive(Debug)]
+pub struct Supervised {
+    /// The seal report, if one was printed.
+    pub report: Option<SealReport>,
+    /// The last console lines.
+    pub tail: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+    /// Lines matching the caller's `watch` string, in order.
+    pub watched: Vec<String>,
+}
+
+/// Options for [`supervise`].
+pub struct SuperviseOpts<'a> {
+    /// Human name ("container bake", "boot check").
+    pub what: &'a str,
+    /// Kill after this long.
+    pub timeout: Duration,
+    /// Console log file.
+    pub log: &'a Path,
+    /// Stop (kill) as soon as a line containing this appears (e.g. a boot marker).
+    pub stop_on: Option<&'a str>,
+    /// Collect lines containing this.
+    pub watch: Option<&'a str>,
+}
+
+/// Run `cmd` (stdout+stderr = console) until it exits, a stop line appears, the
+/// timeout passes, or we get SIGINT/SIGTERM. The child runs in its own process
+/// group, gets SIGKILL if we die, and is killed when this function returns.
+pub async fn supervise(
+    mut cmd: tokio::process::Command,
+    opts: SuperviseOpts<'_>,
+) -> Result<Supervised, QemuError> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.process_group(0);
+    set_pdeathsig(&mut cmd);
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| QemuError::Other(format!("cannot start {}: {e}", opts.what)))?;
+    let pid = child.id();
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| QemuError::Other("no stdout".into()))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| QemuError::Other("no stderr".into()))?;
+    let mut out_lines = BufReader::new(stdout).lines();
+    let mut err_lines = BufReader::new(stderr).lines();
+    let mut log = tokio::fs::File::create(opts.log)
+        .await
+        .map_err(|e| QemuError::io(opts.log, e))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| QemuError::Other(e.to_string()))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| QemuError::Other(e.to_string()))?;
+    let deadline = tokio::time::sleep(opts.timeout);
+    tokio::pin!(deadline);
+
+    let mut tail: Vec<String> = Vec::new();
+    let mut watched = Vec::new();
+    let mut in_report: Option<String> = None;
+    let mut report = None;
+    let (mut out_open, mut err_open) = (true, true);
+    let kill_group = |pid: Option<u32>| {
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
+
+    loop {
+        let line = tokio::select! {
+            l = out_lines.next_line(), if out_open => match l {
+                Ok(Some(l)) => Some(l),
+                _ => { out_open = false; None }
+            },
+            l = err_lines.next_line(), if err_open => match l {
+                Ok(Some(l)) => Some(l),
+                _ => { err_open = false; None }
+            },
+            status = child.wait(), if !out_open && !err_open => {
+                let _ = status;
+                break;
+            }
+            _ = &mut deadline => {
+                kill_group(pid);
+                let _ = child.kill().await;
+                return Err(QemuError::Timeout { what: opts.what.to_owned(), timeout: opts.timeout, tail: tail.join("\n") });
+            }
+            _ = sigint.recv() => {
+                kill_group(pid);
+                let _ = child.kill().await;
+                return Err(QemuError::Interrupted { signal: "SIGINT", what: opts.what.to_owned() });
+            }
+            _ = sigterm.recv() => {
+                kill_group(pid);
+                let _ = child.kill().await;
+                return Err(QemuError::Interrupted { signal: "SIGTERM", what: opts.what.to_owned() });
+            }
+        };
+        let Some(line) = line else { continue };
+        let _ = log.write_all(line.as_bytes()).await;
+        let _ = log.write_all(b"\n").await;
+        let clean = strip_ansi(&line);
+        if let Some(buf) = in_report.as_mut() {
+            if clean.contains(REPORT_END) {
+                report = serde_json::from_str::<SealReport>(buf.trim()).ok();
+                in_report = None;
+            } else {
+                buf.push_str(&clean);
+            }
+        } else if clean.contains(REPORT_BEGIN) {
+            in_report = Some(String::new());
+        }
+        if let Some(w) = opts.watch
+            && clean.contains(w)
+        {
+            watched.push(clean.clone());
+        }
+        tail.push(clean.clone());
+        if tail.len() > 60 {
+            tail.remove(0);
+        }
+        if let Some(stop) = opts.stop_on
+            && clean.contains(stop)
+        {
+            kill_group(pid);
+            let _ = child.kill().await;
+            break;
+        }
+    }
+    let _ = log.flush().await;
+    Ok(Supervised {
+        report,
+        tail: tail.join("\n"),
+        elapsed: started.elapsed(),
+        watched,
+    })
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[allow(unsafe_code)]
+fn set_pdeathsig(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which
+    // is async-signal-safe; it allocates nothing and touches no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Turn a seal report into success or a `ProvisioningFailed` error.
+pub fn check_report(
+    report: Option<SealReport>,
+    console_tail: &str,
+) -> Result<SealReport, QemuError> {
+    match report {
+        Some(r) if r.status == "ok" => Ok(r),
+        Some(r) => Err(QemuError::ProvisioningFailed {
+            reason: r.reason.clone().unwrap_or_else(|| "unknown".into()),
+            step: r
+                .failed_step
+                .as_ref()
+                .map(|s| format!(" (step {s})"))
+                .unwrap_or_default(),
+            tail: if r.log_tail.is_empty() {
+                console_tail.to_owned()
+            } else {
+                r.log_tail.join("\n")
+            },
+        }),
+        None => Err(QemuError::ProvisioningFailed {
+            reason: "the builder stopped without a seal report".into(),
+            step: String::new(),
+            tail: console_tail.to_owned(),
+        }),
+    }
+}
+
+/// How the local backend provisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Way {
+    /// `container` for bases built by `base build`, `vm` for other images.
+    #[default]
+    Auto,
+    /// `systemd-nspawn -b` on the base's root filesystem (fast), then a boot check.
+    Container,
+    /// A full QEMU boot.
+    Vm,
+}
+
+/// Options of a local bake.
+#[derive(Clone, Debug, Default)]
+pub struct QemuBakeOptions {
+    /// Container or VM.
+    pub way: Way,
+    /// Skip the boot check after a container bake.
+    pub no_boot_check: bool,
+    /// Keep the work directory (debugging).
+    pub keep_work: bool,
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Bake with the local backend: provision, make the golden qcow2, boot-check it.
+pub async fn bake(
+    loaded: &crate::spec::LoadedSpec,
+    name: &str,
+    agent: Option<&crate::backend::AgentArtifact>,
+    out_dir: &Path,
+    opts: &QemuBakeOptions,
+) -> Result<crate::backend::BakeResult, QemuError> {
+    use crate::render::{self, AgentBinary, Mode, RenderOptions};
+
+    let spec = &loaded.spec;
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut lap = Instant::now();
+    let mut mark = |timings: &mut Vec<(String, f64)>, what: &str| {
+        timings.push((what.to_owned(), lap.elapsed().as_secs_f64()));
+        lap = Instant::now();
+    };
+
+    let base_name = spec.base.qemu.clone().ok_or_else(|| {
+        QemuError::Other(format!(
+            "{}: base.qemu is not set: the local backend needs a base",
+            loaded.path.display()
+        ))
+    })?;
+    let is_suite = !base_name.contains('/') && !base_name.contains('.');
+    let way = match (opts.way, is_suite) {
+        (Way::Auto, true) | (Way::Container, true) => Way::Container,
+        (Way::Container, false) => {
+            return Err(QemuError::Other(format!(
+                "base.qemu {base_name:?} is an image file: the container way needs a base built by `image-builder base build`"
+            )));
+        }
+        (_, _) => Way::Vm,
+    };
+    if way == Way::Vm {
+        return Err(QemuError::Other(
+            "the vm way of provisioning (user-supplied images) is not implemented yet; use a base built by \
+             `image-builder base build` (base.qemu: bookworm)"
+                .into(),
+        ));
+    }
+    let base = base::build(&base::BaseSpec {
+        suite: base_name.clone(),
+        ..Default::default()
+    })?;
+    mark(
+        &mut timings,
+        if base.cache_hit {
+            "base_cached"
+        } else {
+            "base_build"
+        },
+    );
+
+    let mut ropts = RenderOptions::new(Mode::Bake);
+    ropts.agent = agent.map(|a| AgentBinary {
+        source: crate::steps::AgentSource::Path(container::AGENT_STAGING.to_owned()),
+        sha256: a.sha256.clone(),
+        config_toml: a.config_toml.clone(),
+        unit: a.unit.clone(),
+    });
+    let rendered = render::render(loaded, &ropts).map_err(|e| QemuError::Other(e.to_string()))?;
+
+    let work_parent = base::cache_root().join("work");
+    std::fs::create_dir_all(&work_parent).map_err(|e| io_err(&work_parent, e))?;
+    let work_dir = tempfile::Builder::new()
+        .prefix("bake-")
+        .tempdir_in(&work_parent)
+        .map_err(|e| io_err(&work_parent, e))?;
+    let work = work_dir.path().to_owned();
+    let instance = format!("bake-{}", &loaded.spec_hash()[..8]);
+    let prepared = container::prepare(
+        &base.rootfs,
+        &work,
+        &rendered.text,
+        &instance,
+        agent.map(|a| a.path.as_path()),
+    )?;
+    mark(&mut timings, "prepare");
+    tracing::info!(
+        "provisioning {name} in a container (timeout {})",
+        humantime::format_duration(spec.bake.timeout.0)
+    );
+    let log = work.join("console.log");
+    let seen = container::run(
+        &prepared,
+        &format!("ib-{}", &loaded.spec_hash()[..10]),
+        spec.bake.timeout.0,
+        &log,
+    )
+    .await?;
+    let report = check_report(seen.report, &seen.tail)?;
+    mark(&mut timings, "provision");
+
+    let raw = work.join("golden.raw");
+    base::make_ext4(&prepared.rootfs, &raw, spec.qemu.disk_size.0)?;
+    let qcow = out_dir.join(format!("{name}.qcow2"));
+    let tmp_qcow = out_dir.join(format!(".{name}.qcow2.tmp"));
+    let qemu_img = require_tool("qemu-img")?;
+    let mut convert = std::process::Command::new(qemu_img);
+    convert
+        .args(["convert", "-c", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&tmp_qcow);
+    let converted = run_logged(&mut convert, "qemu-img convert", &work.join("convert.log"));
+    if let Err(e) = converted {
+        let _ = std::fs::remove_file(&tmp_qcow);
+        return Err(e);
+    }
+    std::fs::rename(&tmp_qcow, &qcow).map_err(|e| io_err(&qcow, e))?;
+    let boot = prepared.rootfs.join("boot");
+    let kernel = out_dir.join(format!("{name}.vmlinuz"));
+    let initrd = out_dir.join(format!("{name}.initrd.img"));
+    for (prefix, dest) in [("vmlinuz-", &kernel), ("initrd.img-", &initrd)] {
+        let src = newest_prefixed(&boot, prefix)?;
+        std::fs::copy(&src, dest).map_err(|e| io_err(&src, e))?;
+    }
+    drop(prepared);
+    let _ = std::fs::remove_file(&raw);
+    mark(&mut timings, "image");
+
+    let mut details =
+        serde_json::json!({"way": "container", "base": base.dir, "base_cache_hit": base.cache_hit});
+    if !opts.no_boot_check {
+        let vm = vm::VmSpec {
+            disk: qcow.clone(),
+            kernel: Some((kernel.clone(), initrd.clone())),
+            memory_mib: spec.qemu.memory.0 >> 20,
+            cpus: spec.qemu.cpus,
+            accel: spec.qemu.accel,
+            ssh_port: None,
+        };
+        tracing::info!("boot check: booting {} under QEMU", qcow.display());
+        let check = vm::boot_check(&vm, &work, Duration::from_secs(300)).await?;
+        if agent.is_some() && check.agent_enabled != "enabled" {
+            return Err(QemuError::Other(format!(
+                "boot check: vm-agent.service is {:?} in the booted image, expected \"enabled\"",
+                check.agent_enabled
+            )));
+        }
+        if check.sudoers != "ok" {
+            return Err(QemuError::Other(format!(
+                "boot check: visudo -c in the booted image says {:?}",
+                check.sudoers
+            )));
+        }
+        details["boot_check"] = serde_json::to_value(&check).unwrap_or_default();
+        mark(&mut timings, "boot_check");
+    }
+    if opts.keep_work {
+        let kept = work_dir.keep();
+        tracing::info!("work directory kept: {}", kept.display());
+    }
+    let files = [&qcow, &kernel, &initrd]
+        .iter()
+        .map(|p| ((*p).clone(), file_size(p)))
+        .collect();
+    Ok(crate::backend::BakeResult {
+        artifact_id: qcow.display().to_string(),
+        builder_type: "image-builder.qemu".into(),
+        files,
+        timings,
+        report,
+        details,
+    })
+}
+
+fn io_err(p: &Path, e: std::io::Error) -> QemuError {
+    QemuError::io(p, e)
+}
+
+fn newest_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf, QemuError> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io_err(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .ok_or_else(|| QemuError::Other(format!("{}: no {prefix}* found", dir.display())))
+}

@@ -1,0 +1,212 @@
+//! Full QEMU boots: the boot check of a golden image, the `vm` way of provisioning
+//! (images with their own bootloader), and local workers.
+//!
+//! Acceleration: `/dev/kvm` exists on these machines but is a nested hypervisor
+//! without hardware virtualisation that crashes stock kernels, so `auto` uses KVM
+//! only when `/dev/kvm` exists *and* the CPU advertises vmx/svm; otherwise TCG
+//! (`-accel tcg,thread=multi -cpu max`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{QemuError, SuperviseOpts, Supervised, require_tool, run_logged, supervise};
+use crate::spec::Accel;
+
+/// Pick the accelerator.
+pub fn resolve_accel(accel: Accel) -> Accel {
+    match accel {
+        Accel::Auto => {
+            let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let hw = cpu
+                .lines()
+                .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+            if Path::new("/dev/kvm").exists() && hw {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            }
+        }
+        other => other,
+    }
+}
+
+/// A VM to boot.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    /// Disk image (qcow2 or raw); an overlay on it is what the VM writes to.
+    pub disk: PathBuf,
+    /// Direct kernel boot (bases built by `base build`); `None` for images with a bootloader.
+    pub kernel: Option<(PathBuf, PathBuf)>,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Forward this host port on 127.0.0.1 to the guest's port 22.
+    pub ssh_port: Option<u16>,
+}
+
+/// A NoCloud seed ISO (volume id `cidata`).
+pub fn make_seed_iso(dir: &Path, user_data: &str, meta_data: &str) -> Result<PathBuf, QemuError> {
+    let geniso = require_tool("genisoimage")?;
+    let seed = dir.join("seed");
+    std::fs::create_dir_all(&seed).map_err(|e| QemuError::io(&seed, e))?;
+    std::fs::write(seed.join("user-data"), user_data).map_err(|e| QemuError::io(&seed, e))?;
+    std::fs::write(seed.join("meta-data"), meta_data).map_err(|e| QemuError::io(&seed, e))?;
+    let iso = dir.join("seed.iso");
+    let mut cmd = std::process::Command::new(geniso);
+    cmd.arg("-output")
+        .arg(&iso)
+        .args(["-volid", "cidata", "-joliet", "-rock"])
+        .arg(seed.join("user-data"))
+        .arg(seed.join("meta-data"));
+    run_logged(&mut cmd, "genisoimage", &dir.join("genisoimage.log"))?;
+    Ok(iso)
+}
+
+/// `qemu-img create -f qcow2 -b BASE -F FMT OVERLAY`.
+pub fn make_overlay(base: &Path, overlay: &Path) -> Result<(), QemuError> {
+    let qemu_img = require_tool("qemu-img")?;
+    let fmt = image_format(base)?;
+    let base_abs = std::fs::canonicalize(base).map_err(|e| QemuError::io(base, e))?;
+    let mut cmd = std::process::Command::new(qemu_img);
+    cmd.args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(&base_abs)
+        .args(["-F", &fmt])
+        .arg(overlay);
+    run_logged(&mut cmd, "qemu-img create", &overlay.with_extension("log"))
+}
+
+/// `raw` or `qcow2`, by magic.
+pub fn image_format(path: &Path) -> Result<String, QemuError> {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| QemuError::io(path, e))?;
+    Ok(if &magic == b"QFI\xfb" { "qcow2" } else { "raw" }.to_owned())
+}
+
+/// The QEMU command line for `vm` with the seed `iso` attached.
+pub fn command(
+    vm: &VmSpec,
+    overlay: &Path,
+    iso: &Path,
+    pidfile: &Path,
+) -> Result<tokio::process::Command, QemuError> {
+    let qemu = require_tool("qemu-system-x86_64")?;
+    let mut cmd = tokio::process::Command::new(qemu);
+    match resolve_accel(vm.accel) {
+        Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+        _ => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
+    };
+    cmd.args([
+        "-smp",
+        &vm.cpus.to_string(),
+        "-m",
+        &vm.memory_mib.to_string(),
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+    ])
+    .arg("-pidfile")
+    .arg(pidfile);
+    if let Some((kernel, initrd)) = &vm.kernel {
+        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
+        cmd.args(["-append", "root=/dev/vda rw console=ttyS0 quiet"]);
+    }
+    cmd.arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+            overlay.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            iso.display()
+        ));
+    let fwd = vm
+        .ssh_port
+        .map(|p| format!(",hostfwd=tcp:127.0.0.1:{p}-:22"))
+        .unwrap_or_default();
+    cmd.args([
+        "-netdev",
+        &format!("user,id=n0{fwd}"),
+        "-device",
+        "virtio-net-pci,netdev=n0",
+    ])
+    .args(["-device", "virtio-rng-pci"]);
+    Ok(cmd)
+}
+
+/// The marker the boot check's user-data prints when cloud-init has run.
+pub const BOOT_OK: &str = "IMAGE-BUILDER-BOOT-CHECK";
+
+/// What the boot check saw inside the booted golden image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BootCheck {
+    /// Seconds from QEMU start to the marker.
+    pub seconds: f64,
+    /// `systemctl is-enabled vm-agent` (or `absent`).
+    pub agent_enabled: String,
+    /// `visudo -c` result.
+    pub sudoers: String,
+    /// Number of failed units.
+    pub failed_units: u32,
+}
+
+/// Boot the golden image once with a tiny seed and check it came up.
+pub async fn boot_check(
+    vm: &VmSpec,
+    work: &Path,
+    timeout: Duration,
+) -> Result<BootCheck, QemuError> {
+    let user_data = format!(
+        "#cloud-config\nruncmd:\n  - [sh, -c, 'echo \"{BOOT_OK} agent=$(systemctl is-enabled vm-agent.service 2>/dev/null || echo absent) sudoers=$(visudo -c >/dev/null 2>&1 && echo ok || echo bad) failed=$(systemctl --failed --no-legend | wc -l)\" > /dev/console']\n"
+    );
+    let iso = make_seed_iso(
+        work,
+        &user_data,
+        "instance-id: boot-check\nlocal-hostname: boot-check\n",
+    )?;
+    let overlay = work.join("boot-check.qcow2");
+    make_overlay(&vm.disk, &overlay)?;
+    let cmd = command(vm, &overlay, &iso, &work.join("qemu.pid"))?;
+    let log = work.join("boot-check.console.log");
+    let seen: Supervised = supervise(
+        cmd,
+        SuperviseOpts {
+            what: "boot check",
+            timeout,
+            log: &log,
+            stop_on: Some(BOOT_OK),
+            watch: Some(BOOT_OK),
+        },
+    )
+    .await?;
+    let line = seen.watched.last().cloned().ok_or_else(|| {
+        QemuError::Other(format!(
+            "boot check: the VM stopped before cloud-init ran; console tail:\n{}",
+            seen.tail
+        ))
+    })?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    Ok(BootCheck {
+        seconds: seen.elapsed.as_secs_f64(),
+        agent_enabled: field("agent"),
+        sudoers: field("sudoers"),
+        failed_units: field("failed").parse().unwrap_or(0),
+    })
+}

@@ -1,0 +1,293 @@
+//! `image-builder bake`: the parts every backend shares — image naming, the agent
+//! binary and its config, rendering in bake mode, and the bake manifest (compatible
+//! with Packer's `packer-manifest.json`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::backend::{AgentArtifact, BakeResult, qemu};
+use crate::spec::{self, LoadedSpec};
+
+/// The vm-agent unit baked into images.
+pub const AGENT_UNIT: &str = include_str!("../../templates/systemd/vm-agent.service");
+
+/// Errors of a bake.
+#[derive(Debug, thiserror::Error)]
+pub enum BakeError {
+    /// Spec problems.
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    /// Rendering problems.
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
+    /// Local backend problems.
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
+    /// The agent binary is missing or unreadable.
+    #[error("{0}")]
+    Agent(String),
+    /// Writing the manifest failed.
+    #[error("{}: cannot write the manifest: {source}", path.display())]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Where the agent binary is looked for when none is given: next to this executable.
+pub fn find_agent_binary(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_owned());
+    }
+    if let Some(p) = std::env::var_os("IMAGE_BUILDER_AGENT_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let sibling = exe.parent()?.join("vm-agent");
+    sibling.is_file().then_some(sibling)
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The agent config baked into an image: the spec's agent settings in vm-agent's
+/// config format (`vm-agent/src/config.rs`; a workspace test parses this output
+/// with vm-agent's own parser).
+pub fn agent_config_toml(loaded: &LoadedSpec, provider: &str) -> String {
+    let a = &loaded.spec.agent;
+    format!(
+        "# vm-agent config baked by image-builder from {spec}.\nversion = 1\n\n[jobs]\nuser = \"{user}\"\n\n[timers]\nidle_timeout = \"{idle}\"\nmax_lifetime = \"{life}\"\nno_job_timeout = \"{nojob}\"\n\n[destroy]\nprovider = \"{provider}\"\nephemeral_tag = \"{tag}\"\n",
+        spec = loaded
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        user = loaded.spec.build_user.name,
+        idle = a.idle_timeout,
+        life = a.max_lifetime,
+        nojob = a.no_job_timeout,
+        tag = a.ephemeral_tag,
+    )
+}
+
+/// `git rev-parse HEAD` in `dir`, if it is a git checkout.
+pub fn git_sha(dir: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Fill the spec's snapshot name template.
+pub fn image_name(loaded: &LoadedSpec, git: Option<&str>) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    use time::macros::format_description;
+    let stamp = now
+        .format(format_description!(
+            "[year][month][day]-[hour][minute][second]"
+        ))
+        .unwrap_or_default();
+    let mut vars = BTreeMap::new();
+    vars.insert("name", loaded.spec.name.value.clone());
+    vars.insert("date", stamp[..8.min(stamp.len())].to_owned());
+    vars.insert("timestamp", stamp);
+    vars.insert(
+        "git_sha",
+        git.map(|g| g.chars().take(12).collect())
+            .unwrap_or_else(|| "nogit".into()),
+    );
+    vars.insert("spec_hash", loaded.spec_hash()[..12].to_owned());
+    spec::fill_template(&loaded.spec.snapshot.name.value, &vars)
+}
+
+/// Which backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Local: systemd-nspawn / QEMU, a golden qcow2.
+    Qemu,
+    /// A DigitalOcean snapshot.
+    Digitalocean,
+}
+
+/// Inputs of a bake.
+#[derive(Clone, Debug)]
+pub struct BakeRequest {
+    /// The spec file.
+    pub spec: PathBuf,
+    /// Where outputs go.
+    pub out_dir: PathBuf,
+    /// The agent binary (None: look next to this executable).
+    pub agent_bin: Option<PathBuf>,
+    /// Local backend options.
+    pub qemu: qemu::QemuBakeOptions,
+}
+
+/// One entry of the manifest (`builds[]`), Packer-compatible plus our details.
+#[derive(Debug, Serialize)]
+pub struct ManifestBuild {
+    /// Image name.
+    pub name: String,
+    /// `image-builder.qemu` / `image-builder.digitalocean`.
+    pub builder_type: String,
+    /// Unix time the build finished.
+    pub build_time: i64,
+    /// Files with sizes.
+    pub files: Vec<ManifestFile>,
+    /// Path (qemu) or `region:image-id` (DigitalOcean).
+    pub artifact_id: String,
+    /// Run id.
+    pub packer_run_uuid: String,
+    /// String map, as Packer has it.
+    pub custom_data: BTreeMap<String, String>,
+    /// Per-step timings, the seal report and backend details.
+    pub image_builder: serde_json::Value,
+}
+
+/// A file in the manifest.
+#[derive(Debug, Serialize)]
+pub struct ManifestFile {
+    /// Path.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// The manifest file (`packer-manifest.json`-compatible).
+#[derive(Debug, Serialize)]
+pub struct Manifest {
+    /// Builds.
+    pub builds: Vec<ManifestBuild>,
+    /// The run id of the last build.
+    pub last_run_uuid: String,
+}
+
+/// Run a bake end to end and write `out_dir/manifest.json`.
+pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, BakeError> {
+    let loaded = spec::load(&req.spec)?;
+    let spec_dir = req.spec.parent().map(Path::to_owned).unwrap_or_default();
+    let git = git_sha(if spec_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &spec_dir
+    });
+    let name = image_name(&loaded, git.as_deref());
+    let provider = match kind {
+        BackendKind::Qemu => "local",
+        BackendKind::Digitalocean => "digitalocean",
+    };
+    let agent = if loaded.spec.agent.install {
+        let path = find_agent_binary(req.agent_bin.as_deref()).ok_or_else(|| {
+            BakeError::Agent(
+                "agent.install is true but no vm-agent binary was found: build it with vm-agent/build-static.sh \
+                 and pass --agent-bin PATH (or set IMAGE_BUILDER_AGENT_BIN)"
+                    .into(),
+            )
+        })?;
+        let sha256 =
+            sha256_file(&path).map_err(|e| BakeError::Agent(format!("{}: {e}", path.display())))?;
+        Some(AgentArtifact {
+            path,
+            sha256,
+            config_toml: agent_config_toml(&loaded, provider),
+            unit: AGENT_UNIT.to_owned(),
+        })
+    } else {
+        None
+    };
+    std::fs::create_dir_all(&req.out_dir).map_err(|source| BakeError::Manifest {
+        path: req.out_dir.clone(),
+        source,
+    })?;
+    let result: BakeResult = match kind {
+        BackendKind::Qemu => {
+            qemu::bake(&loaded, &name, agent.as_ref(), &req.out_dir, &req.qemu).await?
+        }
+        BackendKind::Digitalocean => {
+            return Err(BakeError::Agent(
+                "the DigitalOcean bake is not implemented yet (issue 5)".into(),
+            ));
+        }
+    };
+    let run_uuid = uuid_v4();
+    let mut custom = BTreeMap::new();
+    custom.insert("spec_sha256".into(), loaded.spec_hash());
+    custom.insert("image_name".into(), name.clone());
+    custom.insert("git_sha".into(), git.clone().unwrap_or_default());
+    if let Some(a) = &agent {
+        custom.insert("agent_sha256".into(), a.sha256.clone());
+    }
+    for (k, v) in &result.timings {
+        custom.insert(format!("time_{k}_s"), format!("{v:.1}"));
+    }
+    let manifest = Manifest {
+        builds: vec![ManifestBuild {
+            name,
+            builder_type: result.builder_type.clone(),
+            build_time: time::OffsetDateTime::now_utc().unix_timestamp(),
+            files: result
+                .files
+                .iter()
+                .map(|(p, s)| ManifestFile {
+                    name: p.display().to_string(),
+                    size: *s,
+                })
+                .collect(),
+            artifact_id: result.artifact_id.clone(),
+            packer_run_uuid: run_uuid.clone(),
+            custom_data: custom,
+            image_builder: serde_json::json!({
+                "timings": result.timings.iter().map(|(k, v)| serde_json::json!({"step": k, "seconds": v})).collect::<Vec<_>>(),
+                "seal_report": result.report,
+                "details": result.details,
+            }),
+        }],
+        last_run_uuid: run_uuid,
+    };
+    let path = req.out_dir.join("manifest.json");
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| BakeError::Agent(e.to_string()))?;
+    crate::fsutil::write_atomic(&path, &text, 0o644)
+        .map_err(|source| BakeError::Manifest { path, source })?;
+    Ok(manifest)
+}
+
+fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = f.read_exact(&mut b);
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
