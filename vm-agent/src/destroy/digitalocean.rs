@@ -1,167 +1,97 @@
 //! DigitalOcean provider: delete this droplet, found by its own id from the metadata service,
-//! only if it carries the ephemeral tag, never while a guard objects (re-checked before every
-//! attempt). 429 (honouring `retry-after`) and 5xx are retried with exponential backoff; after
-//! `max_attempts` the machine is powered off instead, and the outcome says loudly that a
+//! only if it carries the ephemeral tag, and never while a guard objects (re-checked right
+//! before the DELETE). HTTP goes through the shared client `image_builder::do_api`, whose
+//! [`RetryPolicy`] retries 429 (honouring `retry-after`) and 5xx with backoff. If the delete
+//! still fails, the machine is powered off instead, and the outcome says loudly that a
 //! powered-off droplet is still billed.
-//!
-//! HTTP goes through [`DropletApi`], one request per call. The shared client
-//! (`image_builder::do_api`) was not available when this was written; [`HttpDropletApi`] is a
-//! minimal single-request adapter (no retry loop of its own: the retry policy lives here, so
-//! the guard can be re-checked between attempts). Swap it for the shared client when it lands.
 
 use super::local::Local;
 use super::{Destroyer, Guard, Outcome};
 use futures::future::BoxFuture;
+use image_builder::do_api::metadata::MetadataClient;
+use image_builder::do_api::{Client, Deleted, RetryPolicy, Token};
 use std::time::Duration;
 
-/// Result of one DELETE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeleteAttempt {
-    /// 204.
-    Deleted,
-    /// 404: already gone.
-    Gone,
-    /// 429 or 5xx or a transport error: worth retrying (`after` from `retry-after`).
-    Retry {
-        after: Option<Duration>,
-        what: String,
-    },
-    /// Any other answer (401, 403, ...): retrying will not help.
-    Fatal(String),
-}
-
-/// The DigitalOcean calls self-destroy needs.
+/// The DigitalOcean calls self-destroy needs (a seam for unit tests of the provider logic).
 pub trait DropletApi: Send + Sync {
     /// `GET /metadata/v1/id`.
     fn own_id(&self) -> BoxFuture<'_, Result<u64, String>>;
-    /// `GET /metadata/v1/tags` (one per line).
+    /// `GET /metadata/v1/tags`.
     fn own_tags(&self) -> BoxFuture<'_, Result<Vec<String>, String>>;
-    /// `DELETE /v2/droplets/{id}`, once.
-    fn delete_droplet(&self, id: u64) -> BoxFuture<'_, DeleteAttempt>;
-    /// Whether a token is configured.
-    fn has_token(&self) -> bool;
+    /// `DELETE /v2/droplets/{id}` with the client's retries. `Ok(description)` on 204 or 404.
+    fn delete_droplet(&self, id: u64) -> BoxFuture<'_, Result<String, String>>;
+    /// Whether a usable token is configured (`Err` says why not).
+    fn token_problem(&self) -> Option<String>;
 }
 
-pub struct HttpDropletApi {
-    http: reqwest::Client,
-    metadata_url: String,
-    api_url: String,
-    token: Option<String>,
+/// [`DropletApi`] over the shared `image_builder::do_api` clients.
+pub struct SharedDoApi {
+    metadata: Result<MetadataClient, String>,
+    api: Result<Client, String>,
 }
 
-impl HttpDropletApi {
-    pub fn new(metadata_url: &str, api_url: &str, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("vm-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        HttpDropletApi {
-            http,
-            metadata_url: metadata_url.trim_end_matches('/').to_string(),
-            api_url: api_url.trim_end_matches('/').to_string(),
-            token,
-        }
-    }
-
-    async fn metadata(&self, path: &str) -> Result<String, String> {
-        let url = format!("{}/metadata/v1/{path}", self.metadata_url);
-        let mut last = String::new();
-        for attempt in 0..3u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-            }
-            match self.http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => {
-                    return r.text().await.map_err(|e| format!("GET {url}: {e}"));
-                }
-                Ok(r) if r.status().is_server_error() => {
-                    last = format!("GET {url}: {}", r.status())
-                }
-                Ok(r) => return Err(format!("GET {url}: {}", r.status())),
-                Err(e) => last = format!("GET {url}: {e}"),
-            }
-        }
-        Err(last)
+impl SharedDoApi {
+    /// `attempts` DELETE attempts in all (429/5xx retried), backoff from `base` up to `max`.
+    pub fn new(
+        metadata_url: &str,
+        api_url: &str,
+        token: Option<&str>,
+        attempts: u32,
+        base: Duration,
+        max: Duration,
+    ) -> Self {
+        let metadata = MetadataClient::new_with_base(metadata_url).map_err(|e| e.to_string());
+        let policy = RetryPolicy::default()
+            .with_max_retries(attempts.saturating_sub(1))
+            .with_backoff(base, max)
+            // One DELETE: pacing by `ratelimit-remaining` only delays the end of the machine.
+            .with_slow_down_below(0);
+        let api = match token {
+            None => Err("no do_token in the secrets file".to_string()),
+            Some(t) => Token::new(t, "do_token in the secrets file")
+                .map_err(|e| e.to_string())
+                .and_then(|t| Client::new_with_base(api_url, t, policy).map_err(|e| e.to_string())),
+        };
+        SharedDoApi { metadata, api }
     }
 }
 
-fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
-    h.get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s.min(300)))
-}
-
-impl DropletApi for HttpDropletApi {
+impl DropletApi for SharedDoApi {
     fn own_id(&self) -> BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move {
-            let text = self.metadata("id").await?;
-            text.trim()
-                .parse()
-                .map_err(|_| format!("metadata id `{}` is not a number", text.trim()))
+            let m = self.metadata.as_ref().map_err(Clone::clone)?;
+            m.droplet_id().await.map_err(|e| e.to_string())
         })
     }
     fn own_tags(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
         Box::pin(async move {
-            let text = self.metadata("tags").await?;
-            Ok(text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect())
+            let m = self.metadata.as_ref().map_err(Clone::clone)?;
+            m.tags().await.map_err(|e| e.to_string())
         })
     }
-    fn has_token(&self) -> bool {
-        self.token.is_some()
-    }
-    fn delete_droplet(&self, id: u64) -> BoxFuture<'_, DeleteAttempt> {
+    fn delete_droplet(&self, id: u64) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async move {
-            let Some(token) = &self.token else {
-                return DeleteAttempt::Fatal("no do_token in the secrets file".into());
-            };
-            let url = format!("{}/v2/droplets/{id}", self.api_url);
-            match self.http.delete(&url).bearer_auth(token).send().await {
-                Ok(r) => {
-                    let status = r.status();
-                    let after = retry_after(r.headers());
-                    let body: String = r
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .chars()
-                        .take(200)
-                        .collect();
-                    match status.as_u16() {
-                        200..=299 => DeleteAttempt::Deleted,
-                        404 => DeleteAttempt::Gone,
-                        429 | 500..=599 => DeleteAttempt::Retry {
-                            after,
-                            what: format!("DELETE {url}: {status} {body}"),
-                        },
-                        _ => DeleteAttempt::Fatal(format!("DELETE {url}: {status} {body}")),
-                    }
-                }
-                Err(e) => DeleteAttempt::Retry {
-                    after: None,
-                    what: format!("DELETE {url}: {e}"),
-                },
+            let api = self.api.as_ref().map_err(Clone::clone)?;
+            let before = api.request_count();
+            let r = api.delete_droplet(id).await;
+            let n = api.request_count() - before;
+            match r {
+                Ok(Deleted::Deleted) => Ok(format!(
+                    "DELETE /v2/droplets/{id} accepted after {n} request(s)"
+                )),
+                Ok(Deleted::AlreadyGone) => Ok(format!("droplet {id} already gone (404)")),
+                Err(e) => Err(format!("{e} (after {n} request(s))")),
             }
         })
+    }
+    fn token_problem(&self) -> Option<String> {
+        self.api.as_ref().err().cloned()
     }
 }
 
 pub struct DigitalOcean {
     pub api: Box<dyn DropletApi>,
     pub ephemeral_tag: String,
-    pub max_attempts: u32,
-    pub base_wait: Duration,
-    pub max_wait: Duration,
     pub poweroff: Local,
 }
 
@@ -201,50 +131,23 @@ impl Destroyer for DigitalOcean {
                     tags.join(", ")
                 ));
             }
-            if !self.api.has_token() {
+            if let Some(p) = self.api.token_problem() {
                 return self
-                    .fall_back(format!(
-                        "cannot delete droplet {id}: no do_token in the secrets file"
-                    ))
+                    .fall_back(format!("cannot delete droplet {id}: {p}"))
                     .await;
             }
-            let mut wait = self.base_wait;
-            let mut last = String::new();
-            for attempt in 1..=self.max_attempts {
-                if let Err(b) = guard.check() {
-                    return Outcome::Blocked(b);
-                }
-                tracing::warn!(droplet = id, attempt, "deleting own droplet ({reason})");
-                match self.api.delete_droplet(id).await {
-                    DeleteAttempt::Deleted => {
-                        return Outcome::Destroyed(format!(
-                            "DELETE /v2/droplets/{id} accepted (attempt {attempt})"
-                        ));
-                    }
-                    DeleteAttempt::Gone => {
-                        return Outcome::Destroyed(format!("droplet {id} already gone (404)"));
-                    }
-                    DeleteAttempt::Fatal(e) => {
-                        return self
-                            .fall_back(format!("cannot delete droplet {id}: {e}"))
-                            .await;
-                    }
-                    DeleteAttempt::Retry { after, what } => {
-                        tracing::warn!(droplet = id, attempt, "{what}");
-                        last = what;
-                        if attempt < self.max_attempts {
-                            let sleep = after.unwrap_or(wait);
-                            tokio::time::sleep(sleep).await;
-                            wait = (wait * 2).min(self.max_wait);
-                        }
-                    }
+            // Last look before the irreversible call.
+            if let Err(b) = guard.check() {
+                return Outcome::Blocked(b);
+            }
+            tracing::warn!(droplet = id, "deleting own droplet ({reason})");
+            match self.api.delete_droplet(id).await {
+                Ok(d) => Outcome::Destroyed(d),
+                Err(e) => {
+                    self.fall_back(format!("cannot delete droplet {id}: {e}"))
+                        .await
                 }
             }
-            self.fall_back(format!(
-                "cannot delete droplet {id} after {} attempts (last: {last})",
-                self.max_attempts
-            ))
-            .await
         })
     }
 }

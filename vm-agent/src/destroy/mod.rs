@@ -94,15 +94,15 @@ pub fn from_config(cfg: &Config, secrets: &Secrets, dry_run: bool) -> Box<dyn De
             command: d.poweroff_command.clone(),
         }),
         Provider::Digitalocean | Provider::DryRun => Box::new(digitalocean::DigitalOcean {
-            api: Box::new(digitalocean::HttpDropletApi::new(
+            api: Box::new(digitalocean::SharedDoApi::new(
                 &d.metadata_url,
                 &d.api_url,
-                secrets.do_token.clone(),
+                secrets.do_token.as_deref(),
+                d.max_attempts,
+                d.retry_base_wait.0,
+                d.retry_max_wait.0,
             )),
             ephemeral_tag: d.ephemeral_tag.clone(),
-            max_attempts: d.max_attempts,
-            base_wait: d.retry_base_wait.0,
-            max_wait: d.retry_max_wait.0,
             poweroff: local::Local {
                 command: d.poweroff_command.clone(),
             },

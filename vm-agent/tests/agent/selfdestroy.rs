@@ -303,7 +303,7 @@ fn digitalocean_retries_429_and_5xx() {
         s["destroy"]["detail"]
             .as_str()
             .unwrap_or("")
-            .contains("attempt 3"),
+            .contains("after 3 request(s)"),
         "{s:#}"
     );
     assert_eq!(env.sim.count(DELETE), 3);
