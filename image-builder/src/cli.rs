@@ -32,6 +32,9 @@ pub enum Command {
     /// Local base images.
     #[command(subcommand)]
     Base(BaseCommand),
+    /// Sha-keyed build artifacts in an S3-compatible store (publish, ls, gc, pull).
+    #[cfg(feature = "artifact")]
+    Artifact(crate::artifact::cli::ArtifactArgs),
 }
 
 /// `image-builder bake`.

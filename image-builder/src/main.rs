@@ -19,6 +19,8 @@ fn main() -> ExitCode {
         Command::Validate(a) => cli::validate_cmd(a),
         Command::Bake(a) => cli::bake_cmd(a),
         Command::Base(cli::BaseCommand::Build(a)) => cli::base_build_cmd(a),
+        #[cfg(feature = "artifact")]
+        Command::Artifact(a) => image_builder::artifact::cli::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
