@@ -11,6 +11,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // A panic on any thread ends the plugin (as `panic = "abort"` does in release
+    // builds): Packer then sees the plugin exit instead of a hung RPC.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::exit(70);
+    }));
     let args: Vec<String> = std::env::args().skip(1).collect();
     match packer_plugin::server::run(&args) {
         Ok(()) => ExitCode::SUCCESS,

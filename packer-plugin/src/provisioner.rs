@@ -4,8 +4,8 @@
 //! The step scripts are `image_builder::steps` — the same ones the cloud-init
 //! renderer uses — so a Packer bake and an image-builder bake provision alike.
 //! Each step is sent through Packer's communicator as
-//! `sh -c WRAPPER vmagent SCRIPT`: the wrapper records its pid (for `Cancel`),
-//! bounds the step with `timeout`, and uses `sudo -n` when the remote user is
+//! `sh -c WRAPPER vmagent SCRIPT`: the wrapper kills the step when its stdin
+//! (held open by the plugin) hits EOF (for `Cancel`), bounds it with `timeout`, and uses `sudo -n` when the remote user is
 //! not root (unless `use_sudo = false`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,55 +120,38 @@ pub fn plan(cfg: &Config, nonce: &str) -> Result<Vec<PlannedStep>, PlanError> {
     Ok(out)
 }
 
-fn pidfile(cfg: &Config, nonce: &str) -> String {
-    format!(
-        "{}/vmagent-step.{nonce}.pid",
-        cfg.staging_dir.trim_end_matches('/')
-    )
-}
-
 /// The remote command for one step (see the module docs).
-pub fn wrap(cfg: &Config, nonce: &str, step: &Step) -> String {
+///
+/// The step runs under `timeout` in the background with stdin from /dev/null; a
+/// watcher reads the session's stdin (which the plugin holds open) and kills
+/// the step when it hits EOF: that is how `Cancel` — or Packer dropping the SSH
+/// connection — stops a running step.
+pub fn wrap(cfg: &Config, step: &Step) -> String {
     let mut script = String::new();
     for (k, v) in &cfg.environment {
         script.push_str(&format!("export {k}={}\n", sh_quote(v)));
     }
     script.push_str(&step.script);
     let secs = cfg.step_timeout.as_secs().max(1);
-    // `timeout` runs as a background job so its pid can be recorded for Cancel
-    // and the pid file removed when the step ends.
+    // The step gets its own session (setsid) so the watcher can kill everything
+    // in it, including commands that made their own process group (`timeout`).
     let wrapper = format!(
-        "p={pid}; \
-         if [ \"$(id -u)\" -ne 0 ] && [ {sudo} = yes ]; then \
-         timeout -k 10 {secs} sudo -n -- sh -c \"$1\" & \
-         else timeout -k 10 {secs} sh -c \"$1\" & fi; \
-         echo $! > \"$p\"; wait $!; rc=$?; rm -f \"$p\"; exit $rc",
-        pid = sh_quote(&pidfile(cfg, nonce)),
+        "exec 3<&0; K=; \
+         if [ \"$(id -u)\" -ne 0 ] && [ {sudo} = yes ]; then K='sudo -n'; \
+         setsid timeout -k 10 {secs} sudo -n -- sh -c \"$1\" </dev/null & \
+         else setsid timeout -k 10 {secs} sh -c \"$1\" </dev/null & fi; \
+         c=$!; \
+         ( cat <&3 >/dev/null 2>&1; $K pkill -TERM -s $c || $K kill -TERM -- -$c ) >/dev/null 2>&1 & \
+         w=$!; exec 3<&-; \
+         wait $c; rc=$?; kill $w 2>/dev/null; exit $rc",
         sudo = if cfg.use_sudo { "yes" } else { "no" },
     );
     format!("sh -c {} vmagent {}", sh_quote(&wrapper), sh_quote(&script))
 }
 
-/// The remote command `Cancel` runs: TERM the running step's `timeout`, which
-/// passes it on to the step's process group.
-pub fn kill_command(cfg: &Config, nonce: &str) -> String {
-    let p = pidfile(cfg, nonce);
-    let p = sh_quote(&p);
-    let kill = format!("if [ -f {p} ]; then kill -TERM \"$(cat {p})\"; fi");
-    if cfg.use_sudo {
-        format!(
-            "if [ \"$(id -u)\" -ne 0 ]; then sudo -n -- sh -c {k}; else sh -c {k}; fi",
-            k = sh_quote(&kill)
-        )
-    } else {
-        kill
-    }
-}
-
 /// What a running Provision needs to be cancelled.
 struct Running {
     remote: Remote,
-    kill_command: String,
 }
 
 /// Provisioner state shared by the RPC handler threads.
@@ -240,9 +223,8 @@ impl Provisioner {
         let planned = plan(&cfg, &nonce).map_err(|e| format!("vmagent: {e}"))?;
         *lock(&self.running) = Some(Running {
             remote: remote.clone(),
-            kill_command: kill_command(&cfg, &nonce),
         });
-        let result = self.run_steps(&cfg, &nonce, &remote, &planned);
+        let result = self.run_steps(&cfg, &remote, &planned);
         *lock(&self.running) = None;
         result
     }
@@ -250,7 +232,6 @@ impl Provisioner {
     fn run_steps(
         &self,
         cfg: &Config,
-        nonce: &str,
         remote: &Remote,
         planned: &[PlannedStep],
     ) -> Result<(), String> {
@@ -280,7 +261,7 @@ impl Provisioner {
             }
             let ui = remote.clone();
             let status = remote
-                .run(&wrap(cfg, nonce, &p.step), move |ch, line| {
+                .run(&wrap(cfg, &p.step), move |ch, line| {
                     let r = match ch {
                         Channel::Stdout => ui.message(line),
                         Channel::Stderr => ui.error(line),
@@ -312,18 +293,13 @@ impl Provisioner {
         Ok(())
     }
 
-    /// Stop the running step: kill it remotely (best effort) and make Provision fail.
+    /// Stop the running step (EOF on its stdin makes the wrapper kill it) and
+    /// make Provision fail.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
-        let running = lock(&self.running)
-            .as_ref()
-            .map(|r| (r.remote.clone(), r.kill_command.clone()));
-        if let Some((remote, kill)) = running {
-            tracing::info!("cancel: stopping the remote step");
-            match remote.run(&kill, |_, line| tracing::info!(line, "cancel output")) {
-                Ok(code) => tracing::info!(code, "cancel: kill command finished"),
-                Err(e) => tracing::warn!(error = %e, "cancel: kill command failed"),
-            }
+        if let Some(r) = lock(&self.running).as_ref() {
+            tracing::info!("cancel: closing the running step's stdin");
+            r.remote.close_stdin();
         }
     }
 }
@@ -369,51 +345,41 @@ mod tests {
     }
 
     #[test]
-    fn wrapped_command_runs_the_script_and_records_its_pid() {
-        let dir = tempfile::tempdir().unwrap();
+    fn wrapped_command_runs_the_script_with_its_environment() {
         let mut c = cfg();
-        c.staging_dir = dir.path().to_str().unwrap().to_string();
         c.use_sudo = false;
         c.environment.insert("GREETING".into(), "it's me".into());
         let step = steps::command("t", "echo \"$GREETING\"; echo err >&2; exit 3");
-        let out = Command::new("sh")
+        let mut child = Command::new("sh")
             .arg("-c")
-            .arg(wrap(&c, "n", &step))
-            .output()
+            .arg(wrap(&c, &step))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        // Hold stdin open as the plugin does (EOF would cancel the step).
+        let _stdin = child.stdin.take();
+        let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "it's me\n");
         assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-        assert!(
-            !dir.path().join("vmagent-step.n.pid").exists(),
-            "pid file left behind"
-        );
     }
 
     #[test]
-    fn kill_command_stops_a_running_step() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = cfg();
-        c.staging_dir = dir.path().to_str().unwrap().to_string();
-        let step = steps::command("slow", "sleep 60; echo finished");
+    fn eof_on_stdin_stops_a_running_step() {
+        // A nested `timeout` makes its own process group: it must die too.
+        let step = steps::command("slow", "timeout 60 sleep 60; echo finished");
         let started = std::time::Instant::now();
-        let child = Command::new("sh")
+        let mut child = Command::new("sh")
             .arg("-c")
-            .arg(wrap(&c, "n", &step))
+            .arg(wrap(&cfg(), &step))
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let pid = dir.path().join("vmagent-step.n.pid");
-        while !pid.exists() {
-            assert!(started.elapsed().as_secs() < 10, "no pid file");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let st = Command::new("sh")
-            .arg("-c")
-            .arg(kill_command(&c, "n"))
-            .status()
-            .unwrap();
-        assert!(st.success());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(child.stdin.take());
         let out = child.wait_with_output().unwrap();
         assert!(!out.status.success());
         assert!(started.elapsed().as_secs() < 30, "the step was not stopped");
@@ -423,20 +389,15 @@ mod tests {
     #[test]
     fn step_timeout_gives_124() {
         let mut c = cfg();
-        c.staging_dir = tempfile::tempdir()
-            .unwrap()
-            .path()
-            .to_str()
-            .unwrap()
-            .to_string();
-        std::fs::create_dir_all(&c.staging_dir).unwrap();
         c.step_timeout = std::time::Duration::from_secs(1);
         let step = steps::command("slow", "sleep 30");
-        let out = Command::new("sh")
+        let mut child = Command::new("sh")
             .arg("-c")
-            .arg(wrap(&c, "n", &step))
-            .output()
+            .arg(wrap(&c, &step))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert_eq!(out.status.code(), Some(TIMEOUT_EXIT as i32));
+        let _stdin = child.stdin.take();
+        assert_eq!(child.wait().unwrap().code(), Some(TIMEOUT_EXIT as i32));
     }
 }

@@ -44,6 +44,8 @@ pub enum Channel {
 pub struct Remote {
     rpc: Client,
     broker: Broker,
+    /// The stdin stream of the running command (see [`Remote::close_stdin`]).
+    stdin: std::sync::Arc<std::sync::Mutex<Option<crate::wire::yamux::Stream>>>,
 }
 
 /// Longest line forwarded before it is split.
@@ -56,6 +58,7 @@ impl Remote {
         Ok(Remote {
             rpc: Client::new(stream),
             broker: broker.clone(),
+            stdin: Default::default(),
         })
     }
 
@@ -80,17 +83,23 @@ impl Remote {
     }
 
     /// Run `command` remotely; every output line goes to `on_line`; returns the exit status.
+    ///
+    /// The command's stdin is a stream we hold open until it exits: closing it
+    /// early ([`Remote::close_stdin`], or Packer dropping the SSH connection)
+    /// gives the remote side an EOF it can act on (the step wrapper kills the step).
     pub fn run(
         &self,
         command: &str,
         on_line: impl Fn(Channel, &str) + Send + Sync + Clone + 'static,
     ) -> Result<i64, RemoteError> {
-        let (out_id, err_id, resp_id) = (
+        let (in_id, out_id, err_id, resp_id) = (
+            self.broker.next_id(),
             self.broker.next_id(),
             self.broker.next_id(),
             self.broker.next_id(),
         );
-        let (out_e, err_e, resp_e) = (
+        let (in_e, out_e, err_e, resp_e) = (
+            self.broker.expect(in_id),
             self.broker.expect(out_id),
             self.broker.expect(err_id),
             self.broker.expect(resp_id),
@@ -99,12 +108,14 @@ impl Remote {
             "Communicator.Start",
             &Value::map([
                 ("Command", Value::str(command)),
-                ("StdinStreamId", Value::Uint(0)),
+                ("StdinStreamId", Value::Uint(u64::from(in_id))),
                 ("StdoutStreamId", Value::Uint(u64::from(out_id))),
                 ("StderrStreamId", Value::Uint(u64::from(err_id))),
                 ("ResponseStreamId", Value::Uint(u64::from(resp_id))),
             ]),
         )?;
+        let stdin = in_e.wait()?;
+        *self.stdin.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdin);
         let out = out_e.wait()?;
         let err = err_e.wait()?;
         let mut resp = resp_e.wait()?;
@@ -117,6 +128,7 @@ impl Remote {
             .collect();
         let mut finished = Vec::new();
         let read = resp.read_to_end(&mut finished);
+        self.close_stdin();
         for p in pumps {
             let _ = p.join();
         }
@@ -125,6 +137,13 @@ impl Remote {
             source,
         })?;
         Ok(gob::decode_command_finished(&finished)?)
+    }
+
+    /// Close the running command's stdin (EOF on the remote side).
+    pub fn close_stdin(&self) {
+        if let Some(s) = self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = s.close_write();
+        }
     }
 
     /// Upload a local file to `remote_path` (`Communicator.Upload`).

@@ -95,8 +95,14 @@ impl Build {
 
     /// `packer build` with a hard limit; returns status, stdout and the debug log.
     fn build(&self, template: &str) -> Run {
+        let mut child = self.spawn(template);
+        let out = wait_with_limit(&mut child, Duration::from_secs(300));
+        self.finish(out)
+    }
+
+    fn spawn(&self, template: &str) -> Child {
         let log = self.path().join("packer.log");
-        let mut child = Command::new("packer")
+        Command::new("packer")
             .args(["build", "-machine-readable", "-color=false", template])
             .current_dir(self.path())
             .env("CHECKPOINT_DISABLE", "1")
@@ -109,12 +115,14 @@ impl Build {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start packer");
-        let out = wait_with_limit(&mut child, Duration::from_secs(300));
+            .expect("start packer")
+    }
+
+    fn finish(&self, out: Output) -> Run {
         Run {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            log: std::fs::read_to_string(&log).unwrap_or_default(),
+            log: std::fs::read_to_string(self.path().join("packer.log")).unwrap_or_default(),
         }
     }
 }
@@ -133,7 +141,13 @@ fn wait_with_limit(child: &mut Child, limit: Duration) -> Output {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("packer did not finish within {limit:?}");
+            let log =
+                std::fs::read_to_string(std::env::temp_dir().join("vmagent-last-interrupt-log"))
+                    .unwrap_or_default();
+            panic!(
+                "packer did not finish within {limit:?}\n--- log (tail) ---\n{}",
+                tail(&std::fs::read_to_string(&log).unwrap_or_default(), 80)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -292,7 +306,11 @@ S="$(cd "$(dirname "$0")/.." && pwd)"
 echo "cloud-init $*" >> "$S/calls.log"
 case "$1" in
   status)
-    if [ "${2:-}" = "--wait" ]; then sleep "$(cat "$S/cloud-init-delay" 2>/dev/null || echo 0)"; fi
+    if [ "${2:-}" = "--wait" ]; then
+      echo $$ > "$S/cloud-init-wait.pid"
+      sleep "$(cat "$S/cloud-init-delay" 2>/dev/null || echo 0)"
+      echo "cloud-init wait finished" >> "$S/calls.log"
+    fi
     echo "status: done" ;;
 esac
 exit 0
@@ -475,7 +493,7 @@ fn ssh_runs_the_shared_steps_uploads_the_agent_and_seals() {
     let apt = std::fs::read_to_string(sshd.upper("/etc/apt/apt.conf.d/90image-builder-dpkg-lock"))
         .expect("apt drop-in");
     assert!(apt.contains("DPkg::Lock::Timeout \"600\";"), "{apt}");
-    // The seal ran: cloud-init clean, and the staged agent and pid file are gone.
+    // The seal ran (cloud-init clean) and the staged agent is gone.
     let calls = sshd.calls();
     assert!(calls.contains("cloud-init status --wait"), "{calls}");
     assert!(calls.contains("cloud-init clean --logs"), "{calls}");
@@ -549,4 +567,122 @@ fn ssh_step_longer_than_the_keepalive_interval_succeeds() {
     r.assert_contains("image-builder: cloud-init is done");
     // Go's yamux drops the session when a ping goes unanswered for 10 s after the
     // 30 s interval, so a build that succeeds after 45 s proves the pings were answered.
+}
+
+/// Interrupting packer (SIGTERM, as Ctrl-C would): Packer calls `Provisioner.Cancel`, which must stop the
+/// remote step (here the cloud-init wait) instead of leaving it running.
+#[test]
+fn ssh_interrupt_cancels_the_running_remote_step() {
+    let sshd = Sshd::start();
+    std::fs::write(sshd.path().join("cloud-init-delay"), "120").expect("delay");
+    let b = Build::new();
+    b.file(
+        "t.json",
+        &template(
+            &sshd,
+            serde_json::json!({
+                "type": "vmagent",
+                "staging_dir": sshd.path().join("stage"),
+                "seal": false,
+            }),
+        ),
+    );
+    let mut child = b.spawn("t.json");
+    // SAFETY-free way to let wait_with_limit print this build's log on timeout.
+    unsafe_free_set_log(&b.path().join("packer.log"));
+    let pid_file = sshd.path().join("cloud-init-wait.pid");
+    let started = Instant::now();
+    while !pid_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the wait step never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let remote_pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid number");
+    let packer_pid = i32::try_from(child.id()).expect("pid fits");
+    // Packer's outer (panicwrap) process ignores SIGINT, which a terminal sends to
+    // the whole group, and forwards SIGTERM to the real packer: both cancel builds.
+    let st = Command::new("kill")
+        .args(["-TERM", &packer_pid.to_string()])
+        .status()
+        .expect("kill -TERM packer");
+    assert!(st.success());
+    let out = wait_with_limit(&mut child, Duration::from_secs(60));
+    let r = b.finish(out);
+    assert_ne!(
+        r.code,
+        Some(0),
+        "an interrupted build must fail\n{}",
+        r.stdout
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "packer waited for the remote step instead of cancelling it"
+    );
+    // The remote process is gone, and it was killed, not finished.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{remote_pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the remote step (pid {remote_pid}) still runs after Cancel\n{}",
+            tail(&r.log, 60)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !sshd.calls().contains("cloud-init wait finished"),
+        "{}",
+        sshd.calls()
+    );
+    assert!(
+        r.log.contains("Cancelling provisioner") || r.stdout.contains("ancel"),
+        "no sign of a cancel in the log\n{}",
+        tail(&r.log, 60)
+    );
+}
+
+/// The example template in templates/packer/ passes `packer validate` with our
+/// plugin (ConfigSpec + Prepare run for real; no DigitalOcean call is made).
+#[test]
+fn example_digitalocean_template_validates() {
+    let b = Build::new();
+    let agent = b.file("vm-agent", "#!/bin/sh\n");
+    let cfg = b.file("agent.toml", "\n");
+    let template = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../templates/packer/digitalocean-vmagent.pkr.hcl"
+    );
+    let out = Command::new("packer")
+        .args(["validate", "-var"])
+        .arg(format!("agent_path={}", agent.display()))
+        .arg("-var")
+        .arg(format!("agent_config={}", cfg.display()))
+        .arg(template)
+        .current_dir(b.path())
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("PACKER_PLUGIN_PATH", b.path())
+        .env("PACKER_CONFIG_DIR", b.path())
+        .env("DIGITALOCEAN_API_TOKEN", "not-a-real-token")
+        .output()
+        .expect("packer validate");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn unsafe_free_set_log(p: &Path) {
+    // Tests in this binary run in parallel; the variable is only read on timeout
+    // and only for diagnostics.
+    let _ = std::fs::write(
+        std::env::temp_dir().join("vmagent-last-interrupt-log"),
+        p.display().to_string(),
+    );
 }

@@ -248,11 +248,22 @@ impl Session {
         std::thread::Builder::new()
             .name("yamux-reader".into())
             .spawn(move || {
-                let reason = match read_loop(&for_reader, reader) {
+                // Mark the session closed however this thread ends (even by a
+                // panic), so no reader or acceptor waits forever.
+                struct CloseOnExit(Arc<Shared>, String);
+                impl Drop for CloseOnExit {
+                    fn drop(&mut self) {
+                        self.0.close(&self.1);
+                    }
+                }
+                let mut guard = CloseOnExit(
+                    Arc::clone(&for_reader),
+                    "yamux reader thread ended unexpectedly".to_string(),
+                );
+                guard.1 = match read_loop(&for_reader, reader) {
                     Ok(()) => "peer closed the connection".to_string(),
                     Err(e) => e.to_string(),
                 };
-                for_reader.close(&reason);
             })
             .expect("spawning the yamux reader thread must succeed");
         Session { shared }
