@@ -1,0 +1,210 @@
+//! The local backend for real: `base build` (cached), a container-way bake with real
+//! cloud-init and systemd in systemd-nspawn, the golden qcow2 inspected offline,
+//! and a real QEMU boot check. Needs root and the tools from .ci/setup.sh.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const CANARY: &str = "CANARY-7f3a9c-BUILD-SECRET";
+
+fn require_root() {
+    assert!(
+        nix_euid_is_root(),
+        "local bake tests need root (mmdebstrap, systemd-nspawn, mkfs.ext4 -d); CI runs as root"
+    );
+}
+
+fn nix_euid_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+fn spec(dir: &Path, commands: &str) -> std::path::PathBuf {
+    let p = dir.join("spec.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "name: local-test\nbase: {{qemu: bookworm}}\nbuild_user:\n  name: builder\n  ssh_authorized_keys: [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFILb3Eb0C2YdLb7+iLlx5hwW9HgeO79hEiV9J8Wvqws t\"]\nfiles:\n  - {{path: /etc/image-note, content: \"baked\\n\"}}\ncommands:\n{commands}agent: {{install: false}}\nsnapshot: {{name: \"{{name}}\"}}\nbake: {{timeout: 10m}}\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Read a file out of an ext4 image without mounting it.
+fn debugfs(raw: &Path, request: &str) -> String {
+    let out = Command::new(require_tool("debugfs", "e2fsprogs"))
+        .arg("-R")
+        .arg(request)
+        .arg(raw)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn container_bake_produces_a_sealed_image_that_boots() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(
+        dir.path(),
+        &format!(
+            "  - name: uses-a-secret\n    run: echo {CANARY} > /root/build-secret && rm /root/build-secret\n  - test -f /etc/image-note\n"
+        ),
+    );
+    let out = dir.path().join("out");
+    let r = image_builder(
+        &[
+            "bake",
+            spec.to_str().unwrap(),
+            "--backend",
+            "qemu",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "bake failed:\n{stderr}");
+    let manifest: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let b = &manifest["builds"][0];
+    assert_eq!(b["builder_type"], "image-builder.qemu");
+    assert_eq!(b["name"], "local-test");
+    let qcow = Path::new(b["artifact_id"].as_str().unwrap()).to_owned();
+    assert!(qcow.is_file());
+    assert_eq!(b["image_builder"]["seal_report"]["status"], "ok");
+    let steps: Vec<&str> = b["image_builder"]["seal_report"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["wait-apt-idle", "sudoers", "uses-a-secret", "command-2"]
+    );
+    assert_eq!(b["image_builder"]["details"]["boot_check"]["sudoers"], "ok");
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(on_disk, manifest, "manifest.json and --json agree");
+
+    // Inspect the golden image offline.
+    let raw = dir.path().join("golden.raw");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&qcow)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sudoers = debugfs(&raw, "stat /etc/sudoers.d/90-builder");
+    assert!(
+        sudoers.contains("Mode:  0440") || sudoers.contains("Mode:  00440"),
+        "{sudoers}"
+    );
+    assert!(
+        sudoers.contains("User:     0") && sudoers.contains("Group:     0"),
+        "{sudoers}"
+    );
+    let content = debugfs(&raw, "cat /etc/sudoers.d/90-builder");
+    assert!(
+        validate_sudoers(&content),
+        "visudo rejects the baked drop-in:\n{content}"
+    );
+    assert!(
+        debugfs(&raw, "cat /etc/apt/apt.conf.d/90image-builder-dpkg-lock")
+            .contains("DPkg::Lock::Timeout")
+    );
+    assert_eq!(debugfs(&raw, "cat /etc/image-note"), "baked\n");
+    assert!(
+        debugfs(&raw, "ls -l /var/lib/cloud")
+            .lines()
+            .all(|l| !l.contains("instance")),
+        "cloud-init state left"
+    );
+    assert!(
+        !debugfs(&raw, "ls /etc/ssh").contains("ssh_host_ed25519_key"),
+        "host keys left in the image"
+    );
+    assert!(
+        debugfs(&raw, "cat /etc/image-builder/baked.json").contains("\"image\": \"local-test\"")
+    );
+    // The canary was in the user-data, a step script and the logs: none of it may remain.
+    let grep = Command::new("grep")
+        .args(["-c", "-a", CANARY])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&grep.stdout).trim(),
+        "0",
+        "the build secret is in the golden image"
+    );
+    // Nothing of the bake's work directory is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        leftovers
+            .iter()
+            .all(|n| !n.to_string_lossy().ends_with(".tmp")),
+        "{leftovers:?}"
+    );
+}
+
+fn validate_sudoers(content: &str) -> bool {
+    image_builder::validate::visudo(content) == image_builder::validate::CheckStatus::Passed
+}
+
+#[test]
+fn a_failing_step_fails_the_bake_with_its_name_and_log_and_leaves_no_image() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(
+        dir.path(),
+        "  - echo before\n  - name: breaks\n    run: echo about to fail; exit 3\n  - echo never-reached\n",
+    );
+    let out = dir.path().join("out");
+    let started = std::time::Instant::now();
+    let r = image_builder(
+        &[
+            "bake",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--no-boot-check",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("provisioning failed: step breaks failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("about to fail"),
+        "the log tail should show the step's output:\n{stderr}"
+    );
+    assert!(!stderr.contains("never-reached\n"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(300),
+        "a failure must not wait for the timeout"
+    );
+    let files: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "a failed bake left {files:?}");
+}
