@@ -7,6 +7,7 @@
 //! - [`msgpack`] + [`netrpc`]: Go `net/rpc` requests/responses encoded as msgpack.
 //! - [`gob`]: the gob pieces still on the wire (HCL2 ConfigSpec, CommandFinished).
 pub mod broker;
+pub mod fuzzing;
 pub mod gob;
 pub mod handshake;
 pub mod msgpack;
