@@ -513,7 +513,11 @@ impl Agent {
         i.destroy.at = Some(SystemTime::now());
         i.destroying = false;
         match &outcome {
-            Outcome::Destroyed(d) => tracing::warn!("self-destroy: {d}"),
+            Outcome::Destroyed(d) => {
+                // The machine is going away: stay drained, never fire again.
+                tracing::warn!("self-destroy: {d}");
+                i.destroy_done = true;
+            }
             Outcome::DryRun(_) => {
                 i.destroy_done = true;
                 i.draining = None;

@@ -219,6 +219,13 @@ fn digitalocean_deletes_its_own_tagged_droplet_and_never_leaks_the_token() {
     wait_until("droplet gone", 10, || {
         !env.sim.droplet_ids().contains(&env.droplet)
     });
+    // Once destroyed: stays drained and destroyed, no second attempt.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = a.status();
+    assert_eq!(s["destroy"]["state"], "destroyed", "{s:#}");
+    assert!(s["draining"].is_string());
+    assert_eq!(env.sim.count(DELETE), 1);
+    assert_eq!(code(&a.cli(&["run", "--", "true"])), 125, "drained");
     // The token: never in any argv, the log or the status.
     for e in std::fs::read_dir("/proc").expect("proc").flatten() {
         if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
