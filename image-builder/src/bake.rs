@@ -26,6 +26,10 @@ pub enum BakeError {
     /// Local backend problems.
     #[error(transparent)]
     Qemu(#[from] qemu::QemuError),
+    /// DigitalOcean backend problems.
+    #[cfg(all(feature = "do-api", feature = "artifact"))]
+    #[error(transparent)]
+    Digitalocean(#[from] crate::backend::digitalocean::DoBakeError),
     /// The agent binary is missing or unreadable.
     #[error("{0}")]
     Agent(String),
@@ -68,24 +72,59 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// The agent config baked into an image: the spec's agent settings in vm-agent's
-/// config format (`vm-agent/src/config.rs`; a workspace test parses this output
-/// with vm-agent's own parser).
+/// The agent settings written as vm-agent's config file (`vm-agent/src/config.rs`;
+/// a workspace test parses this output with vm-agent's own parser).
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    /// The build user jobs run as (its group may use the agent's socket).
+    pub user: String,
+    /// Idle timer.
+    pub idle_timeout: spec::Limit,
+    /// Lifetime timer.
+    pub max_lifetime: spec::Limit,
+    /// No-job timer.
+    pub no_job_timeout: spec::Limit,
+    /// Ephemeral tag.
+    pub ephemeral_tag: String,
+    /// `local`, `digitalocean` or `dry-run`.
+    pub provider: String,
+    /// Extra TOML sections appended verbatim (e.g. `[artifacts]`).
+    pub extra_toml: String,
+}
+
+impl AgentSettings {
+    /// The spec's agent settings.
+    pub fn from_spec(loaded: &LoadedSpec, provider: &str) -> Self {
+        let a = &loaded.spec.agent;
+        AgentSettings {
+            user: loaded.spec.build_user.name.to_string(),
+            idle_timeout: a.idle_timeout,
+            max_lifetime: a.max_lifetime,
+            no_job_timeout: a.no_job_timeout,
+            ephemeral_tag: a.ephemeral_tag.to_string(),
+            provider: provider.to_owned(),
+            extra_toml: String::new(),
+        }
+    }
+
+    /// vm-agent's config file.
+    pub fn to_toml(&self) -> String {
+        format!(
+            "# vm-agent config written by image-builder.\nversion = 1\n\n[socket]\ngroup = \"{user}\"\n\n[jobs]\nuser = \"{user}\"\n\n[timers]\nidle_timeout = \"{idle}\"\nmax_lifetime = \"{life}\"\nno_job_timeout = \"{nojob}\"\n\n[destroy]\nprovider = \"{provider}\"\nephemeral_tag = \"{tag}\"\n{extra}",
+            user = self.user,
+            idle = self.idle_timeout,
+            life = self.max_lifetime,
+            nojob = self.no_job_timeout,
+            provider = self.provider,
+            tag = self.ephemeral_tag,
+            extra = self.extra_toml,
+        )
+    }
+}
+
+/// The agent config baked into an image from the spec.
 pub fn agent_config_toml(loaded: &LoadedSpec, provider: &str) -> String {
-    let a = &loaded.spec.agent;
-    format!(
-        "# vm-agent config baked by image-builder from {spec}.\nversion = 1\n\n[jobs]\nuser = \"{user}\"\n\n[timers]\nidle_timeout = \"{idle}\"\nmax_lifetime = \"{life}\"\nno_job_timeout = \"{nojob}\"\n\n[destroy]\nprovider = \"{provider}\"\nephemeral_tag = \"{tag}\"\n",
-        spec = loaded
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        user = loaded.spec.build_user.name,
-        idle = a.idle_timeout,
-        life = a.max_lifetime,
-        nojob = a.no_job_timeout,
-        tag = a.ephemeral_tag,
-    )
+    AgentSettings::from_spec(loaded, provider).to_toml()
 }
 
 /// `git rev-parse HEAD` in `dir`, if it is a git checkout.
@@ -143,6 +182,9 @@ pub struct BakeRequest {
     pub agent_bin: Option<PathBuf>,
     /// Local backend options.
     pub qemu: qemu::QemuBakeOptions,
+    /// DigitalOcean backend options.
+    #[cfg(all(feature = "do-api", feature = "artifact"))]
+    pub digitalocean: crate::backend::digitalocean::DoBakeOptions,
 }
 
 /// One entry of the manifest (`builds[]`), Packer-compatible plus our details.
@@ -193,7 +235,8 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
     } else {
         &spec_dir
     });
-    let name = image_name(&loaded, git.as_deref());
+    #[allow(unused_mut)] // a DigitalOcean --resume keeps the recorded name
+    let mut name = image_name(&loaded, git.as_deref());
     let provider = match kind {
         BackendKind::Qemu => "local",
         BackendKind::Digitalocean => "digitalocean",
@@ -225,9 +268,22 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
         BackendKind::Qemu => {
             qemu::bake(&loaded, &name, agent.as_ref(), &req.out_dir, &req.qemu).await?
         }
+        #[cfg(all(feature = "do-api", feature = "artifact"))]
+        BackendKind::Digitalocean => {
+            let (result, baked_name) = crate::backend::digitalocean::bake(
+                &loaded,
+                &name,
+                agent.as_ref(),
+                &req.digitalocean,
+            )
+            .await?;
+            name = baked_name;
+            result
+        }
+        #[cfg(not(all(feature = "do-api", feature = "artifact")))]
         BackendKind::Digitalocean => {
             return Err(BakeError::Agent(
-                "the DigitalOcean bake is not implemented yet (issue 5)".into(),
+                "this image-builder was built without the `do-api` and `artifact` features, which the DigitalOcean bake needs".into(),
             ));
         }
     };

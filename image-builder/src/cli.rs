@@ -32,9 +32,22 @@ pub enum Command {
     /// Local base images.
     #[command(subcommand)]
     Base(BaseCommand),
+    /// Boot a worker from a golden image on this machine (QEMU, in the background).
+    RunLocal(RunLocalArgs),
+    /// List local workers.
+    LsLocal(LsLocalArgs),
+    /// Stop a local worker and remove its overlay.
+    StopLocal(StopLocalArgs),
     /// Sha-keyed build artifacts in an S3-compatible store (publish, ls, gc, pull).
     #[cfg(feature = "artifact")]
     Artifact(crate::artifact::cli::ArtifactArgs),
+    /// Destroy DigitalOcean builder droplets that bakes left behind.
+    #[cfg(all(feature = "do-api", feature = "artifact"))]
+    Reap(crate::backend::digitalocean::cli::ReapArgs),
+    /// DigitalOcean images by name prefix (ls, prune).
+    #[cfg(all(feature = "do-api", feature = "artifact"))]
+    #[command(subcommand)]
+    Images(crate::backend::digitalocean::cli::ImagesCommand),
 }
 
 /// `image-builder bake`.
@@ -63,6 +76,56 @@ pub struct BakeArgs {
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// DigitalOcean backend flags.
+    #[cfg(all(feature = "do-api", feature = "artifact"))]
+    #[command(flatten, next_help_heading = "DigitalOcean")]
+    pub digitalocean: crate::backend::digitalocean::cli::DoBakeArgs,
+}
+
+/// `image-builder run-local`.
+#[derive(Debug, Args)]
+pub struct RunLocalArgs {
+    /// The golden image (qcow2) made by `bake --backend qemu`.
+    pub image: PathBuf,
+    /// The image's spec: build user, VM size and agent timers (defaults otherwise).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Worker name.
+    #[arg(long, default_value = "worker")]
+    pub name: String,
+    /// A public key file to authorize for the build user (repeatable).
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<PathBuf>,
+    /// Forward this 127.0.0.1 port to the worker's SSH (default: a free port).
+    #[arg(long)]
+    pub ssh_port: Option<u16>,
+    /// Override the agent's idle timeout (e.g. `2m`).
+    #[arg(long)]
+    pub idle_timeout: Option<String>,
+    /// Extra TOML appended to the agent config (e.g. an `[artifacts]` section).
+    #[arg(long)]
+    pub agent_config_extra: Option<PathBuf>,
+    /// The agent's secrets file (must be mode 0600); written to /etc/vm-agent/secrets.
+    #[arg(long)]
+    pub agent_secrets: Option<PathBuf>,
+    /// Print the worker as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `image-builder ls-local`.
+#[derive(Debug, Args)]
+pub struct LsLocalArgs {
+    /// JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `image-builder stop-local`.
+#[derive(Debug, Args)]
+pub struct StopLocalArgs {
+    /// Worker name.
+    pub name: String,
 }
 
 /// `image-builder base ...`.
@@ -357,6 +420,8 @@ pub fn bake_cmd(args: &BakeArgs) -> Result<(), CliError> {
             no_boot_check: args.no_boot_check,
             keep_work: args.keep_work,
         },
+        #[cfg(all(feature = "do-api", feature = "artifact"))]
+        digitalocean: args.digitalocean.options()?,
     };
     let manifest = runtime()?.block_on(crate::bake::bake(args.backend, &req))?;
     if args.json {
@@ -417,5 +482,113 @@ pub fn base_build_cmd(args: &BaseBuildArgs) -> Result<(), CliError> {
             b.dir.display()
         );
     }
+    Ok(())
+}
+
+fn local_err(e: crate::backend::qemu::QemuError) -> CliError {
+    CliError::Bake(e.into())
+}
+
+/// `run-local`.
+pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
+    use crate::backend::qemu::{QemuError, local};
+    use crate::bake::AgentSettings;
+    use crate::render::ExtraFile;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    local::preflight().map_err(local_err)?;
+    let loaded = args.spec.as_deref().map(spec::load).transpose()?;
+    let mut agent = match &loaded {
+        Some(l) => AgentSettings::from_spec(l, "local"),
+        None => AgentSettings {
+            user: "builder".into(),
+            idle_timeout: spec::Limit::After(std::time::Duration::from_secs(30 * 60)),
+            max_lifetime: spec::Limit::After(std::time::Duration::from_secs(12 * 3600)),
+            no_job_timeout: spec::Limit::After(std::time::Duration::from_secs(20 * 60)),
+            ephemeral_tag: "ephemeral".into(),
+            provider: "local".into(),
+            extra_toml: String::new(),
+        },
+    };
+    if let Some(t) = &args.idle_timeout {
+        let d = humantime::parse_duration(t)
+            .map_err(|e| local_err(QemuError::Other(format!("--idle-timeout {t:?}: {e}"))))?;
+        if d.is_zero() {
+            return Err(local_err(QemuError::Other("--idle-timeout 0 is not allowed".into())));
+        }
+        agent.idle_timeout = spec::Limit::After(d);
+    }
+    if let Some(p) = &args.agent_config_extra {
+        agent.extra_toml = std::fs::read_to_string(p).map_err(|e| local_err(QemuError::io(p, e)))?;
+    }
+    let mut files = vec![ExtraFile { path: "/etc/vm-agent/config.toml".into(), content: agent.to_toml().into_bytes(), mode: 0o644 }];
+    if let Some(p) = &args.agent_secrets {
+        let meta = std::fs::metadata(p).map_err(|e| local_err(QemuError::io(p, e)))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(local_err(QemuError::Other(format!(
+                "{}: secrets file is mode {:04o}; it must not be readable by others (chmod 600)",
+                p.display(),
+                meta.permissions().mode() & 0o777
+            ))));
+        }
+        let content = std::fs::read(p).map_err(|e| local_err(QemuError::io(p, e)))?;
+        files.push(ExtraFile { path: "/etc/vm-agent/secrets".into(), content, mode: 0o600 });
+    }
+    let mut keys = Vec::new();
+    for k in &args.ssh_keys {
+        let text = std::fs::read_to_string(k).map_err(|e| local_err(QemuError::io(k, e)))?;
+        let key: spec::SshPublicKey = text.trim().parse().map_err(|m: String| local_err(QemuError::Other(format!("{}: {m}", k.display()))))?;
+        keys.push(key.to_string());
+    }
+    let user_data = render::worker_boot(&agent.user, &keys, &files)?;
+    let q = loaded.as_ref().map(|l| &l.spec.qemu);
+    let opts = local::RunLocal {
+        image: args.image.clone(),
+        name: args.name.clone(),
+        user_data,
+        memory_mib: q.map(|q| q.memory.0 >> 20).unwrap_or(2048),
+        cpus: q.map(|q| q.cpus).unwrap_or(2),
+        accel: q.map(|q| q.accel).unwrap_or_default(),
+        ssh_port: args.ssh_port,
+    };
+    let w = local::run(&opts).map_err(local_err)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&w).unwrap_or_default());
+    } else {
+        println!("worker {} started (qemu pid {})", w.name, w.pid);
+        println!("  ssh:     ssh -p {} {}@127.0.0.1", w.ssh_port, agent.user);
+        println!("  console: {}", w.console.display());
+        println!("  stop:    image-builder stop-local {}", w.name);
+    }
+    Ok(())
+}
+
+/// `ls-local`.
+pub fn ls_local_cmd(args: &LsLocalArgs) -> Result<(), CliError> {
+    let ws = crate::backend::qemu::local::list();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ws).unwrap_or_default());
+    } else if ws.is_empty() {
+        println!("no local workers");
+    } else {
+        println!("{:<16} {:<8} {:>8} {:>6}  IMAGE", "NAME", "STATE", "PID", "SSH");
+        for w in ws {
+            println!(
+                "{:<16} {:<8} {:>8} {:>6}  {}",
+                w.name,
+                if w.running { "running" } else { "stopped" },
+                w.pid,
+                w.ssh_port,
+                w.image.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `stop-local`.
+pub fn stop_local_cmd(args: &StopLocalArgs) -> Result<(), CliError> {
+    let w = crate::backend::qemu::local::stop(&args.name, std::time::Duration::from_secs(10)).map_err(local_err)?;
+    println!("stopped {} (pid {})", w.name, w.pid);
     Ok(())
 }

@@ -11,6 +11,7 @@
 
 pub mod base;
 pub mod container;
+pub mod local;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

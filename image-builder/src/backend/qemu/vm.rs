@@ -88,62 +88,53 @@ pub fn image_format(path: &Path) -> Result<String, QemuError> {
     Ok(if &magic == b"QFI\xfb" { "qcow2" } else { "raw" }.to_owned())
 }
 
-/// The QEMU command line for `vm` with the seed `iso` attached.
-pub fn command(
+/// Where the guest's serial console goes.
+pub enum Serial<'a> {
+    /// QEMU's stdout (supervised runs read it).
+    Stdio,
+    /// A file (detached workers).
+    File(&'a Path),
+}
+
+/// The QEMU program and arguments for `vm` with the seed `iso` attached.
+pub fn qemu_args(
     vm: &VmSpec,
     overlay: &Path,
     iso: &Path,
     pidfile: &Path,
-) -> Result<tokio::process::Command, QemuError> {
+    serial: Serial<'_>,
+) -> Result<(PathBuf, Vec<String>), QemuError> {
     let qemu = require_tool("qemu-system-x86_64")?;
-    let mut cmd = tokio::process::Command::new(qemu);
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| (*x).to_owned()));
     match resolve_accel(vm.accel) {
-        Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-        _ => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
-    };
-    cmd.args([
-        "-smp",
-        &vm.cpus.to_string(),
-        "-m",
-        &vm.memory_mib.to_string(),
-    ])
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-    ])
-    .arg("-pidfile")
-    .arg(pidfile);
-    if let Some((kernel, initrd)) = &vm.kernel {
-        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
-        cmd.args(["-append", "root=/dev/vda rw console=ttyS0 quiet"]);
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        _ => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
     }
-    cmd.arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
-            overlay.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=raw,readonly=on",
-            iso.display()
-        ));
-    let fwd = vm
-        .ssh_port
-        .map(|p| format!(",hostfwd=tcp:127.0.0.1:{p}-:22"))
-        .unwrap_or_default();
-    cmd.args([
-        "-netdev",
-        &format!("user,id=n0{fwd}"),
-        "-device",
-        "virtio-net-pci,netdev=n0",
-    ])
-    .args(["-device", "virtio-rng-pci"]);
+    push(&["-smp", &vm.cpus.to_string(), "-m", &vm.memory_mib.to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"]);
+    let serial = match serial {
+        Serial::Stdio => "stdio".to_owned(),
+        Serial::File(p) => format!("file:{}", p.display()),
+    };
+    push(&["-serial", &serial, "-pidfile", &pidfile.display().to_string()]);
+    if let Some((kernel, initrd)) = &vm.kernel {
+        push(&["-kernel", &kernel.display().to_string(), "-initrd", &initrd.display().to_string()]);
+        push(&["-append", "root=/dev/vda rw console=ttyS0 quiet"]);
+    }
+    push(&["-drive", &format!("file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap", overlay.display())]);
+    push(&["-drive", &format!("file={},if=virtio,format=raw,readonly=on", iso.display())]);
+    let fwd = vm.ssh_port.map(|p| format!(",hostfwd=tcp:127.0.0.1:{p}-:22")).unwrap_or_default();
+    push(&["-netdev", &format!("user,id=n0{fwd}"), "-device", "virtio-net-pci,netdev=n0"]);
+    push(&["-device", "virtio-rng-pci"]);
+    Ok((qemu, a))
+}
+
+/// A supervised QEMU command (console on stdout).
+pub fn command(vm: &VmSpec, overlay: &Path, iso: &Path, pidfile: &Path) -> Result<tokio::process::Command, QemuError> {
+    let (qemu, args) = qemu_args(vm, overlay, iso, pidfile, Serial::Stdio)?;
+    let mut cmd = tokio::process::Command::new(qemu);
+    cmd.args(args);
     Ok(cmd)
 }
 
