@@ -2,6 +2,8 @@
 //! returns a [`BakeResult`]; the common parts (naming, agent, manifest) live in
 //! [`crate::bake`]. Dispatch is one `match` in `bake::bake`.
 
+#[cfg(all(feature = "do-api", feature = "artifact"))]
+pub mod digitalocean;
 pub mod qemu;
 
 use std::path::PathBuf;

@@ -27,9 +27,9 @@
 //! # Calls
 //! | area | methods |
 //! |---|---|
-//! | droplets | `create_droplet`, `create_droplet_reconciled`, `get_droplet`, `list_droplets`, `list_droplets_by_tag`, `delete_droplet`, `delete_droplets_by_tag`, `wait_droplet_gone`, `destroy_droplet`, `wait_droplet_status`, `list_droplet_snapshots` |
+//! | droplets | `create_droplet`, `create_droplet_reconciled`, `get_droplet`, `list_droplets`, `list_droplets_by_tag`, `delete_droplet`, `delete_droplets_by_tag`, `wait_droplet_gone`, `destroy_droplet`, `wait_droplet_status`, `list_droplet_snapshots`, `list_droplet_actions` |
 //! | actions | `droplet_action`, `shutdown`, `power_off`, `power_on`, `snapshot`, `get_action`, `wait_action` |
-//! | images | `list_private_images`, `images_named`, `newest_image_named`, `images_with_prefix`, `get_image`, `update_image`, `delete_image` |
+//! | images | `list_private_images`, `images_named`, `newest_image_named`, `images_with_prefix`, `get_image`, `get_image_by_ref`, `update_image`, `delete_image` |
 //! | snapshots | `list_droplet_snapshots_all`, `delete_snapshot` |
 //! | projects | `list_projects`, `default_project`, `assign_to_project` |
 //! | account etc. | `account`, `sizes`, `regions`, `create_tag`, `tag_resources`, `list_ssh_keys`, `create_ssh_key`, `delete_ssh_key` |

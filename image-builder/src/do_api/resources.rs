@@ -95,6 +95,14 @@ impl Client {
             .image)
     }
 
+    /// `GET /v2/images/{id_or_slug}`: a public image by slug, or any image by id.
+    pub async fn get_image_by_ref(&self, id_or_slug: &str) -> Result<Image, DoError> {
+        Ok(self
+            .get::<ImageEnvelope>(&format!("/v2/images/{id_or_slug}"), &[])
+            .await?
+            .image)
+    }
+
     /// `PUT /v2/images/{id}` (name, distribution, description).
     pub async fn update_image(&self, id: u64, update: &ImageUpdate) -> Result<Image, DoError> {
         let env: ImageEnvelope = self

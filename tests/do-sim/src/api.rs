@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(sim_faults_clear),
         )
         .route("/_sim/droplets/{id}/provision", post(sim_provision))
+        .route("/_sim/droplets/{id}/user-data", get(sim_user_data))
         .route("/_sim/metadata", post(sim_metadata))
         .route("/_sim/images", post(sim_seed_image))
         .fallback(not_found_fallback)
@@ -530,10 +531,18 @@ async fn droplets_create(
                 snapshot_ids: Vec::new(),
                 provision: None,
                 pending_plan: plan,
+                played: None,
             },
         );
         let action_id = w.start_action(id, "create", None);
         created.push((id, action_id));
+    }
+    if let Some(play) = w.config.play_vm.clone() {
+        for (id, _) in &created {
+            if let Some(ud) = req.user_data.clone() {
+                crate::vm::spawn_player(s.clone(), *id, ud, play.clone(), boot);
+            }
+        }
     }
     let base = format!("http://{}", host(&headers));
     let links: Vec<Value> = created
@@ -1370,6 +1379,24 @@ async fn sim_provision(State(s): State<AppState>, Path(id): Path<String>, body: 
     match parse_id(&id) {
         Some(id) if w.provision(id, plan) => StatusCode::NO_CONTENT.into_response(),
         _ => (StatusCode::NOT_FOUND, format!("no droplet {id}")).into_response(),
+    }
+}
+
+/// `GET /_sim/droplets/{id}/user-data`: the user-data a droplet was created
+/// with (`text/plain`), 404 if there is no such droplet or it had none.
+async fn sim_user_data(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let w = s.lock();
+    match parse_id(&id)
+        .and_then(|id| w.droplets.get(&id))
+        .and_then(|d| d.user_data.clone())
+    {
+        Some(ud) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            ud,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no user-data for droplet {id}")).into_response(),
     }
 }
 

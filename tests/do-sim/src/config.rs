@@ -33,6 +33,10 @@ pub struct SimConfig {
     pub ratelimit: RateLimitConfig,
     /// Play the in-VM provisioning automatically for every new droplet.
     pub auto_provision: Option<ProvisionPlan>,
+    /// Play the whole in-VM part of an image-builder bake for every new droplet
+    /// whose user-data carries a seal finisher: fetch the agent through its
+    /// presigned URL, PUT a seal report to the presigned report URL, power off.
+    pub play_vm: Option<PlayVm>,
     /// Injected faults, matched in order against each request.
     pub faults: Vec<FaultRule>,
 }
@@ -50,6 +54,7 @@ impl Default for SimConfig {
             droplet_ipv4: "127.0.0.1".to_owned(),
             ratelimit: RateLimitConfig::default(),
             auto_provision: None,
+            play_vm: None,
             faults: Vec::new(),
         }
     }
@@ -101,6 +106,32 @@ pub struct ProvisionPlan {
     pub result: ProvisionResult,
     #[serde(default)]
     pub after_ms: u64,
+}
+
+/// How [`SimConfig::play_vm`] plays a bake's builder VM. After the droplet
+/// is active and `report_after_ms` more, the player GETs the agent URL found
+/// in the user-data (`fetch_agent`), PUTs a seal report with `result` to the
+/// report URL (unless `no_report`: a VM that dies without reporting), and
+/// powers the droplet off `after_ms` later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlayVm {
+    pub result: ProvisionResult,
+    /// Time "provisioning" takes once the droplet is active, before the report.
+    #[serde(default)]
+    pub report_after_ms: u64,
+    /// From the report to `off`.
+    #[serde(default)]
+    pub after_ms: u64,
+    #[serde(default = "yes")]
+    pub fetch_agent: bool,
+    /// Power off without a report (a finisher that never ran).
+    #[serde(default)]
+    pub no_report: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One injected fault: applies to calls `nth ..= nth + times - 1` of `route`

@@ -30,6 +30,7 @@ pub mod metadata;
 pub mod prism;
 pub mod server;
 pub mod state;
+pub mod vm;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use api::{RequestLog, SeedImage};
-pub use config::{Fault, FaultRule, ProvisionPlan, ProvisionResult, RateLimitConfig, SimConfig};
+pub use vm::{Played, bake_urls};
+pub use config::{Fault, FaultRule, PlayVm, ProvisionPlan, ProvisionResult, RateLimitConfig, SimConfig};
 pub use state::{DEFAULT_PROJECT_ID, OTHER_PROJECT_ID};
 
 use api::Shared;
@@ -152,6 +154,21 @@ impl Sim {
                 .filter(|p| p.finished)
                 .map(|p| p.result)
         })
+    }
+
+    /// The user-data droplet `droplet_id` was created with (also after it was deleted? no: while it exists).
+    pub fn user_data(&self, droplet_id: u64) -> Option<String> {
+        self.with(|w| w.droplets.get(&droplet_id).and_then(|d| d.user_data.clone()))
+    }
+
+    /// What the VM player did for a droplet (see [`SimConfig::play_vm`]).
+    pub fn played(&self, droplet_id: u64) -> Option<vm::Played> {
+        self.with(|w| w.droplets.get(&droplet_id).and_then(|d| d.played.clone()))
+    }
+
+    /// Every droplet ever created (existing and deleted), for "exactly one droplet" checks.
+    pub fn droplets_ever_created(&self) -> usize {
+        self.with(|w| w.droplets.len() + w.deleted_droplets.len())
     }
 
     /// Make the metadata service answer as `droplet_id` (`None`: answer 404).

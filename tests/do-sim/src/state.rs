@@ -63,6 +63,8 @@ pub struct Droplet {
     pub provision: Option<Provision>,
     /// Plan to apply once active (from `auto_provision`).
     pub pending_plan: Option<ProvisionPlan>,
+    /// What the VM player ([`crate::config::PlayVm`]) did, once it ran.
+    pub played: Option<crate::vm::Played>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -625,6 +627,7 @@ impl World {
                     "image": d.image_id,
                     "snapshot_ids": d.snapshot_ids,
                     "provision": d.provision,
+                    "played": d.played,
                     "created_at": rfc3339(self.wall(d.created)),
                 })
             })
