@@ -43,8 +43,11 @@ pub fn local_root() -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (bound and released; QEMU binds it right after).
 pub fn free_port() -> Result<u16, QemuError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| QemuError::Other(format!("no free port: {e}")))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| QemuError::Other(e.to_string()))
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| QemuError::Other(format!("no free port: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| QemuError::Other(e.to_string()))
 }
 
 fn alive(pid: u32) -> bool {
@@ -96,27 +99,49 @@ pub fn run(opts: &RunLocal) -> Result<LocalWorker, QemuError> {
 
 fn start(opts: &RunLocal, dir: &Path) -> Result<LocalWorker, QemuError> {
     let image = std::fs::canonicalize(&opts.image).map_err(|e| QemuError::io(&opts.image, e))?;
-    let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let parent = image.parent().map(Path::to_owned).unwrap_or_default();
     let kernel = parent.join(format!("{stem}.vmlinuz"));
     let initrd = parent.join(format!("{stem}.initrd.img"));
     let kernel = (kernel.is_file() && initrd.is_file()).then_some((kernel, initrd));
-    let iso = vm::make_seed_iso(dir, &opts.user_data, &format!("instance-id: {}\nlocal-hostname: {}\n", opts.name, opts.name))?;
+    let iso = vm::make_seed_iso(
+        dir,
+        &opts.user_data,
+        &format!(
+            "instance-id: {}\nlocal-hostname: {}\n",
+            opts.name, opts.name
+        ),
+    )?;
     let overlay = dir.join("overlay.qcow2");
     vm::make_overlay(&image, &overlay)?;
     let ssh_port = match opts.ssh_port {
         Some(p) => p,
         None => free_port()?,
     };
-    let spec = VmSpec { disk: image.clone(), kernel, memory_mib: opts.memory_mib, cpus: opts.cpus, accel: opts.accel, ssh_port: Some(ssh_port) };
+    let spec = VmSpec {
+        disk: image.clone(),
+        kernel,
+        memory_mib: opts.memory_mib,
+        cpus: opts.cpus,
+        accel: opts.accel,
+        ssh_port: Some(ssh_port),
+    };
     let pidfile = dir.join("qemu.pid");
     let console = dir.join("console.log");
-    let (qemu, mut args) = vm::qemu_args(&spec, &overlay, &iso, &pidfile, vm::Serial::File(&console))?;
+    let (qemu, mut args) =
+        vm::qemu_args(&spec, &overlay, &iso, &pidfile, vm::Serial::File(&console))?;
     // Detached: the worker outlives this command by design; `stop-local` ends it.
     args.push("-daemonize".into());
     let mut daemon = std::process::Command::new(qemu);
     daemon.args(args);
-    run_logged(&mut daemon, "qemu-system-x86_64 -daemonize", &dir.join("qemu.log"))?;
+    run_logged(
+        &mut daemon,
+        "qemu-system-x86_64 -daemonize",
+        &dir.join("qemu.log"),
+    )?;
     let pid: u32 = std::fs::read_to_string(&pidfile)
         .map_err(|e| QemuError::io(&pidfile, e))?
         .trim()
@@ -132,7 +157,8 @@ fn start(opts: &RunLocal, dir: &Path) -> Result<LocalWorker, QemuError> {
         running: true,
     };
     let info = serde_json::to_vec_pretty(&w).map_err(|e| QemuError::Other(e.to_string()))?;
-    crate::fsutil::write_atomic(&dir.join("info.json"), &info, 0o644).map_err(|e| QemuError::io(dir, e))?;
+    crate::fsutil::write_atomic(&dir.join("info.json"), &info, 0o644)
+        .map_err(|e| QemuError::io(dir, e))?;
     Ok(w)
 }
 
@@ -156,9 +182,13 @@ pub fn list() -> Vec<LocalWorker> {
 /// Stop a worker (SIGTERM, then SIGKILL after `grace`) and remove its state.
 pub fn stop(name: &str, grace: Duration) -> Result<LocalWorker, QemuError> {
     let dir = local_root().join(name);
-    let text = std::fs::read_to_string(dir.join("info.json"))
-        .map_err(|_| QemuError::Other(format!("no local worker named {name:?} (see `image-builder ls-local`)")))?;
-    let mut w: LocalWorker = serde_json::from_str(&text).map_err(|e| QemuError::Other(e.to_string()))?;
+    let text = std::fs::read_to_string(dir.join("info.json")).map_err(|_| {
+        QemuError::Other(format!(
+            "no local worker named {name:?} (see `image-builder ls-local`)"
+        ))
+    })?;
+    let mut w: LocalWorker =
+        serde_json::from_str(&text).map_err(|e| QemuError::Other(e.to_string()))?;
     if alive(w.pid) {
         let pid = nix::unistd::Pid::from_raw(w.pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);

@@ -425,9 +425,10 @@ pub async fn bake(
             loaded.path.display()
         ))
     })?;
+    // A suite name means a base built by `base build`; anything else is an image file.
     let is_suite = !base_name.contains('/') && !base_name.contains('.');
     let way = match (opts.way, is_suite) {
-        (Way::Auto, true) | (Way::Container, true) => Way::Container,
+        (Way::Auto | Way::Container, true) => Way::Container,
         (Way::Container, false) => {
             return Err(QemuError::Other(format!(
                 "base.qemu {base_name:?} is an image file: the container way needs a base built by `image-builder base build`"
@@ -435,34 +436,36 @@ pub async fn bake(
         }
         (_, _) => Way::Vm,
     };
-    if way == Way::Vm {
-        return Err(QemuError::Other(
-            "the vm way of provisioning (user-supplied images) is not implemented yet; use a base built by \
-             `image-builder base build` (base.qemu: bookworm)"
-                .into(),
-        ));
-    }
-    let base = base::build(&base::BaseSpec {
-        suite: base_name.clone(),
-        ..Default::default()
-    })?;
+    // The base: built/cached, or the user's image (with its own bootloader).
+    let (base_rootfs, base_disk, base_kernel, base_cached) = if is_suite {
+        let base = base::build(&base::BaseSpec {
+            suite: base_name.clone(),
+            ..Default::default()
+        })?;
+        (
+            Some(base.rootfs),
+            base.disk,
+            Some((base.kernel, base.initrd)),
+            base.cache_hit,
+        )
+    } else {
+        let p = loaded
+            .path
+            .parent()
+            .map(|d| d.join(&base_name))
+            .unwrap_or_else(|| base_name.clone().into());
+        if !p.is_file() {
+            return Err(QemuError::Other(format!(
+                "base.qemu: {} does not exist",
+                p.display()
+            )));
+        }
+        (None, p, None, false)
+    };
     mark(
         &mut timings,
-        if base.cache_hit {
-            "base_cached"
-        } else {
-            "base_build"
-        },
+        if base_cached { "base_cached" } else { "base" },
     );
-
-    let mut ropts = RenderOptions::new(Mode::Bake);
-    ropts.agent = agent.map(|a| AgentBinary {
-        source: crate::steps::AgentSource::Path(container::AGENT_STAGING.to_owned()),
-        sha256: a.sha256.clone(),
-        config_toml: a.config_toml.clone(),
-        unit: a.unit.clone(),
-    });
-    let rendered = render::render(loaded, &ropts).map_err(|e| QemuError::Other(e.to_string()))?;
 
     let work_parent = base::cache_root().join("work");
     std::fs::create_dir_all(&work_parent).map_err(|e| io_err(&work_parent, e))?;
@@ -472,69 +475,133 @@ pub async fn bake(
         .map_err(|e| io_err(&work_parent, e))?;
     let work = work_dir.path().to_owned();
     let instance = format!("bake-{}", &loaded.spec_hash()[..8]);
-    let prepared = container::prepare(
-        &base.rootfs,
-        &work,
-        &rendered.text,
-        &instance,
-        agent.map(|a| a.path.as_path()),
-    )?;
-    mark(&mut timings, "prepare");
-    tracing::info!(
-        "provisioning {name} in a container (timeout {})",
-        humantime::format_duration(spec.bake.timeout.0)
-    );
-    let log = work.join("console.log");
-    let seen = container::run(
-        &prepared,
-        &format!("ib-{}", &loaded.spec_hash()[..10]),
-        spec.bake.timeout.0,
-        &log,
-    )
-    .await?;
-    let report = check_report(seen.report, &seen.tail)?;
-    mark(&mut timings, "provision");
 
-    let raw = work.join("golden.raw");
-    base::make_ext4(&prepared.rootfs, &raw, spec.qemu.disk_size.0)?;
+    // The agent: copied into the root filesystem (container) or fetched over HTTP
+    // from a one-file server on the host (vm); its sha256 is checked either way.
+    let mut _file_server = None;
+    let agent_source = match (way, agent) {
+        (_, None) => None,
+        (Way::Container, Some(_)) => Some(crate::steps::AgentSource::Path(
+            container::AGENT_STAGING.to_owned(),
+        )),
+        (_, Some(a)) => {
+            let server = vm::FileServer::start(a.path.clone(), "vm-agent".into()).await?;
+            let url = format!("http://{}:{}/vm-agent", local::HOST_FROM_GUEST, server.port);
+            _file_server = Some(server);
+            Some(crate::steps::AgentSource::Url(url))
+        }
+    };
+    let mut ropts = RenderOptions::new(Mode::Bake);
+    ropts.agent = agent.zip(agent_source).map(|(a, source)| AgentBinary {
+        source,
+        sha256: a.sha256.clone(),
+        config_toml: a.config_toml.clone(),
+        unit: a.unit.clone(),
+    });
+    let rendered = render::render(loaded, &ropts).map_err(|e| QemuError::Other(e.to_string()))?;
+
     let qcow = out_dir.join(format!("{name}.qcow2"));
     let tmp_qcow = out_dir.join(format!(".{name}.qcow2.tmp"));
-    let qemu_img = require_tool("qemu-img")?;
-    let mut convert = std::process::Command::new(qemu_img);
-    convert
-        .args(["convert", "-c", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&tmp_qcow);
-    let converted = run_logged(&mut convert, "qemu-img convert", &work.join("convert.log"));
-    if let Err(e) = converted {
-        let _ = std::fs::remove_file(&tmp_qcow);
-        return Err(e);
-    }
-    std::fs::rename(&tmp_qcow, &qcow).map_err(|e| io_err(&qcow, e))?;
-    let boot = prepared.rootfs.join("boot");
     let kernel = out_dir.join(format!("{name}.vmlinuz"));
     let initrd = out_dir.join(format!("{name}.initrd.img"));
-    for (prefix, dest) in [("vmlinuz-", &kernel), ("initrd.img-", &initrd)] {
-        let src = newest_prefixed(&boot, prefix)?;
-        std::fs::copy(&src, dest).map_err(|e| io_err(&src, e))?;
-    }
-    drop(prepared);
-    let _ = std::fs::remove_file(&raw);
-    mark(&mut timings, "image");
+    let vm_spec = |disk: PathBuf, kernel: Option<(PathBuf, PathBuf)>| vm::VmSpec {
+        disk,
+        kernel,
+        memory_mib: spec.qemu.memory.0 >> 20,
+        cpus: spec.qemu.cpus,
+        accel: spec.qemu.accel,
+        ssh_port: None,
+    };
+    let timeout = spec.bake.timeout.0;
+    // Flatten + compress into the output, atomically.
+    let convert = |src: &Path, log: &Path| -> Result<(), QemuError> {
+        let qemu_img = require_tool("qemu-img")?;
+        let mut convert = std::process::Command::new(qemu_img);
+        convert
+            .args(["convert", "-c", "-O", "qcow2"])
+            .arg(src)
+            .arg(&tmp_qcow);
+        if let Err(e) = run_logged(&mut convert, "qemu-img convert", log) {
+            let _ = std::fs::remove_file(&tmp_qcow);
+            return Err(e);
+        }
+        std::fs::rename(&tmp_qcow, &qcow).map_err(|e| io_err(&qcow, e))
+    };
+    let mut has_kernel = false;
+    let report = if way == Way::Container {
+        let rootfs = base_rootfs
+            .as_deref()
+            .ok_or_else(|| QemuError::Other("no root filesystem".into()))?;
+        let prepared = container::prepare(
+            rootfs,
+            &work,
+            &rendered.text,
+            &instance,
+            agent.map(|a| a.path.as_path()),
+        )?;
+        mark(&mut timings, "prepare");
+        tracing::info!(
+            "provisioning {name} in a container (timeout {})",
+            humantime::format_duration(timeout)
+        );
+        let log = work.join("console.log");
+        let seen = container::run(
+            &prepared,
+            &format!("ib-{}", &loaded.spec_hash()[..10]),
+            timeout,
+            &log,
+        )
+        .await?;
+        let report = check_report(seen.report, &seen.tail)?;
+        mark(&mut timings, "provision");
+        let raw = work.join("golden.raw");
+        base::make_ext4(&prepared.rootfs, &raw, spec.qemu.disk_size.0)?;
+        convert(&raw, &work.join("convert.log"))?;
+        let boot = prepared.rootfs.join("boot");
+        for (prefix, dest) in [("vmlinuz-", &kernel), ("initrd.img-", &initrd)] {
+            let src = newest_prefixed(&boot, prefix)?;
+            std::fs::copy(&src, dest).map_err(|e| io_err(&src, e))?;
+        }
+        has_kernel = true;
+        let _ = std::fs::remove_file(&raw);
+        mark(&mut timings, "image");
+        report
+    } else {
+        tracing::info!(
+            "provisioning {name} in a QEMU VM (timeout {})",
+            humantime::format_duration(timeout)
+        );
+        let vm = vm_spec(base_disk.clone(), base_kernel.clone());
+        let (overlay, seen) = vm::provision(&vm, &work, &rendered.text, &instance, timeout).await?;
+        let report = check_report(seen.report, &seen.tail)?;
+        mark(&mut timings, "provision");
+        convert(&overlay, &work.join("convert.log"))?;
+        if let Some((k, i)) = &base_kernel {
+            std::fs::copy(k, &kernel).map_err(|e| io_err(k, e))?;
+            std::fs::copy(i, &initrd).map_err(|e| io_err(i, e))?;
+            has_kernel = true;
+        }
+        mark(&mut timings, "image");
+        report
+    };
+    let boot_kernel = has_kernel.then(|| (kernel.clone(), initrd.clone()));
 
+    let way_name = if way == Way::Container {
+        "container"
+    } else {
+        "vm"
+    };
     let mut details =
-        serde_json::json!({"way": "container", "base": base.dir, "base_cache_hit": base.cache_hit});
-    if !opts.no_boot_check {
-        let vm = vm::VmSpec {
-            disk: qcow.clone(),
-            kernel: Some((kernel.clone(), initrd.clone())),
-            memory_mib: spec.qemu.memory.0 >> 20,
-            cpus: spec.qemu.cpus,
-            accel: spec.qemu.accel,
-            ssh_port: None,
-        };
+        serde_json::json!({"way": way_name, "base": base_disk, "base_cache_hit": base_cached});
+    // The vm way booted the image for real already; the container way gets a boot check.
+    if way == Way::Container && !opts.no_boot_check {
         tracing::info!("boot check: booting {} under QEMU", qcow.display());
-        let check = vm::boot_check(&vm, &work, Duration::from_secs(300)).await?;
+        let check = vm::boot_check(
+            &vm_spec(qcow.clone(), boot_kernel.clone()),
+            &work,
+            Duration::from_secs(300),
+        )
+        .await?;
         if agent.is_some() && check.agent_enabled != "enabled" {
             return Err(QemuError::Other(format!(
                 "boot check: vm-agent.service is {:?} in the booted image, expected \"enabled\"",
@@ -554,10 +621,11 @@ pub async fn bake(
         let kept = work_dir.keep();
         tracing::info!("work directory kept: {}", kept.display());
     }
-    let files = [&qcow, &kernel, &initrd]
-        .iter()
-        .map(|p| ((*p).clone(), file_size(p)))
-        .collect();
+    let mut files = vec![(qcow.clone(), file_size(&qcow))];
+    if let Some((k, i)) = &boot_kernel {
+        files.push((k.clone(), file_size(k)));
+        files.push((i.clone(), file_size(i)));
+    }
     Ok(crate::backend::BakeResult {
         artifact_id: qcow.display().to_string(),
         builder_type: "image-builder.qemu".into(),

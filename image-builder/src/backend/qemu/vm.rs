@@ -111,27 +111,71 @@ pub fn qemu_args(
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         _ => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
     }
-    push(&["-smp", &vm.cpus.to_string(), "-m", &vm.memory_mib.to_string()]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"]);
+    push(&[
+        "-smp",
+        &vm.cpus.to_string(),
+        "-m",
+        &vm.memory_mib.to_string(),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+    ]);
     let serial = match serial {
         Serial::Stdio => "stdio".to_owned(),
         Serial::File(p) => format!("file:{}", p.display()),
     };
-    push(&["-serial", &serial, "-pidfile", &pidfile.display().to_string()]);
+    push(&[
+        "-serial",
+        &serial,
+        "-pidfile",
+        &pidfile.display().to_string(),
+    ]);
     if let Some((kernel, initrd)) = &vm.kernel {
-        push(&["-kernel", &kernel.display().to_string(), "-initrd", &initrd.display().to_string()]);
+        push(&[
+            "-kernel",
+            &kernel.display().to_string(),
+            "-initrd",
+            &initrd.display().to_string(),
+        ]);
         push(&["-append", "root=/dev/vda rw console=ttyS0 quiet"]);
     }
-    push(&["-drive", &format!("file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap", overlay.display())]);
-    push(&["-drive", &format!("file={},if=virtio,format=raw,readonly=on", iso.display())]);
-    let fwd = vm.ssh_port.map(|p| format!(",hostfwd=tcp:127.0.0.1:{p}-:22")).unwrap_or_default();
-    push(&["-netdev", &format!("user,id=n0{fwd}"), "-device", "virtio-net-pci,netdev=n0"]);
+    push(&[
+        "-drive",
+        &format!(
+            "file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+            overlay.display()
+        ),
+    ]);
+    push(&[
+        "-drive",
+        &format!("file={},if=virtio,format=raw,readonly=on", iso.display()),
+    ]);
+    let fwd = vm
+        .ssh_port
+        .map(|p| format!(",hostfwd=tcp:127.0.0.1:{p}-:22"))
+        .unwrap_or_default();
+    push(&[
+        "-netdev",
+        &format!("user,id=n0{fwd}"),
+        "-device",
+        "virtio-net-pci,netdev=n0",
+    ]);
     push(&["-device", "virtio-rng-pci"]);
     Ok((qemu, a))
 }
 
 /// A supervised QEMU command (console on stdout).
-pub fn command(vm: &VmSpec, overlay: &Path, iso: &Path, pidfile: &Path) -> Result<tokio::process::Command, QemuError> {
+pub fn command(
+    vm: &VmSpec,
+    overlay: &Path,
+    iso: &Path,
+    pidfile: &Path,
+) -> Result<tokio::process::Command, QemuError> {
     let (qemu, args) = qemu_args(vm, overlay, iso, pidfile, Serial::Stdio)?;
     let mut cmd = tokio::process::Command::new(qemu);
     cmd.args(args);
@@ -200,4 +244,97 @@ pub async fn boot_check(
         sudoers: field("sudoers"),
         failed_units: field("failed").parse().unwrap_or(0),
     })
+}
+
+/// A one-file HTTP server on 127.0.0.1 (reachable from a QEMU user-networking guest
+/// as 10.0.2.2): serves `GET /<name>` with the file and nothing else. Dropped with
+/// the bake.
+pub struct FileServer {
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FileServer {
+    /// Serve `file` as `/name`.
+    pub async fn start(file: PathBuf, name: String) -> Result<FileServer, QemuError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| QemuError::Other(format!("cannot listen on 127.0.0.1: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| QemuError::Other(e.to_string()))?
+            .port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let file = file.clone();
+                let want = format!("GET /{name} ");
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]);
+                    match (req.starts_with(&want), tokio::fs::read(&file).await) {
+                        (true, Ok(body)) => {
+                            let head = format!(
+                                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = sock.write_all(head.as_bytes()).await;
+                            let _ = sock.write_all(&body).await;
+                        }
+                        _ => {
+                            let _ = sock
+                                .write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                                .await;
+                        }
+                    }
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Ok(FileServer { port, task })
+    }
+}
+
+/// Provision by booting the image in QEMU with the bake user-data as a NoCloud seed;
+/// returns when the finisher has powered the VM off (or on timeout/error/signal,
+/// with QEMU killed). The overlay then holds the provisioned disk.
+pub async fn provision(
+    vm: &VmSpec,
+    work: &Path,
+    user_data: &str,
+    instance_id: &str,
+    timeout: Duration,
+) -> Result<(PathBuf, Supervised), QemuError> {
+    let iso = make_seed_iso(
+        work,
+        user_data,
+        &format!("instance-id: {instance_id}\nlocal-hostname: {instance_id}\n"),
+    )?;
+    let overlay = work.join("provision.qcow2");
+    make_overlay(&vm.disk, &overlay)?;
+    let cmd = command(vm, &overlay, &iso, &work.join("qemu.pid"))?;
+    let log = work.join("console.log");
+    let seen = supervise(
+        cmd,
+        SuperviseOpts {
+            what: "VM provisioning",
+            timeout,
+            log: &log,
+            stop_on: None,
+            watch: None,
+        },
+    )
+    .await?;
+    Ok((overlay, seen))
 }
