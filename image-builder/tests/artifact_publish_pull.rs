@@ -207,6 +207,9 @@ async fn publish_sends_no_aws_chunked_or_checksum_trailers_and_writes_manifest_l
     assert!(
         last_put
             .target
+            .split('?')
+            .next()
+            .unwrap_or_default()
             .ends_with(&format!("/builds/{SHA_A}/manifest.json")),
         "last PUT was {}",
         last_put.target

@@ -92,7 +92,7 @@ impl Drop for Progress {
 pub fn plain_line(label: &str, bar: &ProgressBar, elapsed: Duration) -> String {
     let pos = bar.position();
     let len = bar.length().unwrap_or(0);
-    let pct = if len > 0 { pos * 100 / len } else { 0 };
+    let pct = (pos * 100).checked_div(len).unwrap_or(0);
     let rate = pos as f64 / elapsed.as_secs_f64().max(0.001);
     format!(
         "{label}: {:.1}/{:.1} MiB ({pct}%), {:.1} MiB/s",

@@ -260,6 +260,9 @@ struct Shared<'a> {
     resumed: AtomicU64,
     retries: AtomicU32,
     refetches: AtomicU32,
+    /// Every writer thread holds a read guard; taking the write lock waits until
+    /// all files are closed (so removing the incoming dir really frees space).
+    writers: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Download, verify and install build `sha` under `root`. See the module docs.
@@ -363,6 +366,7 @@ pub async fn pull(
         resumed: AtomicU64::new(0),
         retries: AtomicU32::new(0),
         refetches: AtomicU32::new(0),
+        writers: std::sync::Arc::new(tokio::sync::RwLock::new(())),
     };
     // Owned items (not `&FileEntry`) keep the future `Send` for `tokio::spawn`.
     let (shr, stg) = (&sh, staging.as_path());
@@ -376,6 +380,8 @@ pub async fn pull(
     report.retries = sh.retries.load(Ordering::Relaxed);
     report.refetches = sh.refetches.load(Ordering::Relaxed);
     if let Err(e) = res {
+        // Writers of the cancelled downloads finish once their channel closes.
+        let _all_closed = sh.writers.write().await;
         if !e.is_unavailable() {
             // Nothing half-done stays behind (and a full disk gets its space back).
             let _ = std::fs::remove_dir_all(&staging);
@@ -626,7 +632,12 @@ async fn download_into(
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let (d, bar) = (dest.to_path_buf(), sh.progress.cloned());
-    let writer = tokio::task::spawn_blocking(move || write_and_hash(&d, have, rx, bar.as_ref()));
+    let guard = sh.writers.clone().read_owned().await;
+    let writer = tokio::task::spawn_blocking(move || {
+        let r = write_and_hash(&d, have, rx, bar.as_ref());
+        drop(guard);
+        r
+    });
     let net = async {
         let remaining = size - have;
         if remaining <= sh.cfg.chunk_size || sh.cfg.chunks_in_flight <= 1 {

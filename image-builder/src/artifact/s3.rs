@@ -447,7 +447,7 @@ mod tests {
         let e = S3Credentials::from_file(&p).unwrap_err();
         assert!(
             e.to_string()
-                .contains("SPACES_SECRET_ACCESS_KEY is not set"),
+                .contains("but SPACES_SECRET_ACCESS_KEY is not"),
             "{e}"
         );
     }
