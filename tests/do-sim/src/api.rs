@@ -531,7 +531,6 @@ async fn droplets_create(
                 snapshot_ids: Vec::new(),
                 provision: None,
                 pending_plan: plan,
-                played: None,
             },
         );
         let action_id = w.start_action(id, "create", None);

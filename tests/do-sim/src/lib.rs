@@ -156,14 +156,15 @@ impl Sim {
         })
     }
 
-    /// The user-data droplet `droplet_id` was created with (also after it was deleted? no: while it exists).
+    /// The user-data droplet `droplet_id` was created with (while it exists).
     pub fn user_data(&self, droplet_id: u64) -> Option<String> {
         self.with(|w| w.droplets.get(&droplet_id).and_then(|d| d.user_data.clone()))
     }
 
-    /// What the VM player did for a droplet (see [`SimConfig::play_vm`]).
+    /// What the VM player did for a droplet (see [`SimConfig::play_vm`]), also
+    /// after the droplet was deleted.
     pub fn played(&self, droplet_id: u64) -> Option<vm::Played> {
-        self.with(|w| w.droplets.get(&droplet_id).and_then(|d| d.played.clone()))
+        self.with(|w| w.played.get(&droplet_id).cloned())
     }
 
     /// Every droplet ever created (existing and deleted), for "exactly one droplet" checks.

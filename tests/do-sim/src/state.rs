@@ -63,8 +63,6 @@ pub struct Droplet {
     pub provision: Option<Provision>,
     /// Plan to apply once active (from `auto_provision`).
     pub pending_plan: Option<ProvisionPlan>,
-    /// What the VM player ([`crate::config::PlayVm`]) did, once it ran.
-    pub played: Option<crate::vm::Played>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -185,6 +183,8 @@ pub struct World {
     pub rate_reset_at: Instant,
     /// The droplet the metadata listener answers for.
     pub metadata_droplet: Option<u64>,
+    /// What the VM player did, per droplet (kept after the droplet is deleted).
+    pub played: BTreeMap<u64, crate::vm::Played>,
 }
 
 pub const DEFAULT_PROJECT_ID: &str = "6b5d6e0a-7c1b-4f0e-9a3e-2f6c1d0a0001";
@@ -266,6 +266,7 @@ impl World {
             rate_remaining,
             rate_reset_at,
             metadata_droplet: None,
+            played: BTreeMap::new(),
         }
     }
 
@@ -627,7 +628,7 @@ impl World {
                     "image": d.image_id,
                     "snapshot_ids": d.snapshot_ids,
                     "provision": d.provision,
-                    "played": d.played,
+                    "played": self.played.get(&d.id),
                     "created_at": rfc3339(self.wall(d.created)),
                 })
             })

@@ -116,8 +116,8 @@ pub fn spawn_player(shared: Arc<Shared>, id: u64, user_data: String, play: PlayV
             }
         }
         let mut w = shared.lock();
-        if let Some(d) = w.droplets.get_mut(&id) {
-            d.played = Some(played);
+        w.played.insert(id, played);
+        if w.droplets.contains_key(&id) {
             w.provision(
                 id,
                 ProvisionPlan {

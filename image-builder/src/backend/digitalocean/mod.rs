@@ -1132,6 +1132,7 @@ impl Bake<'_> {
                 "region": st.region,
                 "size": st.size,
                 "droplet_id": st.droplet_id,
+                "base_image": self.plan.as_ref().map(|p| p.image_label.clone()),
                 "droplet_destroyed": st.droplet_destroyed,
                 "project_id": st.project_id,
                 "agent_key": st.agent_key,
