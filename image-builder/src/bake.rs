@@ -11,9 +11,6 @@ use sha2::{Digest, Sha256};
 use crate::backend::{AgentArtifact, BakeResult, qemu};
 use crate::spec::{self, LoadedSpec};
 
-/// The vm-agent unit baked into images.
-pub const AGENT_UNIT: &str = include_str!("../../templates/systemd/vm-agent.service");
-
 /// Errors of a bake.
 #[derive(Debug, thiserror::Error)]
 pub enum BakeError {
@@ -255,7 +252,7 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
             path,
             sha256,
             config_toml: agent_config_toml(&loaded, provider),
-            unit: AGENT_UNIT.to_owned(),
+            unit: crate::steps::AGENT_UNIT_FILE.to_owned(),
         })
     } else {
         None

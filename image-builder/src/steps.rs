@@ -30,8 +30,11 @@ pub const RUN_DIR: &str = "/run/image-builder";
 pub const APT_LOCK_DROPIN: &str = "/etc/apt/apt.conf.d/90image-builder-dpkg-lock";
 /// Where the vm-agent binary is installed.
 pub const AGENT_BIN: &str = "/usr/local/bin/vm-agent";
-/// The vm-agent systemd unit.
+/// Where the vm-agent systemd unit is installed.
 pub const AGENT_UNIT: &str = "/etc/systemd/system/vm-agent.service";
+/// The vm-agent systemd unit itself (`templates/systemd/vm-agent.service`), one
+/// definition for every route into an image (cloud-init bakes and Packer).
+pub const AGENT_UNIT_FILE: &str = include_str!("../../templates/systemd/vm-agent.service");
 /// Non-secret record of the bake, kept in the image.
 pub const BAKED_INFO: &str = "/etc/image-builder/baked.json";
 

@@ -208,3 +208,63 @@ fn a_failing_step_fails_the_bake_with_its_name_and_log_and_leaves_no_image() {
         .unwrap_or_default();
     assert!(files.is_empty(), "a failed bake left {files:?}");
 }
+
+#[test]
+fn vm_way_provisions_with_a_real_boot_and_the_same_report() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(
+        dir.path(),
+        "  - name: marker\n    run: echo vm-way > /etc/vm-way-marker\n",
+    );
+    let out = dir.path().join("out");
+    let r = image_builder(
+        &[
+            "bake",
+            spec.to_str().unwrap(),
+            "--way",
+            "vm",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(
+        r.status.success(),
+        "vm-way bake failed:\n{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let b = &manifest["builds"][0];
+    assert_eq!(b["image_builder"]["details"]["way"], "vm");
+    assert_eq!(b["image_builder"]["seal_report"]["status"], "ok");
+    let qcow = Path::new(b["artifact_id"].as_str().unwrap()).to_owned();
+    // Flattened: no backing file.
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&qcow)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(
+        info.get("backing-filename").is_none(),
+        "golden image still has a backing file: {info}"
+    );
+    let raw = dir.path().join("golden.raw");
+    assert!(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&qcow)
+            .arg(&raw)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(debugfs(&raw, "cat /etc/vm-way-marker"), "vm-way\n");
+    assert!(debugfs(&raw, "stat /etc/sudoers.d/90-builder").contains("Mode:  0440"));
+    assert!(
+        !debugfs(&raw, "ls /etc/ssh").contains("ssh_host_ed25519_key"),
+        "host keys left in the image"
+    );
+}

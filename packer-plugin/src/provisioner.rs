@@ -20,23 +20,8 @@ use crate::wire::broker::Broker;
 use crate::wire::gob;
 use crate::wire::msgpack::Value;
 
-/// The vm-agent unit used when `agent_unit` is not set.
-// TEMPORARY: replace with templates/systemd/vm-agent.service (or a constant in
-// image_builder) once it exists; image_builder::steps has no unit of its own.
-pub const DEFAULT_AGENT_UNIT: &str = "[Unit]
-Description=vm-agent: worker readiness, artifacts and self-destroy
-Wants=network-online.target
-After=network-online.target cloud-init.service
-
-[Service]
-Type=notify
-ExecStart=/usr/local/bin/vm-agent daemon --config /etc/vm-agent/config.toml
-Restart=on-failure
-RestartSec=5
-
-[Install]
-WantedBy=multi-user.target
-";
+/// The vm-agent unit used when `agent_unit` is not set: the same unit every bake installs.
+pub const DEFAULT_AGENT_UNIT: &str = image_builder::steps::AGENT_UNIT_FILE;
 
 /// Exit status of `timeout` when the step ran out of time.
 const TIMEOUT_EXIT: i64 = 124;

@@ -481,8 +481,12 @@ fn ssh_runs_the_shared_steps_uploads_the_agent_and_seals() {
     );
     let unit =
         std::fs::read_to_string(sshd.upper("/etc/systemd/system/vm-agent.service")).expect("unit");
-    assert!(unit.contains("ExecStart=/usr/local/bin/vm-agent"), "{unit}");
-    let wants = sshd.upper("/etc/systemd/system/multi-user.target.wants/vm-agent.service");
+    assert_eq!(
+        unit,
+        image_builder::steps::AGENT_UNIT_FILE,
+        "the plugin installs the same unit as every bake"
+    );
+    let wants = sshd.upper("/etc/systemd/system/cloud-init.target.wants/vm-agent.service");
     assert!(wants.symlink_metadata().is_ok(), "unit not enabled");
     let sudoers =
         std::fs::read_to_string(sshd.upper("/etc/sudoers.d/90-builder")).expect("sudoers");
