@@ -1,0 +1,277 @@
+//! The `image-builder` binary against the simulator: SIGKILL at every step of a
+//! DigitalOcean bake followed by `reap` (zero droplets left every time),
+//! `bake --resume`, Ctrl-C/SIGTERM cleanup without reap, the spending
+//! confirmation, and `images ls|prune`.
+//!
+//! Needs s3s-fs (`.ci/setup-s3.sh`); FAILS naming the script without it.
+#![cfg(all(feature = "do-api", feature = "artifact"))]
+
+mod do_bake_support;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use do_bake_support::{Env, S3Server, TOKEN, fast_sim, spec_text};
+use do_sim::{SeedImage, Sim, SimConfig};
+use image_builder::do_api::{Client, DropletCreate, ImageSpec, RetryPolicy, Token};
+
+const BIN: &str = env!("CARGO_BIN_EXE_image-builder");
+
+/// A simulator slow enough that a kill lands inside each step.
+fn slow_sim() -> SimConfig {
+    let mut c = fast_sim();
+    c.droplet_boot_ms = 300;
+    if let Some(p) = c.play_vm.as_mut() {
+        p.report_after_ms = 1200;
+        p.after_ms = 100;
+    }
+    c.action_ms_by_type.insert("snapshot".into(), 1500);
+    c
+}
+
+fn spawn(env: &Env, args: &[String]) -> Child {
+    let log = std::fs::File::create(env.dir.path().join(format!("bake-{}.log", std::process::id())))
+        .expect("log file");
+    Command::new(BIN)
+        .args(args)
+        .env("IMAGE_BUILDER_LOG", "info")
+        .env_remove("DIGITALOCEAN_TOKEN")
+        .env_remove("DIGITALOCEAN_ACCESS_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn image-builder")
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("DIGITALOCEAN_TOKEN")
+        .env_remove("DIGITALOCEAN_ACCESS_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run image-builder")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn wait_for(sim: &Sim, what: &str, cond: impl Fn(&Sim) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond(sim) {
+        assert!(Instant::now() < deadline, "the bake never reached: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn reap_args(env: &Env, older_than: &str, yes: bool) -> Vec<String> {
+    let mut a = vec!["reap".to_owned(), "--older-than".into(), older_than.into(), "--poll-interval".into(), "50ms".into()];
+    if yes {
+        a.push("--yes".into());
+    }
+    a.extend(env.conn_args());
+    a
+}
+
+type Cond = fn(&Sim) -> bool;
+
+/// Kill points: the step, and when the bake is in it.
+const KILL_POINTS: &[(&str, Cond)] = &[
+    ("pre-flight", |s| s.count("GET /v2/sizes") >= 1),
+    ("create sent", |s| s.count("POST /v2/droplets") >= 1),
+    ("provisioning", |s| s.count("POST /v2/projects/default/resources") >= 1),
+    ("snapshot sent", |s| s.count("POST /v2/droplets/{id}/actions") >= 1),
+    ("snapshot wait", |s| s.count("GET /v2/actions/{id}") >= 1),
+    ("finishing", |s| s.count("PUT /v2/images/{id}") >= 1),
+    ("destroying", |s| s.count("DELETE /v2/droplets/{id}") >= 1),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_step_then_reap_leaves_zero_droplets() {
+    let s3 = S3Server::start();
+    let mut report = Vec::new();
+    for (step, cond) in KILL_POINTS {
+        let env = Env::new(slow_sim(), &spec_text("30s", ""), s3.port).await;
+        let mut child = spawn(&env, &env.bake_args().iter().chain([&"--yes".to_owned()]).cloned().collect::<Vec<_>>());
+        wait_for(&env.sim, step, cond).await;
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        let before = env.sim.droplet_ids().len();
+        let out = run(&reap_args(&env, "0s", true));
+        assert!(out.status.success(), "reap after a kill at {step}: {}", text(&out));
+        assert!(
+            env.sim.droplet_ids().is_empty(),
+            "kill at {step}: droplets left after reap: {:?}\n{}",
+            env.sim.droplet_ids(),
+            text(&out)
+        );
+        assert!(env.sim.droplets_ever_created() <= 1, "kill at {step}: more than one droplet created");
+        report.push(format!("{step}: {before} droplet(s) before reap, 0 after"));
+        if !matches!(*step, "pre-flight" | "destroying") {
+            assert_eq!(before, 1, "kill at {step}: the builder should still exist before reap");
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+fn only_state_file(env: &Env) -> std::path::PathBuf {
+    let files = env.state_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_sigkill_while_provisioning_and_while_snapshotting() {
+    let s3 = S3Server::start();
+    for (step, cond) in [KILL_POINTS[2], KILL_POINTS[4]] {
+        let env = Env::new(slow_sim(), &spec_text("30s", ""), s3.port).await;
+        let mut args = env.bake_args();
+        args.push("--yes".into());
+        let mut child = spawn(&env, &args);
+        wait_for(&env.sim, step, cond).await;
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        let state = only_state_file(&env);
+        let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("json");
+        assert!(st["droplet_id"].is_u64(), "{st}");
+        let mut resume = env.bake_args();
+        resume.extend(["--resume".to_owned(), state.display().to_string(), "--json".into()]);
+        let out = run(&resume);
+        assert!(out.status.success(), "resume after a kill at {step}: {}", text(&out));
+        let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).expect("manifest JSON");
+        let b = &manifest["builds"][0];
+        assert_eq!(b["name"], st["image_name"], "the resumed bake keeps the recorded image name");
+        assert_eq!(b["image_builder"]["details"]["resumed"], true);
+        assert!(env.sim.droplet_ids().is_empty(), "{step}: droplets left");
+        assert_eq!(env.sim.droplets_ever_created(), 1, "{step}: resume must reuse the builder");
+        assert_eq!(env.snapshot_images().len(), 1, "{step}: exactly one image");
+        assert_eq!(env.sim.count("POST /v2/droplets/{id}/actions"), 1, "{step}: one snapshot action");
+        let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("json");
+        assert_eq!(st["phase"], "done");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_sigint_destroy_the_builder_without_reap() {
+    let s3 = S3Server::start();
+    for (sig, step, cond) in [
+        (nix::sys::signal::Signal::SIGTERM, "provisioning", KILL_POINTS[2].1),
+        (nix::sys::signal::Signal::SIGINT, "snapshot wait", KILL_POINTS[4].1),
+    ] {
+        let env = Env::new(slow_sim(), &spec_text("30s", ""), s3.port).await;
+        let mut args = env.bake_args();
+        args.push("--yes".into());
+        let child = spawn(&env, &args);
+        wait_for(&env.sim, step, cond).await;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("signal");
+        let out = child.wait_with_output().expect("wait");
+        assert!(!out.status.success());
+        let log = std::fs::read_dir(env.dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("bake-")))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default();
+        assert!(log.contains(&format!("interrupted by {sig}")), "{sig}: {log}");
+        assert!(log.contains("destroyed (confirmed 404)"), "{sig}: {log}");
+        assert!(env.sim.droplet_ids().is_empty(), "{sig} at {step}: droplets left: {:?}", env.sim.droplet_ids());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spending_needs_yes_when_stdin_is_not_a_terminal() {
+    let s3 = S3Server::start();
+    let env = Env::new(fast_sim(), &spec_text("30m", ""), s3.port).await;
+    let out = run(&env.bake_args());
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pass --yes"), "{err}");
+    assert!(err.contains("s-1vcpu-1gb") && err.contains("$0.00893/hour") && err.contains("nyc3"), "{err}");
+    assert_eq!(env.sim.count("POST /v2/droplets"), 0, "nothing may be created without --yes");
+    assert_eq!(env.sim.droplets_ever_created(), 0);
+}
+
+async fn make_droplet(sim: &Sim, name: &str, tags: &[&str]) -> u64 {
+    let c = Client::new_with_base(&sim.api_url(), Token::new(TOKEN, "test").expect("token"), RetryPolicy::no_retries())
+        .expect("client");
+    let mut req = DropletCreate::new(name, "nyc3", "s-1vcpu-1gb", ImageSpec::Slug("debian-12-x64".into()));
+    req.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+    c.create_droplet(&req).await.expect("create").droplet.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reap_takes_only_old_bake_builders_and_asks_first() {
+    let s3 = S3Server::start();
+    let env = Env::new(fast_sim(), &spec_text("30m", ""), s3.port).await;
+    let builder = make_droplet(&env.sim, "ib-old", &["image-builder", "image-builder-bake-0badf00d"]).await;
+    let worker = make_droplet(&env.sim, "worker", &["image-builder"]).await;
+    let other = make_droplet(&env.sim, "other", &["web"]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let out = run(&reap_args(&env, "1h", true));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(env.sim.droplet_ids().len(), 3, "a young builder is left alone: {}", text(&out));
+
+    let out = run(&reap_args(&env, "0s", false));
+    assert!(!out.status.success(), "without --yes and no terminal nothing is deleted");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&builder.to_string()), "{}", text(&out));
+    assert_eq!(env.sim.droplet_ids().len(), 3);
+
+    let out = run(&reap_args(&env, "1s", true));
+    assert!(out.status.success(), "{}", text(&out));
+    let mut left = env.sim.droplet_ids();
+    left.sort_unstable();
+    assert_eq!(left, vec![worker, other], "only the bake builder goes: {}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_ls_and_prune_by_prefix() {
+    let s3 = S3Server::start();
+    let env = Env::new(fast_sim(), &spec_text("30m", ""), s3.port).await;
+    let now = time::OffsetDateTime::now_utc();
+    let mut ids = Vec::new();
+    for days in [4i64, 3, 2, 1] {
+        ids.push(env.sim.seed_private_image(SeedImage {
+            name: format!("ci-worker-{days}"),
+            created_at: Some(now - time::Duration::days(days)),
+            tags: vec![],
+            region: None,
+        }));
+    }
+    let unrelated = env.sim.seed_private_image(SeedImage {
+        name: "web-1".into(),
+        created_at: Some(now - time::Duration::days(9)),
+        tags: vec![],
+        region: None,
+    });
+    let ls = |prefix: &str| {
+        let mut a = vec!["images".to_owned(), "ls".into(), "--prefix".into(), prefix.into(), "--json".into()];
+        a.extend(env.conn_args());
+        let out = run(&a);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+            .expect("json")
+            .iter()
+            .filter_map(|i| i["id"].as_u64())
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(ls("ci-worker"), vec![ids[3], ids[2], ids[1], ids[0]], "newest first");
+
+    let mut prune = vec!["images".to_owned(), "prune".into(), "--prefix".into(), "ci-worker".into(), "--keep".into(), "2".into()];
+    prune.extend(env.conn_args());
+    let out = run(&prune);
+    assert!(!out.status.success(), "no --yes, no terminal: refuse");
+    assert_eq!(ls("ci-worker").len(), 4);
+    prune.push("--yes".into());
+    let out = run(&prune);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(ls("ci-worker"), vec![ids[3], ids[2]]);
+    assert_eq!(ls("web"), vec![unrelated]);
+}
