@@ -146,7 +146,11 @@ pub fn apt_update(retries: u32) -> Step {
 n=0
 while :; do
   n=$((n + 1))
-  if out=$(apt-get update -q 2>&1); then printf '%s\n' "$out"; break; fi
+  # apt-get update exits 0 when index files fail to download: treat that as a failure.
+  if out=$(apt-get update -q 2>&1) &&
+     ! printf '%s\n' "$out" | grep -q -e '^W: Failed to fetch' -e '^E: ' -e 'Some index files failed to download'; then
+    printf '%s\n' "$out"; break
+  fi
   printf '%s\n' "$out" >&2
   if [ "$n" -ge {retries} ]; then
     echo "image-builder: apt-get update failed {retries} times; giving up" >&2
@@ -154,6 +158,7 @@ while :; do
   fi
   case "$out" in
     *"Could not get lock"*|*"lists/lock"*|*"Unable to lock directory"*) why="the lists lock is held" ;;
+    *"Failed to fetch"*|*"index files failed"*) why="index files failed to download" ;;
     *) why="it failed" ;;
   esac
   echo "image-builder: apt-get update: $why; retry $n/{retries} in $((n * 3))s" >&2
@@ -741,6 +746,34 @@ mod tests {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("the lists lock is held"), "{err}");
         assert!(err.contains("giving up"), "{err}");
+    }
+
+    #[test]
+    fn apt_update_that_exits_zero_after_failed_fetches_is_a_failure() {
+        // apt-get update exits 0 when it cannot reach the mirror (it only warns);
+        // the step must not pretend the lists are fresh.
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for (name, body) in [
+            (
+                "apt-get",
+                "#!/bin/sh\necho 'W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving'\necho 'W: Some index files failed to download. They have been ignored, or old ones used instead.'\nexit 0\n",
+            ),
+            ("sleep", "#!/bin/sh\nexit 0\n"),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(apt_update(2).script)
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("index files failed to download"), "{err}");
     }
 
     #[test]

@@ -78,12 +78,12 @@ pub enum QemuError {
         what: String,
     },
     /// Provisioning reported failure.
-    #[error("provisioning failed: {reason}{step}\n--- cloud-init log tail ---\n{tail}")]
+    #[error("provisioning failed: {reason}\n--- cloud-init log tail ---\n{tail}")]
     ProvisioningFailed {
         /// Why.
         reason: String,
-        /// `(step NAME)` or empty.
-        step: String,
+        /// The step that failed (the reason names it too).
+        step: Option<String>,
         /// Log tail.
         tail: String,
     },
@@ -355,11 +355,7 @@ pub fn check_report(
         Some(r) if r.status == "ok" => Ok(r),
         Some(r) => Err(QemuError::ProvisioningFailed {
             reason: r.reason.clone().unwrap_or_else(|| "unknown".into()),
-            step: r
-                .failed_step
-                .as_ref()
-                .map(|s| format!(" (step {s})"))
-                .unwrap_or_default(),
+            step: r.failed_step.clone(),
             tail: if r.log_tail.is_empty() {
                 console_tail.to_owned()
             } else {
@@ -368,7 +364,7 @@ pub fn check_report(
         }),
         None => Err(QemuError::ProvisioningFailed {
             reason: "the builder stopped without a seal report".into(),
-            step: String::new(),
+            step: None,
             tail: console_tail.to_owned(),
         }),
     }
