@@ -56,8 +56,57 @@ pub fn prepare(
     Ok(Prepared { rootfs })
 }
 
+/// What `/etc/resolv.conf` was in the image before provisioning.
+enum ResolvConf {
+    Symlink(PathBuf),
+    File(Vec<u8>),
+    Absent,
+}
+
+fn save_resolv_conf(rootfs: &Path) -> ResolvConf {
+    let p = rootfs.join("etc/resolv.conf");
+    match std::fs::symlink_metadata(&p) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::read_link(&p)
+            .map(ResolvConf::Symlink)
+            .unwrap_or(ResolvConf::Absent),
+        Ok(_) => std::fs::read(&p)
+            .map(ResolvConf::File)
+            .unwrap_or(ResolvConf::Absent),
+        Err(_) => ResolvConf::Absent,
+    }
+}
+
+fn restore_resolv_conf(rootfs: &Path, saved: ResolvConf) -> Result<(), QemuError> {
+    let p = rootfs.join("etc/resolv.conf");
+    let _ = std::fs::remove_file(&p);
+    match saved {
+        ResolvConf::Symlink(target) => {
+            std::os::unix::fs::symlink(&target, &p).map_err(|e| QemuError::io(&p, e))
+        }
+        ResolvConf::File(data) => std::fs::write(&p, data).map_err(|e| QemuError::io(&p, e)),
+        ResolvConf::Absent => Ok(()),
+    }
+}
+
 /// Boot the prepared root filesystem with `systemd-nspawn -b` until it powers off.
+///
+/// DNS: the image's `/etc/resolv.conf` points at systemd-resolved's stub, which has
+/// no upstream servers inside a container sharing the host's network, so the host's
+/// resolv.conf is used while provisioning (`--resolv-conf=replace-host`) and the
+/// image's own file (usually that symlink) is put back afterwards.
 pub async fn run(
+    prepared: &Prepared,
+    machine: &str,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Supervised, QemuError> {
+    let saved = save_resolv_conf(&prepared.rootfs);
+    let result = run_nspawn(prepared, machine, timeout, log).await;
+    restore_resolv_conf(&prepared.rootfs, saved)?;
+    result
+}
+
+async fn run_nspawn(
     prepared: &Prepared,
     machine: &str,
     timeout: Duration,
@@ -74,6 +123,7 @@ pub async fn run(
             "--register=no",
             "--keep-unit",
             "--console=read-only",
+            "--resolv-conf=replace-host",
             "-M",
             machine,
         ]);
