@@ -1,9 +1,9 @@
 //! The command line: `vm-agent daemon` and the client commands, which talk to the daemon over
 //! its socket with a blocking std client (no async runtime: `status` stays fast).
 //!
-//! Exit codes: `status` 0 ready, 1 degraded, 2 not ready yet; 3 the daemon is not reachable
-//! (every command, with a one-line hint); 64 usage error; 78 bad config (`daemon`,
-//! `check-config`). `run` exits with the job's code (128+N if killed by signal N, 124 on
+//! Exit codes: `status` 0 ready, 1 degraded, 2 not ready yet; `pull` 0 installed, 1 failed,
+//! 2 unavailable; 3 the daemon is not reachable (every command, with a one-line hint); 64 usage
+//! error; 78 bad config (`daemon`, `check-config`). `run` exits with the job's code (128+N if killed by signal N, 124 on
 //! timeout, 125 when the agent itself failed or refused the job).
 
 use crate::config::{self, Config, Secrets};
@@ -89,6 +89,14 @@ pub enum Cmd {
     },
     /// Drop the hold.
     Release,
+    /// Pull a build into <state_dir>/artifacts/SHA/ through the daemon (verified, atomic).
+    /// Prints the directory. Exit 0 installed, 1 failed, 2 unavailable, 3 no daemon.
+    Pull {
+        /// The build's git sha (7-64 lowercase hex digits).
+        sha: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the config and secrets files (exit 78 naming the problem).
     CheckConfig,
     /// Print the default config as TOML (every field, documented in the README).
@@ -126,16 +134,26 @@ pub fn main() -> i32 {
         Cmd::Daemon { dry_run } => daemon::main(&config_path(&cli), *dry_run),
         Cmd::CheckConfig => check_config(&config_path(&cli)),
         Cmd::ExampleConfig => {
-            print!("{}", Config::example().to_toml());
+            print!("{}", Config::example_toml());
             0
         }
         _ => client(&cli),
     }
 }
 
+/// The AWS SDK's own debug output prints the S3 access key id (the identity of every
+/// request); `VM_AGENT_LOG=debug` must not put it in the journal, so the `aws*` crates stay at
+/// `info` unless a directive names them explicitly (a longer target wins in `EnvFilter`).
+const QUIET_SDK: &str = "aws=info";
+
 fn init_tracing(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VM_AGENT_LOG")
+    let spec = std::env::var("VM_AGENT_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{QUIET_SDK},{spec}"))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{QUIET_SDK},{default}")))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -303,6 +321,45 @@ fn client_inner(cli: &Cli, path: &Path) -> Result<i32, i32> {
             conn.one(&Request::Release)?;
             eprintln!("vm-agent: released");
             Ok(0)
+        }
+        Cmd::Pull { sha, json } => {
+            let Response::Artifact { item } = conn.one(&Request::Pull { sha: sha.clone() })? else {
+                return Err(EXIT_AGENT_ERROR);
+            };
+            if *json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&item).unwrap_or_default()
+                );
+            } else if let Some(p) = item.path.as_deref().filter(|_| item.state == "installed") {
+                let _ = writeln!(out, "{p}");
+                eprintln!(
+                    "vm-agent: {} {}: {} files, {}, verified, {:.1}s{}",
+                    item.sha,
+                    if item.already_installed {
+                        "already installed"
+                    } else {
+                        "installed"
+                    },
+                    item.files,
+                    crate::report::human_bytes(item.bytes),
+                    item.duration_secs,
+                    if item.evicted.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (evicted {})", item.evicted.join(", "))
+                    }
+                );
+            } else {
+                eprintln!(
+                    "vm-agent: {} {}: {}",
+                    item.sha,
+                    item.state,
+                    item.reason.as_deref().unwrap_or("")
+                );
+            }
+            Ok(item.exit_code())
         }
         Cmd::Logs { id, follow } => {
             conn.send(&Request::Logs {

@@ -4,10 +4,12 @@
 //! * `config.toml` (default `/etc/vm-agent/config.toml`, overridable with `--config` or
 //!   `VM_AGENT_CONFIG`): every path and timer the agent uses. Unknown keys are refused.
 //! * `secrets.toml` (default `/etc/vm-agent/secrets.toml`, path in `paths.secrets_file`): the
-//!   DigitalOcean token and the readiness-callback bearer token. It must be mode 0600 (no
-//!   group/other bits) and owned by the user the daemon runs as (root in production).
+//!   DigitalOcean token, the readiness-callback bearer token and the Space (S3) keys. It must be
+//!   mode 0600 (no group/other bits) and owned by the user the daemon runs as (root in
+//!   production).
 //!
-//! This module depends only on `serde`, `toml` and `humantime` so it can move to a shared crate.
+//! This module depends on `serde`, `toml` and `humantime`, plus the artifact contract's sha
+//! rule (`image_builder::artifact::manifest::validate_sha`).
 //! Durations are strings parsed with `humantime` (`"30m"`, `"1h 30m"`); timers (`Limit`) also
 //! accept `"never"`, and a zero duration is refused: `0` never means "disabled".
 
@@ -217,6 +219,10 @@ pub struct Config {
     pub sessions: SessionsConfig,
     #[serde(default)]
     pub destroy: DestroyConfig,
+    /// Sha-keyed build artifacts pulled from an S3-compatible store. Absent: no artifacts
+    /// (`status` shows `none`, `vm-agent pull` is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsConfig>,
 }
 
 fn default_version() -> u32 {
@@ -235,6 +241,79 @@ impl Default for Config {
             timers: TimersConfig::default(),
             sessions: SessionsConfig::default(),
             destroy: DestroyConfig::default(),
+            artifacts: None,
+        }
+    }
+}
+
+/// The `[artifacts]` table: where builds are published (`builds/<sha>/…` +
+/// `builds/<sha>/manifest.json`, see image-builder's ARTIFACTS.md) and what to pull at boot.
+/// The keys are in the secrets file (`spaces_access_key_id`, `spaces_secret_access_key`), else
+/// in the environment (`SPACES_ACCESS_KEY_ID`/`SPACES_SECRET_ACCESS_KEY`, then `AWS_*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// Bucket (Space) name.
+    pub bucket: String,
+    /// Endpoint URL, e.g. `https://fra1.digitaloceanspaces.com`.
+    pub endpoint: String,
+    /// Signing region (`us-east-1` works for Spaces).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`) instead of virtual-host style.
+    #[serde(default)]
+    pub path_style: bool,
+    /// The build pulled during `fetching-artifacts` (a git sha, 7–64 lowercase hex digits).
+    /// Unset: nothing is pulled at boot; `vm-agent pull SHA` still works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+    /// `true`: an unavailable or failed boot pull makes readiness `degraded`. `false`: readiness
+    /// continues to `ready` and `status` says "artifact unavailable: <reason>".
+    #[serde(default)]
+    pub required: bool,
+    /// Bound on all installed builds under `<state_dir>/artifacts/`; other shas are evicted,
+    /// least recently used first. Unset: no bound (free space still checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_max_bytes: Option<u64>,
+    /// Free space to leave on the state filesystem after a download.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+    /// GET requests in flight at most (files and ranged parts together).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Limit on one pull (boot or on demand), `never` allowed; when it passes the pull counts
+    /// as failed (partial files are kept and resumed by the next pull).
+    #[serde(default = "default_pull_timeout")]
+    pub timeout: Limit,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_min_free_bytes() -> u64 {
+    64 << 20
+}
+fn default_concurrency() -> u32 {
+    16
+}
+fn default_pull_timeout() -> Limit {
+    Limit::After(Duration::from_secs(3600))
+}
+
+impl ArtifactsConfig {
+    /// An example section (documentation and tests).
+    pub fn example() -> ArtifactsConfig {
+        ArtifactsConfig {
+            bucket: "my-space".into(),
+            endpoint: "https://fra1.digitaloceanspaces.com".into(),
+            region: default_region(),
+            path_style: false,
+            sha: None,
+            required: false,
+            cache_max_bytes: None,
+            min_free_bytes: default_min_free_bytes(),
+            concurrency: default_concurrency(),
+            timeout: default_pull_timeout(),
         }
     }
 }
@@ -493,6 +572,29 @@ impl Config {
         Config::default()
     }
 
+    /// The default config plus a commented-out `[artifacts]` example (`vm-agent example-config`).
+    pub fn example_toml() -> String {
+        #[derive(Serialize)]
+        struct Section {
+            artifacts: ArtifactsConfig,
+        }
+        let mut out = Config::example().to_toml();
+        out.push_str(
+            "\n## Sha-keyed build artifacts (optional): uncomment to pull a build at boot.\n\
+             ## Keys go in the secrets file (spaces_access_key_id, spaces_secret_access_key).\n",
+        );
+        let section = toml::to_string_pretty(&Section {
+            artifacts: ArtifactsConfig::example(),
+        })
+        .unwrap_or_default();
+        for line in section.lines() {
+            out.push_str("# ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
     /// Render as TOML (what the image-builder renderer writes).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -570,6 +672,33 @@ impl Config {
                 return Err(field(name, format!("`{u}` is not an http(s) URL")));
             }
         }
+        if let Some(a) = &self.artifacts {
+            if a.bucket.trim().is_empty() {
+                return Err(field("artifacts.bucket", "must not be empty".into()));
+            }
+            if a.region.trim().is_empty() {
+                return Err(field("artifacts.region", "must not be empty".into()));
+            }
+            if !(a.endpoint.starts_with("http://") || a.endpoint.starts_with("https://")) {
+                return Err(field(
+                    "artifacts.endpoint",
+                    format!("`{}` is not an http(s) URL", a.endpoint),
+                ));
+            }
+            if let Some(sha) = &a.sha {
+                image_builder::artifact::manifest::validate_sha(sha)
+                    .map_err(|e| field("artifacts.sha", e.to_string()))?;
+            }
+            if a.concurrency == 0 {
+                return Err(field("artifacts.concurrency", "must be at least 1".into()));
+            }
+            if a.cache_max_bytes == Some(0) {
+                return Err(field(
+                    "artifacts.cache_max_bytes",
+                    "0 is refused: leave it unset for no bound".into(),
+                ));
+            }
+        }
         for (name, p) in [
             ("paths.runtime_dir", &self.paths.runtime_dir),
             ("paths.state_dir", &self.paths.state_dir),
@@ -597,6 +726,12 @@ pub struct Secrets {
     /// Bearer token for `readiness.callback_url`.
     #[serde(default)]
     pub callback_token: Option<String>,
+    /// Space (S3) access key id for `[artifacts]`; else `SPACES_ACCESS_KEY_ID`/`AWS_ACCESS_KEY_ID`.
+    #[serde(default)]
+    pub spaces_access_key_id: Option<String>,
+    /// Space (S3) secret key for `[artifacts]`; else `SPACES_SECRET_ACCESS_KEY`/`AWS_SECRET_ACCESS_KEY`.
+    #[serde(default)]
+    pub spaces_secret_access_key: Option<String>,
 }
 
 impl fmt::Debug for Secrets {
@@ -605,6 +740,11 @@ impl fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("do_token", &r(&self.do_token))
             .field("callback_token", &r(&self.callback_token))
+            .field("spaces_access_key_id", &r(&self.spaces_access_key_id))
+            .field(
+                "spaces_secret_access_key",
+                &r(&self.spaces_secret_access_key),
+            )
             .finish()
     }
 }
@@ -649,10 +789,27 @@ impl Secrets {
         })?;
         // toml's error quotes the offending line, which could hold a secret: keep only the
         // first line of the message (position + key).
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let secrets: Secrets = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: redact_toml_error(&e),
-        })
+        })?;
+        match (
+            &secrets.spaces_access_key_id,
+            &secrets.spaces_secret_access_key,
+        ) {
+            (Some(_), None) => Err(ConfigError::Field {
+                path: path.to_path_buf(),
+                field: "spaces_secret_access_key",
+                message: "missing: spaces_access_key_id is set, so its secret must be too".into(),
+            }),
+            (None, Some(_)) => Err(ConfigError::Field {
+                path: path.to_path_buf(),
+                field: "spaces_access_key_id",
+                message: "missing: spaces_secret_access_key is set, so its key id must be too"
+                    .into(),
+            }),
+            _ => Ok(secrets),
+        }
     }
 }
 
@@ -730,7 +887,92 @@ mod tests {
         let s = Secrets {
             do_token: Some("dop_v1_secret".into()),
             callback_token: None,
+            spaces_access_key_id: Some("DO00KEYID".into()),
+            spaces_secret_access_key: Some("s3-secret-value".into()),
         };
-        assert!(!format!("{s:?}").contains("dop_v1_secret"));
+        let d = format!("{s:?}");
+        for v in ["dop_v1_secret", "DO00KEYID", "s3-secret-value"] {
+            assert!(!d.contains(v), "{d}");
+        }
+    }
+
+    #[test]
+    fn artifacts_section_parses_with_defaults_and_round_trips() {
+        let text = "[artifacts]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\nsha = \"0123abc\"\n";
+        let cfg = Config::from_toml(text, Path::new("c")).expect("parses");
+        let a = cfg.artifacts.clone().expect("section");
+        assert_eq!(a.region, "us-east-1");
+        assert!(!a.path_style && !a.required);
+        assert_eq!(a.concurrency, 16);
+        assert_eq!(a.cache_max_bytes, None);
+        assert_eq!(a.timeout, Limit::After(Duration::from_secs(3600)));
+        let back = Config::from_toml(&cfg.to_toml(), Path::new("c")).expect("round trip");
+        assert_eq!(cfg, back);
+        // The example (printed by `example-config`, commented out) parses too.
+        let mut ex = Config::example();
+        ex.artifacts = Some(ArtifactsConfig::example());
+        Config::from_toml(&ex.to_toml(), Path::new("c")).expect("example parses");
+        let commented = Config::example_toml();
+        assert!(
+            Config::from_toml(&commented, Path::new("c"))
+                .expect("commented example parses")
+                .artifacts
+                .is_none()
+        );
+        let uncommented = commented.replace("\n# ", "\n");
+        let a = Config::from_toml(&uncommented, Path::new("c"))
+            .expect("uncommented example parses")
+            .artifacts
+            .expect("section");
+        assert_eq!(a, ArtifactsConfig::example());
+    }
+
+    #[test]
+    fn artifacts_section_errors_name_the_field() {
+        let base = "[artifacts]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n";
+        for (extra, needle) in [
+            ("buckett = \"x\"\n", "buckett"),
+            ("sha = \"XYZ\"\n", "artifacts.sha"),
+            ("concurrency = 0\n", "artifacts.concurrency"),
+            ("cache_max_bytes = 0\n", "artifacts.cache_max_bytes"),
+            ("timeout = \"0s\"\n", "never"),
+        ] {
+            let text = format!("{base}{extra}");
+            let err = Config::from_toml(&text, Path::new("c"))
+                .expect_err(&text)
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let err = Config::from_toml(
+            "[artifacts]\nbucket = \"b\"\nendpoint = \"s3.example.com\"\n",
+            Path::new("c"),
+        )
+        .expect_err("scheme")
+        .to_string();
+        assert!(err.contains("artifacts.endpoint"), "{err}");
+        let err = Config::from_toml("[artifacts]\nbucket = \"b\"\n", Path::new("c"))
+            .expect_err("endpoint missing")
+            .to_string();
+        assert!(err.contains("endpoint"), "{err}");
+    }
+
+    #[test]
+    fn half_a_key_pair_in_secrets_is_refused_without_quoting_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("secrets.toml");
+        std::fs::write(&p, "spaces_access_key_id = \"DO00HALFKEY\"\n").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let me = nix::unistd::geteuid().as_raw();
+        let err = Secrets::load(&p, me).expect_err("half pair").to_string();
+        assert!(err.contains("spaces_secret_access_key"), "{err}");
+        assert!(!err.contains("DO00HALFKEY"), "{err}");
+        std::fs::write(
+            &p,
+            "spaces_access_key_id = \"DO00KEY\"\nspaces_secret_access_key = \"sec\"\n",
+        )
+        .expect("write");
+        let s = Secrets::load(&p, me).expect("pair loads");
+        assert_eq!(s.spaces_access_key_id.as_deref(), Some("DO00KEY"));
     }
 }

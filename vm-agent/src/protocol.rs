@@ -4,6 +4,7 @@
 //! A client that disconnects during a non-detached `run` cancels the job, as an SSH session
 //! that drops would end a command it ran.
 
+use crate::artifacts::ArtifactItem;
 use crate::jobs::JobRecord;
 use crate::report::StatusReport;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub enum Request {
         reason: Option<String>,
     },
     Release,
+    /// Pull a build now into `<state_dir>/artifacts/<sha>/`.
+    Pull {
+        sha: String,
+    },
 }
 
 impl Request {
@@ -46,7 +51,11 @@ impl Request {
     pub fn is_privileged(&self) -> bool {
         matches!(
             self,
-            Request::Run { .. } | Request::Cancel { .. } | Request::Hold { .. } | Request::Release
+            Request::Run { .. }
+                | Request::Cancel { .. }
+                | Request::Hold { .. }
+                | Request::Release
+                | Request::Pull { .. }
         )
     }
 }
@@ -74,6 +83,10 @@ pub enum Response {
     },
     Warning {
         message: String,
+    },
+    /// A pull ended (installed, unavailable or failed).
+    Artifact {
+        item: Box<ArtifactItem>,
     },
     Ok {
         message: String,

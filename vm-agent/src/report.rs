@@ -152,6 +152,94 @@ fn clip(s: &str, n: usize) -> String {
     }
 }
 
+/// `3.4 MiB`-style sizes.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `text` over at most `max` lines of `width` columns, each prefixed with `indent`.
+fn wrapped(o: &mut String, indent: &str, text: &str, width: usize, max: usize) {
+    let chars: Vec<char> = text.chars().collect();
+    for (n, chunk) in chars.chunks(width).enumerate() {
+        if n + 1 == max && chars.len() > width * max {
+            let line: String = chunk.iter().collect();
+            let _ = writeln!(o, "{indent}{}", clip(&format!("{line}…"), width));
+            break;
+        }
+        let line: String = chunk.iter().collect();
+        let _ = writeln!(o, "{indent}{line}");
+    }
+}
+
+fn short_sha(s: &str) -> &str {
+    &s[..s.len().min(12)]
+}
+
+/// The artifacts block of `vm-agent status`: the boot state, then one line per pull (with
+/// the reason of a failed or unavailable one wrapped over up to 3 lines).
+fn render_artifacts(o: &mut String, a: &ArtifactReport) {
+    let mut head = format!("artifacts: {}", a.state);
+    if let Some(sha) = &a.sha {
+        let _ = write!(
+            head,
+            " {} ({})",
+            short_sha(sha),
+            if a.required { "required" } else { "optional" }
+        );
+    }
+    if let Some(s) = &a.store {
+        let _ = write!(head, "  {s}");
+    }
+    let _ = writeln!(o, "{}", clip(&head, 80));
+    let boot_item_has_reason = a
+        .items
+        .iter()
+        .any(|i| Some(&i.sha) == a.sha.as_ref() && i.trigger == "boot" && i.reason.is_some());
+    if let Some(d) = &a.detail
+        && !boot_item_has_reason
+    {
+        wrapped(o, "  ", d, 76, 3);
+    }
+    for i in &a.items {
+        let tail = if i.state == "fetching" {
+            let pct = (i.bytes_done as f64 * 100.0 / i.bytes.max(1) as f64).min(100.0);
+            format!(" {pct:.0}%")
+        } else if i.verified {
+            " verified".into()
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "  {:<12} {:<11} {:>5} files {:>10} {:>7} {}{}",
+            short_sha(&i.sha),
+            i.state,
+            i.files,
+            human_bytes(i.bytes),
+            format!("{:.1}s", i.duration_secs),
+            i.trigger,
+            tail
+        );
+        if let Some(p) = &i.path {
+            let _ = writeln!(o, "    {}", clip(p, 76));
+        }
+        if let Some(r) = &i.reason {
+            wrapped(o, "    ", r, 76, 3);
+        }
+    }
+}
+
 fn gib(b: u64) -> String {
     format!("{:.1}G", b as f64 / (1u64 << 30) as f64)
 }
@@ -256,12 +344,7 @@ impl StatusReport {
         for e in ci.errors.iter().take(3) {
             let _ = writeln!(o, "  error: {}", clip(e, 71));
         }
-        let _ = writeln!(
-            o,
-            "artifacts: {} {}",
-            self.artifacts.state,
-            clip(self.artifacts.detail.as_deref().unwrap_or(""), 60)
-        );
+        render_artifacts(&mut o, &self.artifacts);
         let j = &self.jobs;
         let _ = writeln!(
             o,

@@ -5,7 +5,7 @@
 mod exec;
 pub mod server;
 
-use crate::artifacts::{ArtifactFetcher, ArtifactReport};
+use crate::artifacts::{ArtifactFetcher, ArtifactItem, PullRefused};
 use crate::cloud_init::{self, CloudInitState, CloudInitStatus};
 use crate::config::{Config, ConfigError, Secrets};
 use crate::destroy::{self, Destroyer, Guard, Outcome};
@@ -123,7 +123,6 @@ pub(crate) struct Inner {
     reason: Option<String>,
     history: Vec<StageEntry>,
     cloud_init: CloudInitStatus,
-    artifacts: ArtifactReport,
     jobs: BTreeMap<u64, JobRecord>,
     cancels: HashMap<u64, watch::Sender<Option<JobState>>>,
     next_id: u64,
@@ -213,10 +212,6 @@ impl Agent {
                     reason: None,
                 }],
                 cloud_init: CloudInitStatus::with_state(CloudInitState::NotStarted),
-                artifacts: ArtifactReport {
-                    state: "pending".into(),
-                    ..Default::default()
-                },
                 jobs: records.into_iter().map(|r| (r.id, r)).collect(),
                 cancels: HashMap::new(),
                 next_id,
@@ -331,7 +326,6 @@ impl Agent {
         if let Some(r) = outcome.degraded {
             reasons.push(r);
         }
-        self.lock().artifacts = outcome.report;
 
         let now = SystemTime::now();
         {
@@ -404,8 +398,13 @@ impl Agent {
         Err(last)
     }
 
-    /// Why the machine is busy (not idle), if it is.
-    fn busy_reason(i: &Inner, now: SystemTime) -> Option<String> {
+    /// Pull `sha` now (`vm-agent pull SHA`); `status` shows it while it runs.
+    pub async fn pull_artifact(&self, sha: String) -> Result<ArtifactItem, PullRefused> {
+        self.parts.fetcher.pull(sha).await
+    }
+
+    /// Why the machine is busy (not idle), if it is. `pulling`: an artifact pull is running.
+    fn busy_reason(i: &Inner, now: SystemTime, pulling: Option<String>) -> Option<String> {
         let running = i
             .jobs
             .values()
@@ -427,6 +426,9 @@ impl Agent {
         {
             return Some("hold".into());
         }
+        if pulling.is_some() {
+            return pulling;
+        }
         if let Some(s) = i.sessions.first() {
             return Some(format!(
                 "{} session(s) open ({}@{})",
@@ -441,6 +443,7 @@ impl Agent {
     /// One timer tick: refresh sessions, expire the hold, update idle/timers, maybe fire.
     pub fn tick(self: &Arc<Self>) {
         let sessions = self.parts.sessions.sessions();
+        let pulling = self.parts.fetcher.busy();
         let now = SystemTime::now();
         let fired = {
             let mut i = self.lock();
@@ -452,7 +455,7 @@ impl Agent {
                 i.hold = None;
                 let _ = std::fs::remove_file(hold_path(&self.cfg));
             }
-            let busy = Self::busy_reason(&i, now);
+            let busy = Self::busy_reason(&i, now, pulling);
             if busy.is_some() {
                 i.idle_since = None;
             } else if i.ready_at.is_some() && i.idle_since.is_none() {
@@ -553,6 +556,7 @@ impl Agent {
         let now = SystemTime::now();
         let system = system_stats(&self.cfg.paths.state_dir);
         let host_keys = hostkeys::host_keys(&self.cfg.paths.ssh_host_key_dir);
+        let artifacts = self.parts.fetcher.report();
         let i = self.lock();
         let running = i
             .jobs
@@ -578,7 +582,7 @@ impl Agent {
             agent_started_at: self.started_at,
             uptime_secs: util::secs_between(self.boot_time, now),
             cloud_init: i.cloud_init.clone(),
-            artifacts: i.artifacts.clone(),
+            artifacts,
             jobs: JobsSummary {
                 running: running as u32,
                 queued: queued as u32,
@@ -639,9 +643,10 @@ impl Guard for AgentGuard<'_> {
     fn check(&self) -> Result<(), String> {
         // Fresh session scan, not the cached one.
         let sessions = self.agent.parts.sessions.sessions();
+        let pulling = self.agent.parts.fetcher.busy();
         let mut i = self.agent.lock();
         i.sessions = sessions;
-        match Agent::busy_reason(&i, SystemTime::now()) {
+        match Agent::busy_reason(&i, SystemTime::now(), pulling) {
             Some(b) => Err(b),
             None => Ok(()),
         }
@@ -705,7 +710,7 @@ pub fn main(config_path: &Path, dry_run: bool) -> i32 {
             logind_dir: cfg.sessions.logind_dir.clone(),
             proc_dir: cfg.sessions.proc_dir.clone(),
         }),
-        fetcher: Box::new(crate::artifacts::NoArtifacts),
+        fetcher: crate::artifacts::from_config(&cfg, &secrets),
         destroyer: destroy::from_config(&cfg, &secrets, dry_run),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()

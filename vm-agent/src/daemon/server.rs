@@ -1,6 +1,6 @@
 //! The unix socket: mode from `socket.mode` (0660), group `socket.group`, peer credentials
 //! (SO_PEERCRED) checked per request. Root, the agent's own user and members of the socket
-//! group may change state (`run`, `cancel`, `hold`, `release`); anyone who can connect may read
+//! group may change state (`run`, `cancel`, `hold`, `release`, `pull`); anyone who can connect may read
 //! (`status`, `jobs`, `logs`).
 
 use super::{Agent, StartError};
@@ -139,7 +139,7 @@ async fn handle(agent: Arc<Agent>, stream: UnixStream) -> std::io::Result<()> {
             &err(
                 ErrorKind::PermissionDenied,
                 format!(
-                    "uid {uid} may only read status: submitting jobs needs root or group `{group}`"
+                    "uid {uid} may only read status: submitting jobs or pulls needs root or group `{group}`"
                 ),
             ),
         )
@@ -200,6 +200,21 @@ async fn handle(agent: Arc<Agent>, stream: UnixStream) -> std::io::Result<()> {
                     .await
                 }
                 Err(e) => send(&mut w, &err(ErrorKind::Internal, e)).await,
+            }
+        }
+        Request::Pull { sha } => {
+            tracing::info!(uid, sha = %sha, "pull requested");
+            match agent.pull_artifact(sha).await {
+                Ok(item) => {
+                    send(
+                        &mut w,
+                        &Response::Artifact {
+                            item: Box::new(item),
+                        },
+                    )
+                    .await
+                }
+                Err(e) => send(&mut w, &err(ErrorKind::BadRequest, e.to_string())).await,
             }
         }
         Request::Logs { id, follow } => {

@@ -133,6 +133,11 @@ impl Agent {
             .arg("daemon")
             .env("VM_AGENT_LOG", "debug")
             .env_remove("NOTIFY_SOCKET")
+            // S3 keys only from what a test sets (secrets file or `self.env`).
+            .env_remove("SPACES_ACCESS_KEY_ID")
+            .env_remove("SPACES_SECRET_ACCESS_KEY")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
@@ -276,4 +281,28 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// Pids whose `/proc/<pid>/cmdline` contains `needle`, except `except` (e.g. a test server
+/// that takes its own keys as arguments).
+pub fn cmdlines_containing(needle: &str, except: &[u32]) -> Vec<String> {
+    let mut hits = vec![];
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<u32>() else {
+            continue;
+        };
+        if except.contains(&pid) {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(e.path().join("cmdline"))
+            && String::from_utf8_lossy(&c).contains(needle)
+        {
+            hits.push(format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&c).replace('\0', " ")
+            ));
+        }
+    }
+    hits
 }

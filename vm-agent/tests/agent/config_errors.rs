@@ -49,6 +49,36 @@ fn bad_durations_and_zero_are_refused() {
 }
 
 #[test]
+fn bad_artifacts_section_is_refused_with_the_field_named() {
+    let a = Agent::new();
+    let section = "\n[artifacts]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n";
+    refused(
+        &a,
+        &format!("{}{section}pathstyle = true\n", base(&a)),
+        "pathstyle",
+    );
+    refused(
+        &a,
+        &format!("{}{section}sha = \"HEAD\"\n", base(&a)),
+        "artifacts.sha",
+    );
+    // Half a key pair in the secrets file: refused, naming the missing key, not quoting any.
+    std::fs::write(&a.cfg_path, format!("{}{section}", base(&a))).expect("config");
+    a.write_secrets("spaces_access_key_id = \"DO00HALFPAIRKEY\"\n");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&a.cfg_path)
+        .arg("daemon")
+        .stdin(Stdio::null())
+        .output()
+        .expect("daemon");
+    let err = text(&out.stderr);
+    assert_eq!(code(&out), 78, "{err}");
+    assert!(err.contains("spaces_secret_access_key"), "{err}");
+    assert!(!err.contains("DO00HALFPAIRKEY"), "{err}");
+}
+
+#[test]
 fn world_readable_secrets_are_refused() {
     let a = Agent::new();
     a.write_secrets("do_token = \"dop_v1_world_readable_secret\"\n");

@@ -1,7 +1,9 @@
 //! Integration tests: the real `vm-agent` binary, run as a daemon in a temp dir.
+mod artifacts;
 mod common;
 mod config_errors;
 mod jobs;
 mod readiness;
+mod s3;
 mod selfdestroy;
 mod unit;

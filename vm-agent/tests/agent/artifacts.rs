@@ -1,0 +1,391 @@
+//! The `fetching-artifacts` stage and `vm-agent pull` against a real S3 server (s3s-fs on
+//! 127.0.0.1), with builds published by image-builder's publish code.
+
+use crate::common::*;
+use crate::s3::*;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+use vm_agent::config::{ArtifactsConfig, Limit};
+
+const SHA: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
+const OTHER_SHA: &str = "feedfacecafebeef00112233445566778899aabb";
+
+/// An agent whose `[artifacts]` points at `server`, cloud-init already done.
+fn agent_for(server: &S3Server, sha: Option<&str>, required: bool) -> Agent {
+    let mut a = Agent::new();
+    a.cloud_init_done();
+    a.cfg.artifacts = Some(ArtifactsConfig {
+        bucket: BUCKET.into(),
+        endpoint: server.endpoint(),
+        region: "us-east-1".into(),
+        path_style: true,
+        sha: sha.map(String::from),
+        required,
+        cache_max_bytes: None,
+        min_free_bytes: 1 << 20,
+        concurrency: 8,
+        timeout: Limit::After(Duration::from_secs(120)),
+    });
+    a
+}
+
+fn good_keys(a: &Agent, server: &S3Server) {
+    a.write_secrets(&format!(
+        "spaces_access_key_id = \"{}\"\nspaces_secret_access_key = \"{}\"\n",
+        server.access_key, server.secret_key
+    ));
+}
+
+/// A build: a nested executable, a small text file and a 20 MiB file (ranged GETs).
+struct Build {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    big: Vec<u8>,
+}
+
+fn build_tree() -> Build {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("out");
+    write_file(&root.join("bin/tool"), b"#!/bin/sh\necho tool\n", 0o755);
+    write_file(&root.join("README.txt"), b"hello from the build\n", 0o644);
+    let big = pseudo_random(20 << 20, 7);
+    write_file(&root.join("lib/big.bin"), &big, 0o644);
+    Build {
+        _dir: dir,
+        root,
+        big,
+    }
+}
+
+fn wait_final(a: &Agent, secs: u64) -> Value {
+    a.wait_status("a final stage", secs, |s| {
+        s["stage"] == "ready" || s["stage"] == "degraded"
+    })
+}
+
+fn item<'a>(s: &'a Value, sha: &str) -> &'a Value {
+    s["artifacts"]["items"]
+        .as_array()
+        .and_then(|v| v.iter().find(|i| i["sha"] == sha))
+        .unwrap_or_else(|| panic!("no artifact item for {sha}: {s:#}"))
+}
+
+fn no_incoming(a: &Agent) {
+    let art = a.path("state/artifacts");
+    if let Ok(rd) = std::fs::read_dir(&art) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            assert!(!n.starts_with(".incoming"), "left behind: {n}");
+        }
+    }
+}
+
+#[test]
+fn boot_pull_installs_a_verified_build_and_reaches_ready_without_leaking_keys() {
+    let server = S3Server::start();
+    let b = build_tree();
+    let published = server.publish(SHA, std::slice::from_ref(&b.root));
+    assert_eq!(published.files, 3);
+    let mut a = agent_for(&server, Some(SHA), true);
+    good_keys(&a, &server);
+    a.start();
+    let s = wait_final(&a, 90);
+    assert_eq!(s["stage"], "ready", "{s:#}\n{}", a.log());
+    let stages: Vec<&str> = s["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["stage"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "booting",
+            "waiting-cloud-init",
+            "fetching-artifacts",
+            "ready"
+        ]
+    );
+    let art = &s["artifacts"];
+    assert_eq!(art["state"], "installed");
+    assert_eq!(art["sha"], SHA);
+    assert_eq!(art["required"], true);
+    assert_eq!(art["credentials"], "secrets-file");
+    let it = item(&s, SHA);
+    assert_eq!(it["state"], "installed");
+    assert_eq!(it["trigger"], "boot");
+    assert_eq!(it["verified"], true);
+    assert_eq!(it["files"], 3);
+    let total = (20u64 << 20) + 20 + 21;
+    assert_eq!(it["bytes"], total);
+    assert_eq!(it["bytes_done"], total, "everything came from the store");
+    assert!(it["duration_secs"].as_f64().unwrap_or(-1.0) >= 0.0);
+    let dir = a.path(&format!("state/artifacts/{SHA}"));
+    assert_eq!(it["path"], dir.display().to_string());
+
+    // Installed with the published contents and modes.
+    assert_eq!(
+        std::fs::read(dir.join("out/lib/big.bin")).expect("big"),
+        b.big
+    );
+    assert_eq!(
+        std::fs::read(dir.join("out/README.txt")).expect("readme"),
+        b"hello from the build\n"
+    );
+    let mode = std::fs::metadata(dir.join("out/bin/tool"))
+        .expect("tool")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert!(dir.join("manifest.json").is_file());
+    no_incoming(&a);
+
+    // The ready file and the human status say the same.
+    let ready: Value =
+        serde_json::from_slice(&std::fs::read(a.path("run/ready")).expect("ready file"))
+            .expect("json");
+    assert_eq!(ready["artifacts"]["state"], "installed");
+    let out = a.cli(&["status"]);
+    assert_eq!(code(&out), 0);
+    let human = text(&out.stdout);
+    assert!(
+        human.contains("artifacts: installed 0a1b2c3d4e5f (required)"),
+        "{human}"
+    );
+    assert!(human.contains("verified"), "{human}");
+    for line in human.lines() {
+        assert!(line.chars().count() <= 80, "over 80 columns: {line:?}");
+    }
+
+    // The keys: never in any argv (but the test server's own), the log or the status.
+    for secret in [&server.secret_key, &server.access_key] {
+        let hits = cmdlines_containing(secret, &[server.pid()]);
+        assert!(hits.is_empty(), "{secret} in argv: {hits:?}");
+        let log = a.log();
+        let leaked: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(secret.as_str()))
+            .collect();
+        assert!(leaked.is_empty(), "{secret} in the daemon log: {leaked:?}");
+        assert!(!s.to_string().contains(secret), "{secret} in status --json");
+        assert!(!human.contains(secret), "{secret} in status");
+    }
+}
+
+#[test]
+fn missing_manifest_and_optional_artifacts_still_reach_ready() {
+    let server = S3Server::start();
+    let mut a = agent_for(&server, Some(SHA), false);
+    good_keys(&a, &server);
+    a.start();
+    let s = wait_final(&a, 60);
+    assert_eq!(s["stage"], "ready", "{s:#}");
+    assert!(s["reason"].is_null(), "{s:#}");
+    assert_eq!(s["artifacts"]["state"], "unavailable");
+    let detail = s["artifacts"]["detail"].as_str().unwrap_or("");
+    assert!(detail.starts_with("artifact unavailable: "), "{detail}");
+    assert!(detail.contains("not published"), "{detail}");
+    assert!(
+        detail.contains(&format!("builds/{SHA}/manifest.json")),
+        "{detail}"
+    );
+    let out = a.cli(&["status"]);
+    assert_eq!(code(&out), 0, "ready");
+    let human = text(&out.stdout);
+    assert!(human.contains("artifacts: unavailable"), "{human}");
+    assert!(human.contains("artifact unavailable: "), "{human}");
+    for line in human.lines() {
+        assert!(line.chars().count() <= 80, "over 80 columns: {line:?}");
+    }
+    assert!(!a.path(&format!("state/artifacts/{SHA}")).exists());
+}
+
+#[test]
+fn missing_manifest_and_required_artifacts_are_degraded_with_the_reason() {
+    let server = S3Server::start();
+    let mut a = agent_for(&server, Some(SHA), true);
+    good_keys(&a, &server);
+    a.start();
+    let s = wait_final(&a, 60);
+    assert_eq!(s["stage"], "degraded", "{s:#}");
+    let reason = s["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains(&format!("required artifact {SHA}: artifact unavailable: ")),
+        "{reason}"
+    );
+    assert!(reason.contains("not published"), "{reason}");
+    assert_eq!(code(&a.cli(&["status"])), 1, "degraded -> 1");
+    assert!(a.path("run/degraded").exists());
+    assert!(!a.path("run/ready").exists());
+}
+
+#[test]
+fn wrong_keys_are_unavailable_with_a_clear_403_and_the_secret_never_shows() {
+    let server = S3Server::start();
+    let b = build_tree();
+    server.publish(SHA, std::slice::from_ref(&b.root));
+    let wrong = "definitely-not-the-secret-5e1f";
+    let mut a = agent_for(&server, Some(SHA), true);
+    a.write_secrets(&format!(
+        "spaces_access_key_id = \"{}\"\nspaces_secret_access_key = \"{wrong}\"\n",
+        server.access_key
+    ));
+    a.start();
+    let s = wait_final(&a, 60);
+    assert_eq!(s["stage"], "degraded", "{s:#}");
+    let detail = s["artifacts"]["detail"].as_str().unwrap_or("");
+    assert_eq!(s["artifacts"]["state"], "unavailable", "{s:#}");
+    assert!(detail.contains("access denied"), "{detail}");
+    assert!(detail.contains("HTTP 403"), "{detail}");
+    let human = text(&a.cli(&["status"]).stdout);
+    assert!(human.contains("HTTP 403"), "{human}");
+    assert!(!a.path(&format!("state/artifacts/{SHA}")).exists());
+    let hits = cmdlines_containing(wrong, &[]);
+    assert!(hits.is_empty(), "secret in argv: {hits:?}");
+    assert!(!a.log().contains(wrong), "secret in the log");
+    assert!(!s.to_string().contains(wrong), "secret in status");
+    assert!(!human.contains(wrong), "secret in status");
+}
+
+#[test]
+fn missing_keys_and_an_unreachable_store_are_unavailable() {
+    // No secrets file and no environment keys.
+    let server = S3Server::start();
+    let mut a = agent_for(&server, Some(SHA), false);
+    a.start();
+    let s = wait_final(&a, 60);
+    assert_eq!(s["stage"], "ready", "{s:#}");
+    assert_eq!(s["artifacts"]["credentials"], "none");
+    let detail = s["artifacts"]["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("artifact unavailable: no S3 credentials"),
+        "{detail}"
+    );
+    drop(a);
+
+    // Keys, but nothing listens on the endpoint: required → degraded, "unreachable".
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut a = agent_for(&server, Some(SHA), true);
+    if let Some(c) = a.cfg.artifacts.as_mut() {
+        c.endpoint = format!("http://127.0.0.1:{closed}");
+    }
+    good_keys(&a, &server);
+    a.start();
+    let s = wait_final(&a, 120);
+    assert_eq!(s["stage"], "degraded", "{s:#}");
+    let reason = s["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("artifact unavailable: "), "{reason}");
+    assert!(reason.contains("unreachable"), "{reason}");
+}
+
+#[test]
+fn corrupted_object_is_refused_and_nothing_is_installed() {
+    let server = S3Server::start();
+    let b = build_tree();
+    server.publish(SHA, std::slice::from_ref(&b.root));
+    // Same size, different bytes, behind the server's back.
+    let obj = server.object_path(&format!("builds/{SHA}/out/README.txt"));
+    std::fs::write(&obj, b"HELLO FROM THE BUILD\n").expect("corrupt");
+    let mut a = agent_for(&server, Some(SHA), true);
+    good_keys(&a, &server);
+    a.start();
+    let s = wait_final(&a, 90);
+    assert_eq!(s["stage"], "degraded", "{s:#}");
+    assert_eq!(s["artifacts"]["state"], "failed");
+    let reason = s["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("artifact failed: "), "{reason}");
+    assert!(reason.contains("sha256 mismatch"), "{reason}");
+    assert!(reason.contains("out/README.txt"), "{reason}");
+    let it = item(&s, SHA);
+    assert_eq!(it["verified"], false);
+    assert!(it["path"].is_null());
+    assert!(!a.path(&format!("state/artifacts/{SHA}")).exists());
+    no_incoming(&a);
+}
+
+#[test]
+fn pull_on_demand_through_the_daemon_with_keys_from_the_environment() {
+    let server = S3Server::start();
+    let mut a = agent_for(&server, None, false);
+    a.env = vec![
+        ("SPACES_ACCESS_KEY_ID".into(), server.access_key.clone()),
+        ("SPACES_SECRET_ACCESS_KEY".into(), server.secret_key.clone()),
+    ];
+    a.start();
+    let s = wait_final(&a, 30);
+    assert_eq!(s["stage"], "ready");
+    assert_eq!(s["artifacts"]["state"], "none");
+    assert_eq!(s["artifacts"]["credentials"], "environment");
+
+    // Not published yet: exit 2 ("unavailable"), nothing installed.
+    let out = a.cli(&["pull", OTHER_SHA]);
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("artifact unavailable: "),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let b = build_tree();
+    server.publish(OTHER_SHA, std::slice::from_ref(&b.root));
+    let out = a.cli(&["pull", OTHER_SHA, "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let it: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(it["state"], "installed");
+    assert_eq!(it["trigger"], "pull");
+    assert_eq!(it["verified"], true);
+    assert_eq!(it["already_installed"], false);
+    assert_eq!(it["files"], 3);
+    let dir = a.path(&format!("state/artifacts/{OTHER_SHA}"));
+    assert_eq!(
+        std::fs::read(dir.join("out/lib/big.bin")).expect("big"),
+        b.big
+    );
+
+    // status sees it (one item per sha: the earlier "unavailable" was replaced).
+    let s = a.status();
+    let items = s["artifacts"]["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{s:#}");
+    assert_eq!(item(&s, OTHER_SHA)["state"], "installed");
+
+    // Again: already installed; the human form prints the directory on stdout.
+    let out = a.cli(&["pull", OTHER_SHA]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(text(&out.stdout).trim(), dir.display().to_string());
+    assert!(
+        text(&out.stderr).contains("already installed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Bad sha: the daemon refuses it as a bad request (usage error).
+    let out = a.cli(&["pull", "NOT-A-SHA"]);
+    assert_eq!(code(&out), 64, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("invalid sha"));
+
+    assert!(cmdlines_containing(&server.secret_key, &[server.pid()]).is_empty());
+    assert!(!a.log().contains(&server.secret_key));
+}
+
+#[test]
+fn pull_without_an_artifacts_section_is_refused() {
+    let mut a = Agent::new();
+    a.cloud_init_done();
+    a.start();
+    a.wait_ready();
+    let out = a.cli(&["pull", SHA]);
+    assert_eq!(code(&out), 64, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no [artifacts] section"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nobody without the group may pull either: covered by the peer-credential check
+    // (`pull` is privileged like `run`).
+    assert!(vm_agent::protocol::Request::Pull { sha: SHA.into() }.is_privileged());
+}
