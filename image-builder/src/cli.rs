@@ -514,14 +514,21 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
         let d = humantime::parse_duration(t)
             .map_err(|e| local_err(QemuError::Other(format!("--idle-timeout {t:?}: {e}"))))?;
         if d.is_zero() {
-            return Err(local_err(QemuError::Other("--idle-timeout 0 is not allowed".into())));
+            return Err(local_err(QemuError::Other(
+                "--idle-timeout 0 is not allowed".into(),
+            )));
         }
         agent.idle_timeout = spec::Limit::After(d);
     }
     if let Some(p) = &args.agent_config_extra {
-        agent.extra_toml = std::fs::read_to_string(p).map_err(|e| local_err(QemuError::io(p, e)))?;
+        agent.extra_toml =
+            std::fs::read_to_string(p).map_err(|e| local_err(QemuError::io(p, e)))?;
     }
-    let mut files = vec![ExtraFile { path: "/etc/vm-agent/config.toml".into(), content: agent.to_toml().into_bytes(), mode: 0o644 }];
+    let mut files = vec![ExtraFile {
+        path: "/etc/vm-agent/config.toml".into(),
+        content: agent.to_toml().into_bytes(),
+        mode: 0o644,
+    }];
     if let Some(p) = &args.agent_secrets {
         let meta = std::fs::metadata(p).map_err(|e| local_err(QemuError::io(p, e)))?;
         if meta.permissions().mode() & 0o077 != 0 {
@@ -532,12 +539,19 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
             ))));
         }
         let content = std::fs::read(p).map_err(|e| local_err(QemuError::io(p, e)))?;
-        files.push(ExtraFile { path: "/etc/vm-agent/secrets".into(), content, mode: 0o600 });
+        files.push(ExtraFile {
+            path: "/etc/vm-agent/secrets".into(),
+            content,
+            mode: 0o600,
+        });
     }
     let mut keys = Vec::new();
     for k in &args.ssh_keys {
         let text = std::fs::read_to_string(k).map_err(|e| local_err(QemuError::io(k, e)))?;
-        let key: spec::SshPublicKey = text.trim().parse().map_err(|m: String| local_err(QemuError::Other(format!("{}: {m}", k.display()))))?;
+        let key: spec::SshPublicKey = text
+            .trim()
+            .parse()
+            .map_err(|m: String| local_err(QemuError::Other(format!("{}: {m}", k.display()))))?;
         keys.push(key.to_string());
     }
     let user_data = render::worker_boot(&agent.user, &keys, &files)?;
@@ -571,7 +585,10 @@ pub fn ls_local_cmd(args: &LsLocalArgs) -> Result<(), CliError> {
     } else if ws.is_empty() {
         println!("no local workers");
     } else {
-        println!("{:<16} {:<8} {:>8} {:>6}  IMAGE", "NAME", "STATE", "PID", "SSH");
+        println!(
+            "{:<16} {:<8} {:>8} {:>6}  IMAGE",
+            "NAME", "STATE", "PID", "SSH"
+        );
         for w in ws {
             println!(
                 "{:<16} {:<8} {:>8} {:>6}  {}",
@@ -588,7 +605,8 @@ pub fn ls_local_cmd(args: &LsLocalArgs) -> Result<(), CliError> {
 
 /// `stop-local`.
 pub fn stop_local_cmd(args: &StopLocalArgs) -> Result<(), CliError> {
-    let w = crate::backend::qemu::local::stop(&args.name, std::time::Duration::from_secs(10)).map_err(local_err)?;
+    let w = crate::backend::qemu::local::stop(&args.name, std::time::Duration::from_secs(10))
+        .map_err(local_err)?;
     println!("stopped {} (pid {})", w.name, w.pid);
     Ok(())
 }

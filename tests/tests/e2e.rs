@@ -15,16 +15,28 @@ use std::time::{Duration, Instant};
 const CANARY: &str = "CANARY-e2e-51c0ffee-BAKE-SECRET";
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn target_dir() -> PathBuf {
     // target/debug/deps/e2e-HASH -> target/debug
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned()
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn require(tool: &str, package: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool} || test -x /usr/sbin/{tool}")).output();
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} || test -x /usr/sbin/{tool}"))
+        .output();
     assert!(
         found.is_ok_and(|o| o.status.success()),
         "`{tool}` is required by the end-to-end test: apt-get install {package} (or run .ci/setup.sh)"
@@ -38,7 +50,14 @@ fn run(cmd: &mut Command) -> Output {
 
 fn image_builder() -> PathBuf {
     let st = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "image-builder", "--bin", "image-builder"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "image-builder",
+            "--bin",
+            "image-builder",
+        ])
         .current_dir(workspace())
         .status()
         .unwrap();
@@ -47,10 +66,20 @@ fn image_builder() -> PathBuf {
 }
 
 fn static_agent() -> PathBuf {
-    let out = run(Command::new("bash").arg(workspace().join("vm-agent/build-static.sh")).current_dir(workspace()));
-    assert!(out.status.success(), "vm-agent/build-static.sh failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new("bash")
+        .arg(workspace().join("vm-agent/build-static.sh"))
+        .current_dir(workspace()));
+    assert!(
+        out.status.success(),
+        "vm-agent/build-static.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let p = if Path::new(&path).is_absolute() { PathBuf::from(path) } else { workspace().join(path) };
+    let p = if Path::new(&path).is_absolute() {
+        PathBuf::from(path)
+    } else {
+        workspace().join(path)
+    };
     assert!(p.is_file(), "{}", p.display());
     p
 }
@@ -66,14 +95,23 @@ struct Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = Command::new(&self.ib).args(["stop-local", &self.name]).output();
+        let _ = Command::new(&self.ib)
+            .args(["stop-local", &self.name])
+            .output();
     }
 }
 
 impl Worker {
     fn ssh(&self, remote: &str) -> Output {
         run(Command::new("ssh")
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+            ])
             .args(["-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "-i"])
             .arg(&self.key)
             .args(["-p", &self.port.to_string(), "builder@127.0.0.1", remote]))
@@ -91,7 +129,10 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
             eprintln!("e2e: {what} after {:.0}s", start.elapsed().as_secs_f64());
             return v;
         }
-        assert!(start.elapsed() < timeout, "e2e: timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "e2e: timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_secs(3));
     }
 }
@@ -104,24 +145,48 @@ fn debugfs(raw: &Path, request: &str) -> String {
 #[test]
 fn bake_boot_and_watch_the_agent_do_its_whole_job() {
     assert!(
-        std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
         "the end-to-end test needs root (mmdebstrap, systemd-nspawn, mkfs.ext4 -d); CI runs as root"
     );
-    for (t, p) in [("qemu-system-x86_64", "qemu-system-x86"), ("systemd-nspawn", "systemd-container"), ("mmdebstrap", "mmdebstrap"), ("ssh", "openssh-client"), ("debugfs", "e2fsprogs"), ("genisoimage", "genisoimage")] {
+    for (t, p) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("systemd-nspawn", "systemd-container"),
+        ("mmdebstrap", "mmdebstrap"),
+        ("ssh", "openssh-client"),
+        ("debugfs", "e2fsprogs"),
+        ("genisoimage", "genisoimage"),
+    ] {
         require(t, p);
     }
     let t0 = Instant::now();
     let ib = image_builder();
     let agent = static_agent();
-    eprintln!("e2e: built image-builder and the static agent in {:.0}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "e2e: built image-builder and the static agent in {:.0}s",
+        t0.elapsed().as_secs_f64()
+    );
 
     // The example spec, with a canary secret in a bake command.
     let dir = tempfile::tempdir().unwrap();
-    let example = std::fs::read_to_string(workspace().join("templates/examples/worker.yaml")).unwrap();
-    let with_canary = example.replace("  - git --version\n", &format!("  - git --version\n  - echo {CANARY} > /dev/null\n"));
-    assert_ne!(with_canary, example, "the example spec changed: update the canary insertion");
+    let example =
+        std::fs::read_to_string(workspace().join("templates/examples/worker.yaml")).unwrap();
+    let with_canary = example.replace(
+        "  - git --version\n",
+        &format!("  - git --version\n  - echo {CANARY} > /dev/null\n"),
+    );
+    assert_ne!(
+        with_canary, example,
+        "the example spec changed: update the canary insertion"
+    );
     std::fs::create_dir_all(dir.path().join("files")).unwrap();
-    std::fs::copy(workspace().join("templates/examples/files/motd"), dir.path().join("files/motd")).unwrap();
+    std::fs::copy(
+        workspace().join("templates/examples/files/motd"),
+        dir.path().join("files/motd"),
+    )
+    .unwrap();
     let spec = dir.path().join("worker.yaml");
     std::fs::write(&spec, with_canary).unwrap();
 
@@ -135,25 +200,49 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         .arg(&out_dir)
         .arg("--agent-bin")
         .arg(&agent));
-    assert!(bake.status.success(), "bake failed:\n{}", String::from_utf8_lossy(&bake.stderr));
+    assert!(
+        bake.status.success(),
+        "bake failed:\n{}",
+        String::from_utf8_lossy(&bake.stderr)
+    );
     eprintln!("e2e: bake took {:.0}s", t.elapsed().as_secs_f64());
     let manifest: serde_json::Value = serde_json::from_slice(&bake.stdout).unwrap();
     let build = &manifest["builds"][0];
-    assert_eq!(build["image_builder"]["details"]["boot_check"]["agent_enabled"], "enabled");
+    assert_eq!(
+        build["image_builder"]["details"]["boot_check"]["agent_enabled"],
+        "enabled"
+    );
     let golden = PathBuf::from(build["artifact_id"].as_str().unwrap());
 
     // Boot a worker from it.
     let key = dir.path().join("id_ed25519");
-    assert!(run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key)).status.success());
+    assert!(
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key))
+        .status
+        .success()
+    );
     let name = format!("e2e-{}", std::process::id());
     let started = run(Command::new(&ib)
         .arg("run-local")
         .arg(&golden)
         .arg("--spec")
         .arg(&spec)
-        .args(["--name", &name, "--idle-timeout", "90s", "--json", "--ssh-key"])
+        .args([
+            "--name",
+            &name,
+            "--idle-timeout",
+            "90s",
+            "--json",
+            "--ssh-key",
+        ])
         .arg(key.with_extension("pub")));
-    assert!(started.status.success(), "run-local failed:\n{}", String::from_utf8_lossy(&started.stderr));
+    assert!(
+        started.status.success(),
+        "run-local failed:\n{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
     let info: serde_json::Value = serde_json::from_slice(&started.stdout).unwrap();
     let worker = Worker {
         ib: ib.clone(),
@@ -167,7 +256,11 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
 
     // Over SSH: the agent reaches `ready`.
     wait_for("ssh", Duration::from_secs(300), || {
-        assert!(worker.alive(), "QEMU exited during boot; console:\n{}", std::fs::read_to_string(&console).unwrap_or_default());
+        assert!(
+            worker.alive(),
+            "QEMU exited during boot; console:\n{}",
+            std::fs::read_to_string(&console).unwrap_or_default()
+        );
         worker.ssh("true").status.success().then_some(())
     });
     let status = wait_for("vm-agent ready", Duration::from_secs(300), || {
@@ -179,44 +272,103 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
             _ => None,
         }
     });
-    eprintln!("e2e: QEMU start to agent ready: {:.0}s", boot.elapsed().as_secs_f64());
-    assert_eq!(status.0.status.code(), Some(0), "`vm-agent status` exits 0 when ready");
+    eprintln!(
+        "e2e: QEMU start to agent ready: {:.0}s",
+        boot.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        status.0.status.code(),
+        Some(0),
+        "`vm-agent status` exits 0 when ready"
+    );
     let human = worker.ssh("vm-agent status");
-    assert!(String::from_utf8_lossy(&human.stdout).lines().all(|l| l.chars().count() <= 80), "status fits 80 columns");
+    assert!(
+        String::from_utf8_lossy(&human.stdout)
+            .lines()
+            .all(|l| l.chars().count() <= 80),
+        "status fits 80 columns"
+    );
 
     // Jobs: output and exit codes come back as if run over SSH directly.
-    let job = worker.ssh("vm-agent run --name hello -- sh -c 'echo hello-from-job; id -un; git --version'");
+    let job = worker
+        .ssh("vm-agent run --name hello -- sh -c 'echo hello-from-job; id -un; git --version'");
     let job_out = String::from_utf8_lossy(&job.stdout);
-    assert_eq!(job.status.code(), Some(0), "{job_out}\n{}", String::from_utf8_lossy(&job.stderr));
+    assert_eq!(
+        job.status.code(),
+        Some(0),
+        "{job_out}\n{}",
+        String::from_utf8_lossy(&job.stderr)
+    );
     assert!(job_out.contains("hello-from-job"), "{job_out}");
-    assert!(job_out.contains("builder"), "the job runs as the build user: {job_out}");
-    assert!(job_out.contains("git version"), "packages from the spec are in the image: {job_out}");
+    assert!(
+        job_out.contains("builder"),
+        "the job runs as the build user: {job_out}"
+    );
+    assert!(
+        job_out.contains("git version"),
+        "packages from the spec are in the image: {job_out}"
+    );
     let failing = worker.ssh("vm-agent run -- sh -c 'echo failing >&2; exit 3'");
-    assert_eq!(failing.status.code(), Some(3), "{}", String::from_utf8_lossy(&failing.stderr));
+    assert_eq!(
+        failing.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&failing.stderr)
+    );
     let jobs = worker.ssh("vm-agent jobs");
     assert!(String::from_utf8_lossy(&jobs.stdout).contains("hello"));
 
     // Stop sending work: the idle timer powers the VM off by itself.
     let idle = Instant::now();
-    wait_for("the worker to power itself off", Duration::from_secs(420), || (!worker.alive()).then_some(()));
-    eprintln!("e2e: powered off {:.0}s after the last job", idle.elapsed().as_secs_f64());
+    wait_for(
+        "the worker to power itself off",
+        Duration::from_secs(420),
+        || (!worker.alive()).then_some(()),
+    );
+    eprintln!(
+        "e2e: powered off {:.0}s after the last job",
+        idle.elapsed().as_secs_f64()
+    );
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(!console_text.contains("ordering cycle"), "systemd reported an ordering cycle:\n{console_text}");
+    assert!(
+        !console_text.contains("ordering cycle"),
+        "systemd reported an ordering cycle:\n{console_text}"
+    );
 
     // The golden image, offline.
     let raw = dir.path().join("golden.raw");
-    assert!(run(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&golden).arg(&raw)).status.success());
+    assert!(
+        run(Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&golden)
+            .arg(&raw))
+        .status
+        .success()
+    );
     let sudoers = debugfs(&raw, "stat /etc/sudoers.d/90-builder");
     assert!(sudoers.contains("Mode:  0440"), "{sudoers}");
     let content = debugfs(&raw, "cat /etc/sudoers.d/90-builder");
     assert_eq!(image_builder_visudo(&content), "ok", "{content}");
-    assert!(debugfs(&raw, "cat /etc/apt/apt.conf.d/90image-builder-dpkg-lock").contains("DPkg::Lock::Timeout"));
+    assert!(
+        debugfs(&raw, "cat /etc/apt/apt.conf.d/90image-builder-dpkg-lock")
+            .contains("DPkg::Lock::Timeout")
+    );
     let wants = debugfs(&raw, "ls -l /etc/systemd/system/cloud-init.target.wants");
-    assert!(wants.contains("vm-agent.service"), "the agent unit is not enabled:\n{wants}");
+    assert!(
+        wants.contains("vm-agent.service"),
+        "the agent unit is not enabled:\n{wants}"
+    );
     let resolv = debugfs(&raw, "stat /etc/resolv.conf");
-    assert!(resolv.contains("Type: symlink"), "the bake must leave the image's resolv.conf as it was:\n{resolv}");
+    assert!(
+        resolv.contains("Type: symlink"),
+        "the bake must leave the image's resolv.conf as it was:\n{resolv}"
+    );
     let grep = run(Command::new("grep").args(["-c", "-a", CANARY]).arg(&raw));
-    assert_eq!(String::from_utf8_lossy(&grep.stdout).trim(), "0", "the bake's canary secret is in the golden image");
+    assert_eq!(
+        String::from_utf8_lossy(&grep.stdout).trim(),
+        "0",
+        "the bake's canary secret is in the golden image"
+    );
     eprintln!("e2e: total {:.0}s", t0.elapsed().as_secs_f64());
 }
 
@@ -225,5 +377,9 @@ fn image_builder_visudo(content: &str) -> &'static str {
     let p = dir.path().join("sudoers");
     std::fs::write(&p, content).unwrap();
     let st = Command::new("visudo").arg("-cf").arg(&p).output();
-    if st.is_ok_and(|o| o.status.success()) { "ok" } else { "bad" }
+    if st.is_ok_and(|o| o.status.success()) {
+        "ok"
+    } else {
+        "bad"
+    }
 }
