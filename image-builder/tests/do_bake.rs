@@ -35,24 +35,59 @@ async fn bake_makes_one_tagged_image_and_leaves_no_droplet() {
     assert_eq!(images.len(), 1, "exactly one image: {images:?}");
     let image = &images[0];
     assert_eq!(b.artifact_id, format!("nyc3:{}", image["id"]));
-    assert_eq!(image["name"], b.name.as_str(), "the image carries the spec's name template");
+    assert_eq!(
+        image["name"],
+        b.name.as_str(),
+        "the image carries the spec's name template"
+    );
     assert!(b.name.starts_with("ci-worker-"), "{}", b.name);
     let desc = image["description"].as_str().expect("description");
-    assert!(desc.contains("image-builder bake") && desc.contains(&env.agent_sha256[..12]), "{desc}");
-    let tags: Vec<&str> = image["tags"].as_array().expect("tags").iter().filter_map(|t| t.as_str()).collect();
-    assert!(tags.contains(&"image-builder") && tags.contains(&"ci"), "{tags:?}");
+    assert!(
+        desc.contains("image-builder bake") && desc.contains(&env.agent_sha256[..12]),
+        "{desc}"
+    );
+    let tags: Vec<&str> = image["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert!(
+        tags.contains(&"image-builder") && tags.contains(&"ci"),
+        "{tags:?}"
+    );
     assert_eq!(b.custom_data["agent_sha256"], env.agent_sha256);
-    for step in ["preflight", "create", "provision", "power_off", "snapshot", "finish", "destroy"] {
-        assert!(b.custom_data.contains_key(&format!("time_{step}_s")), "timing {step} missing: {:?}", b.custom_data);
+    for step in [
+        "preflight",
+        "create",
+        "provision",
+        "power_off",
+        "snapshot",
+        "finish",
+        "destroy",
+    ] {
+        assert!(
+            b.custom_data.contains_key(&format!("time_{step}_s")),
+            "timing {step} missing: {:?}",
+            b.custom_data
+        );
     }
-    let on_disk: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.out.join("manifest.json")).expect("manifest.json")).expect("json");
+    let on_disk: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.out.join("manifest.json")).expect("manifest.json"),
+    )
+    .expect("json");
     assert_eq!(on_disk["builds"][0]["artifact_id"], b.artifact_id.as_str());
 
     // One droplet was ever created, and it is gone (confirmed by 404).
     assert_eq!(env.sim.droplets_ever_created(), 1);
-    assert!(env.sim.droplet_ids().is_empty(), "droplets left: {:?}", env.sim.droplet_ids());
-    let droplet = b.image_builder["details"]["droplet_id"].as_u64().expect("droplet id");
+    assert!(
+        env.sim.droplet_ids().is_empty(),
+        "droplets left: {:?}",
+        env.sim.droplet_ids()
+    );
+    let droplet = b.image_builder["details"]["droplet_id"]
+        .as_u64()
+        .expect("droplet id");
     let log = env.sim.requests();
     let last_get = log
         .entries
@@ -78,18 +113,34 @@ async fn bake_makes_one_tagged_image_and_leaves_no_droplet() {
         .filter(|e| e.route == "POST /v2/droplets")
         .count();
     assert_eq!(user_data_log, 1);
-    let played = env.sim.played(droplet).expect("the simulator played the VM");
-    assert_eq!(played.agent_sha256.as_deref(), Some(env.agent_sha256.as_str()), "{played:?}");
+    let played = env
+        .sim
+        .played(droplet)
+        .expect("the simulator played the VM");
+    assert_eq!(
+        played.agent_sha256.as_deref(),
+        Some(env.agent_sha256.as_str()),
+        "{played:?}"
+    );
     assert_eq!(played.report_status, Some(200), "{played:?}");
     // The agent is in the Space under its sha256; the report object is cleaned up.
-    assert!(s3.object_path(&format!("agents/{}/vm-agent", env.agent_sha256)).is_file());
-    let bake_id = b.image_builder["details"]["bake_id"].as_str().expect("bake id");
-    assert!(!s3.object_path(&format!("bakes/{bake_id}/seal-report.json")).exists());
+    assert!(
+        s3.object_path(&format!("agents/{}/vm-agent", env.agent_sha256))
+            .is_file()
+    );
+    let bake_id = b.image_builder["details"]["bake_id"]
+        .as_str()
+        .expect("bake id");
+    assert!(
+        !s3.object_path(&format!("bakes/{bake_id}/seal-report.json"))
+            .exists()
+    );
 
     // The state file says done.
     let files = env.state_files();
     assert_eq!(files.len(), 1);
-    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).expect("state")).expect("json");
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&files[0]).expect("state")).expect("json");
     assert_eq!(st["phase"], "done");
     assert_eq!(st["droplet_destroyed"], true);
 
@@ -107,7 +158,11 @@ async fn the_builder_fetches_the_agent_through_a_presigned_url_and_user_data_has
         }
     });
     let req = env.request();
-    let run = tokio::spawn(async move { bake(BackendKind::Digitalocean, &req).await.map(|m| m.builds[0].artifact_id.clone()) });
+    let run = tokio::spawn(async move {
+        bake(BackendKind::Digitalocean, &req)
+            .await
+            .map(|m| m.builds[0].artifact_id.clone())
+    });
     let id = loop {
         if let Some(id) = env.sim.droplet_ids().first().copied() {
             break id;
@@ -115,22 +170,56 @@ async fn the_builder_fetches_the_agent_through_a_presigned_url_and_user_data_has
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let ud = env.sim.user_data(id).expect("user-data");
-    assert!(ud.starts_with("#cloud-config"), "{}", &ud[..40.min(ud.len())]);
+    assert!(
+        ud.starts_with("#cloud-config"),
+        "{}",
+        &ud[..40.min(ud.len())]
+    );
     assert!(ud.len() <= 64 * 1024);
-    assert!(!ud.contains(do_bake_support::SECRET_KEY), "the Space secret is in the user-data");
-    assert!(!ud.contains(do_bake_support::TOKEN), "the DO token is in the user-data");
+    assert!(
+        !ud.contains(do_bake_support::SECRET_KEY),
+        "the Space secret is in the user-data"
+    );
+    assert!(
+        !ud.contains(do_bake_support::TOKEN),
+        "the DO token is in the user-data"
+    );
     let (agent_url, report_url) = do_sim::bake_urls(&ud);
     let agent_url = agent_url.expect("agent URL in user-data");
     let report_url = report_url.expect("report URL in user-data");
-    assert!(agent_url.contains(&format!("agents/{}/vm-agent", env.agent_sha256)) && agent_url.contains("X-Amz-Signature"), "{agent_url}");
-    assert!(report_url.contains("seal-report.json") && report_url.contains("X-Amz-Expires"), "{report_url}");
-    assert!(ud.contains(&env.agent_sha256), "the install step checks the sha256");
+    assert!(
+        agent_url.contains(&format!("agents/{}/vm-agent", env.agent_sha256))
+            && agent_url.contains("X-Amz-Signature"),
+        "{agent_url}"
+    );
+    assert!(
+        report_url.contains("seal-report.json") && report_url.contains("X-Amz-Expires"),
+        "{report_url}"
+    );
+    assert!(
+        ud.contains(&env.agent_sha256),
+        "the install step checks the sha256"
+    );
     // The presigned GET works without credentials and serves the agent.
-    let body = reqwest::get(&agent_url).await.expect("GET agent").bytes().await.expect("body");
-    assert_eq!(body.len() as u64, std::fs::metadata(&env.agent).expect("agent").len());
-    let artifact = run.await.expect("join").unwrap_or_else(|e| panic!("bake failed: {e}"));
+    let body = reqwest::get(&agent_url)
+        .await
+        .expect("GET agent")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(
+        body.len() as u64,
+        std::fs::metadata(&env.agent).expect("agent").len()
+    );
+    let artifact = run
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("bake failed: {e}"));
     assert!(artifact.starts_with("nyc3:"));
-    assert_eq!(env.sim.played(id).and_then(|p| p.agent_sha256), Some(env.agent_sha256.clone()));
+    assert_eq!(
+        env.sim.played(id).and_then(|p| p.agent_sha256),
+        Some(env.agent_sha256.clone())
+    );
     assert!(env.sim.droplet_ids().is_empty());
 }
 
@@ -142,13 +231,29 @@ async fn failed_provisioning_fails_with_reason_and_log_tail_and_destroys_the_bui
         p.result = ProvisionResult::Failed;
     }
     let env = Env::new(cfg, &spec_text("20s", ""), s3.port).await;
-    let e = do_err(bake(BackendKind::Digitalocean, &env.request()).await.expect_err("must fail"));
+    let e = do_err(
+        bake(BackendKind::Digitalocean, &env.request())
+            .await
+            .expect_err("must fail"),
+    );
     let msg = e.to_string();
     assert!(matches!(e, DoBakeError::ProvisioningFailed { .. }), "{msg}");
-    assert!(msg.contains("step apt-install failed") && msg.contains("(step apt-install)"), "{msg}");
-    assert!(msg.contains("Unable to locate package"), "the log tail is in the error: {msg}");
-    assert!(env.sim.droplet_ids().is_empty(), "the builder must be destroyed");
-    assert!(env.snapshot_images().is_empty(), "no snapshot of a failed build");
+    assert!(
+        msg.contains("step apt-install failed") && msg.contains("(step apt-install)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Unable to locate package"),
+        "the log tail is in the error: {msg}"
+    );
+    assert!(
+        env.sim.droplet_ids().is_empty(),
+        "the builder must be destroyed"
+    );
+    assert!(
+        env.snapshot_images().is_empty(),
+        "no snapshot of a failed build"
+    );
     assert_eq!(env.sim.count("POST /v2/droplets/{id}/actions"), 0);
 }
 
@@ -161,9 +266,17 @@ async fn a_builder_that_powers_off_without_a_report_fails_fast() {
     }
     let env = Env::new(cfg, &spec_text("10m", ""), s3.port).await;
     let t = Instant::now();
-    let e = do_err(bake(BackendKind::Digitalocean, &env.request()).await.expect_err("must fail"));
+    let e = do_err(
+        bake(BackendKind::Digitalocean, &env.request())
+            .await
+            .expect_err("must fail"),
+    );
     assert!(matches!(e, DoBakeError::NoReport { .. }), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(30), "took {:?} (bake.timeout is 10m)", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?} (bake.timeout is 10m)",
+        t.elapsed()
+    );
     assert!(env.sim.droplet_ids().is_empty());
 }
 
@@ -175,7 +288,11 @@ async fn provisioning_timeout_fails_and_destroys() {
         p.report_after_ms = 60_000;
     }
     let env = Env::new(cfg, &spec_text("1s", ""), s3.port).await;
-    let e = do_err(bake(BackendKind::Digitalocean, &env.request()).await.expect_err("must time out"));
+    let e = do_err(
+        bake(BackendKind::Digitalocean, &env.request())
+            .await
+            .expect_err("must time out"),
+    );
     assert!(matches!(e, DoBakeError::ProvisionTimeout { .. }), "{e}");
     assert!(e.to_string().contains("bake.timeout 1s"), "{e}");
     assert!(env.sim.droplet_ids().is_empty());
@@ -189,9 +306,17 @@ async fn errored_snapshot_fails_in_seconds_and_destroys() {
     cfg.action_ms_by_type.insert("snapshot".into(), 300);
     let env = Env::new(cfg, &spec_text("20s", ""), s3.port).await;
     let t = Instant::now();
-    let e = do_err(bake(BackendKind::Digitalocean, &env.request()).await.expect_err("must fail"));
+    let e = do_err(
+        bake(BackendKind::Digitalocean, &env.request())
+            .await
+            .expect_err("must fail"),
+    );
     assert!(matches!(e, DoBakeError::SnapshotErrored { .. }), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(10), "errored snapshot took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "errored snapshot took {:?}",
+        t.elapsed()
+    );
     assert!(env.sim.droplet_ids().is_empty());
     assert!(env.snapshot_images().is_empty());
 }
@@ -200,8 +325,17 @@ async fn errored_snapshot_fails_in_seconds_and_destroys() {
 async fn refusals_are_explained_and_create_nothing() {
     let s3 = S3Server::start();
     // Restricted size: listed in /v2/sizes, refused with 422 on create.
-    let env = Env::new(fast_sim(), &spec_text("20s", "").replace("s-1vcpu-1gb", "g-2vcpu-8gb"), s3.port).await;
-    let e = do_err(bake(BackendKind::Digitalocean, &env.request()).await.expect_err("restricted"));
+    let env = Env::new(
+        fast_sim(),
+        &spec_text("20s", "").replace("s-1vcpu-1gb", "g-2vcpu-8gb"),
+        s3.port,
+    )
+    .await;
+    let e = do_err(
+        bake(BackendKind::Digitalocean, &env.request())
+            .await
+            .expect_err("restricted"),
+    );
     assert!(matches!(e, DoBakeError::Refused(_)), "{e}");
     assert!(e.to_string().contains("support ticket"), "{e}");
     assert_eq!(env.sim.droplets_ever_created(), 0);
@@ -210,29 +344,55 @@ async fn refusals_are_explained_and_create_nothing() {
     let mut cfg = fast_sim();
     cfg.droplet_limit = 0;
     let env = Env::new(cfg, &spec_text("20s", ""), s3.port).await;
-    let e = do_err(bake(BackendKind::Digitalocean, &env.request()).await.expect_err("limit"));
-    assert!(matches!(e, DoBakeError::Preflight(_)) && e.to_string().contains("droplet limit"), "{e}");
-    assert_eq!(env.sim.count("POST /v2/droplets"), 0, "pre-flight must refuse before any create");
+    let e = do_err(
+        bake(BackendKind::Digitalocean, &env.request())
+            .await
+            .expect_err("limit"),
+    );
+    assert!(
+        matches!(e, DoBakeError::Preflight(_)) && e.to_string().contains("droplet limit"),
+        "{e}"
+    );
+    assert_eq!(
+        env.sim.count("POST /v2/droplets"),
+        0,
+        "pre-flight must refuse before any create"
+    );
 
     // Size not offered in the region.
-    let spec = spec_text("20s", "").replace("nyc3", "sgp1").replace("s-1vcpu-1gb", "s-4vcpu-8gb");
+    let spec = spec_text("20s", "")
+        .replace("nyc3", "sgp1")
+        .replace("s-1vcpu-1gb", "s-4vcpu-8gb");
     let env = Env::new(fast_sim(), &spec, s3.port).await;
-    let e = do_err(bake(BackendKind::Digitalocean, &env.request()).await.expect_err("size/region"));
+    let e = do_err(
+        bake(BackendKind::Digitalocean, &env.request())
+            .await
+            .expect_err("size/region"),
+    );
     assert!(e.to_string().contains("not offered in region sgp1"), "{e}");
     assert_eq!(env.sim.count("POST /v2/droplets"), 0);
 
     // Unknown base image name.
     let spec = spec_text("20s", "").replace("debian-12-x64", "no-such-golden");
     let env = Env::new(fast_sim(), &spec, s3.port).await;
-    let e = do_err(bake(BackendKind::Digitalocean, &env.request()).await.expect_err("image"));
-    assert!(e.to_string().contains("neither a public image slug nor the name"), "{e}");
+    let e = do_err(
+        bake(BackendKind::Digitalocean, &env.request())
+            .await
+            .expect_err("image"),
+    );
+    assert!(
+        e.to_string()
+            .contains("neither a public image slug nor the name"),
+        "{e}"
+    );
     assert_eq!(env.sim.count("POST /v2/droplets"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_golden_image_is_found_by_name_newest_first_and_projects_by_name() {
     let s3 = S3Server::start();
-    let spec = spec_text("20s", "  project: image-builder\n").replace("debian-12-x64", "golden-base");
+    let spec =
+        spec_text("20s", "  project: image-builder\n").replace("debian-12-x64", "golden-base");
     let env = Env::new(fast_sim(), &spec, s3.port).await;
     let old = env.sim.seed_private_image(SeedImage {
         name: "golden-base".into(),
@@ -247,15 +407,25 @@ async fn a_golden_image_is_found_by_name_newest_first_and_projects_by_name() {
         region: Some("nyc3".into()),
     });
     assert!(new > old);
-    let m = bake(BackendKind::Digitalocean, &env.request()).await.unwrap_or_else(|e| panic!("bake: {e}"));
+    let m = bake(BackendKind::Digitalocean, &env.request())
+        .await
+        .unwrap_or_else(|e| panic!("bake: {e}"));
     let details = &m.builds[0].image_builder["details"];
-    assert!(details["base_image"].as_str().unwrap_or_default().contains(&format!("id {new}")), "{details}");
+    assert!(
+        details["base_image"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("id {new}")),
+        "{details}"
+    );
     let droplet = details["droplet_id"].as_u64().expect("droplet");
     let _ = droplet;
     let uri = format!("/v2/projects/{OTHER_PROJECT_ID}/resources");
     let log = env.sim.requests();
     assert!(
-        log.entries.iter().any(|e| e.method == "POST" && e.uri == uri && e.status == 200),
+        log.entries
+            .iter()
+            .any(|e| e.method == "POST" && e.uri == uri && e.status == 200),
         "the builder was not assigned to project image-builder: {:?}",
         log.by_route
     );

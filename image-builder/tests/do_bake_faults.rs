@@ -34,11 +34,21 @@ const STEPS: &[&str] = &[
 
 fn faults() -> Vec<(&'static str, Fault, u64)> {
     vec![
-        ("429 burst", Fault::RateLimit { retry_after_secs: 1 }, 2),
+        (
+            "429 burst",
+            Fault::RateLimit {
+                retry_after_secs: 1,
+            },
+            2,
+        ),
         ("500", Fault::ServerError { status: 500 }, 1),
         ("503 x2", Fault::ServerError { status: 503 }, 2),
         ("dropped connection", Fault::Drop, 1),
-        ("500 after commit", Fault::ServerErrorAfterCommit { status: 500 }, 1),
+        (
+            "500 after commit",
+            Fault::ServerErrorAfterCommit { status: 500 },
+            1,
+        ),
         ("drop after commit", Fault::DropAfterCommit, 1),
         ("slow answer", Fault::Delay { ms: 400 }, 1),
     ]
@@ -50,7 +60,13 @@ struct Outcome {
     secs: f64,
 }
 
-async fn run_case(s3_port: u16, route: &'static str, name: &'static str, fault: Fault, times: u64) -> Outcome {
+async fn run_case(
+    s3_port: u16,
+    route: &'static str,
+    name: &'static str,
+    fault: Fault,
+    times: u64,
+) -> Outcome {
     let case = format!("{name} at {route}");
     let env = Env::new(fast_sim(), &spec_text("20s", ""), s3_port).await;
     env.sim.set_faults(vec![FaultRule {
@@ -66,7 +82,13 @@ async fn run_case(s3_port: u16, route: &'static str, name: &'static str, fault: 
     if let Err(e) = &result {
         problems.push(format!("bake failed: {e}"));
     }
-    let fired = env.sim.requests().entries.iter().filter(|e| e.fault.is_some()).count();
+    let fired = env
+        .sim
+        .requests()
+        .entries
+        .iter()
+        .filter(|e| e.fault.is_some())
+        .count();
     if fired == 0 {
         problems.push("the fault never fired (the step was not reached?)".into());
     }
@@ -74,13 +96,20 @@ async fn run_case(s3_port: u16, route: &'static str, name: &'static str, fault: 
         problems.push(format!("droplets left: {:?}", env.sim.droplet_ids()));
     }
     if env.sim.droplets_ever_created() != 1 {
-        problems.push(format!("{} droplets were created", env.sim.droplets_ever_created()));
+        problems.push(format!(
+            "{} droplets were created",
+            env.sim.droplets_ever_created()
+        ));
     }
     let images = env.snapshot_images().len();
     if images != 1 {
         problems.push(format!("{images} images were made"));
     }
-    Outcome { case, problems, secs }
+    Outcome {
+        case,
+        problems,
+        secs,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +137,12 @@ async fn every_fault_at_every_step_still_bakes_one_image_and_leaves_no_droplet()
         }
     }
     eprintln!("{total} fault cases, slowest bake {slowest:.1}s");
-    assert!(failed.is_empty(), "{} of {total} cases failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,6 +184,10 @@ async fn a_droplet_that_does_not_power_off_is_shut_down_then_powered_off() {
         .iter()
         .filter_map(|a| a["type"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(kinds, vec!["create", "shutdown", "power_off", "snapshot"], "{kinds:?}");
+    assert_eq!(
+        kinds,
+        vec!["create", "shutdown", "power_off", "snapshot"],
+        "{kinds:?}"
+    );
     assert!(env.sim.droplet_ids().is_empty());
 }

@@ -30,8 +30,12 @@ fn slow_sim() -> SimConfig {
 }
 
 fn spawn(env: &Env, args: &[String]) -> Child {
-    let log = std::fs::File::create(env.dir.path().join(format!("bake-{}.log", std::process::id())))
-        .expect("log file");
+    let log = std::fs::File::create(
+        env.dir
+            .path()
+            .join(format!("bake-{}.log", std::process::id())),
+    )
+    .expect("log file");
     Command::new(BIN)
         .args(args)
         .env("IMAGE_BUILDER_LOG", "info")
@@ -72,7 +76,13 @@ async fn wait_for(sim: &Sim, what: &str, cond: impl Fn(&Sim) -> bool) {
 }
 
 fn reap_args(env: &Env, older_than: &str, yes: bool) -> Vec<String> {
-    let mut a = vec!["reap".to_owned(), "--older-than".into(), older_than.into(), "--poll-interval".into(), "50ms".into()];
+    let mut a = vec![
+        "reap".to_owned(),
+        "--older-than".into(),
+        older_than.into(),
+        "--poll-interval".into(),
+        "50ms".into(),
+    ];
     if yes {
         a.push("--yes".into());
     }
@@ -86,8 +96,12 @@ type Cond = fn(&Sim) -> bool;
 const KILL_POINTS: &[(&str, Cond)] = &[
     ("pre-flight", |s| s.count("GET /v2/sizes") >= 1),
     ("create sent", |s| s.count("POST /v2/droplets") >= 1),
-    ("provisioning", |s| s.count("POST /v2/projects/default/resources") >= 1),
-    ("snapshot sent", |s| s.count("POST /v2/droplets/{id}/actions") >= 1),
+    ("provisioning", |s| {
+        s.count("POST /v2/projects/default/resources") >= 1
+    }),
+    ("snapshot sent", |s| {
+        s.count("POST /v2/droplets/{id}/actions") >= 1
+    }),
     ("snapshot wait", |s| s.count("GET /v2/actions/{id}") >= 1),
     ("finishing", |s| s.count("PUT /v2/images/{id}") >= 1),
     ("destroying", |s| s.count("DELETE /v2/droplets/{id}") >= 1),
@@ -99,23 +113,40 @@ async fn sigkill_at_every_step_then_reap_leaves_zero_droplets() {
     let mut report = Vec::new();
     for (step, cond) in KILL_POINTS {
         let env = Env::new(slow_sim(), &spec_text("30s", ""), s3.port).await;
-        let mut child = spawn(&env, &env.bake_args().iter().chain([&"--yes".to_owned()]).cloned().collect::<Vec<_>>());
+        let mut child = spawn(
+            &env,
+            &env.bake_args()
+                .iter()
+                .chain([&"--yes".to_owned()])
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         wait_for(&env.sim, step, cond).await;
         child.kill().expect("SIGKILL");
         let _ = child.wait();
         let before = env.sim.droplet_ids().len();
         let out = run(&reap_args(&env, "0s", true));
-        assert!(out.status.success(), "reap after a kill at {step}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "reap after a kill at {step}: {}",
+            text(&out)
+        );
         assert!(
             env.sim.droplet_ids().is_empty(),
             "kill at {step}: droplets left after reap: {:?}\n{}",
             env.sim.droplet_ids(),
             text(&out)
         );
-        assert!(env.sim.droplets_ever_created() <= 1, "kill at {step}: more than one droplet created");
+        assert!(
+            env.sim.droplets_ever_created() <= 1,
+            "kill at {step}: more than one droplet created"
+        );
         report.push(format!("{step}: {before} droplet(s) before reap, 0 after"));
         if !matches!(*step, "pre-flight" | "destroying") {
-            assert_eq!(before, 1, "kill at {step}: the builder should still exist before reap");
+            assert_eq!(
+                before, 1,
+                "kill at {step}: the builder should still exist before reap"
+            );
         }
     }
     eprintln!("{}", report.join("\n"));
@@ -139,21 +170,43 @@ async fn resume_after_sigkill_while_provisioning_and_while_snapshotting() {
         child.kill().expect("SIGKILL");
         let _ = child.wait();
         let state = only_state_file(&env);
-        let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("json");
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("json");
         assert!(st["droplet_id"].is_u64(), "{st}");
         let mut resume = env.bake_args();
-        resume.extend(["--resume".to_owned(), state.display().to_string(), "--json".into()]);
+        resume.extend([
+            "--resume".to_owned(),
+            state.display().to_string(),
+            "--json".into(),
+        ]);
         let out = run(&resume);
-        assert!(out.status.success(), "resume after a kill at {step}: {}", text(&out));
-        let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).expect("manifest JSON");
+        assert!(
+            out.status.success(),
+            "resume after a kill at {step}: {}",
+            text(&out)
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("manifest JSON");
         let b = &manifest["builds"][0];
-        assert_eq!(b["name"], st["image_name"], "the resumed bake keeps the recorded image name");
+        assert_eq!(
+            b["name"], st["image_name"],
+            "the resumed bake keeps the recorded image name"
+        );
         assert_eq!(b["image_builder"]["details"]["resumed"], true);
         assert!(env.sim.droplet_ids().is_empty(), "{step}: droplets left");
-        assert_eq!(env.sim.droplets_ever_created(), 1, "{step}: resume must reuse the builder");
+        assert_eq!(
+            env.sim.droplets_ever_created(),
+            1,
+            "{step}: resume must reuse the builder"
+        );
         assert_eq!(env.snapshot_images().len(), 1, "{step}: exactly one image");
-        assert_eq!(env.sim.count("POST /v2/droplets/{id}/actions"), 1, "{step}: one snapshot action");
-        let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("json");
+        assert_eq!(
+            env.sim.count("POST /v2/droplets/{id}/actions"),
+            1,
+            "{step}: one snapshot action"
+        );
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("json");
         assert_eq!(st["phase"], "done");
     }
 }
@@ -162,8 +215,16 @@ async fn resume_after_sigkill_while_provisioning_and_while_snapshotting() {
 async fn sigterm_and_sigint_destroy_the_builder_without_reap() {
     let s3 = S3Server::start();
     for (sig, step, cond) in [
-        (nix::sys::signal::Signal::SIGTERM, "provisioning", KILL_POINTS[2].1),
-        (nix::sys::signal::Signal::SIGINT, "snapshot wait", KILL_POINTS[4].1),
+        (
+            nix::sys::signal::Signal::SIGTERM,
+            "provisioning",
+            KILL_POINTS[2].1,
+        ),
+        (
+            nix::sys::signal::Signal::SIGINT,
+            "snapshot wait",
+            KILL_POINTS[4].1,
+        ),
     ] {
         let env = Env::new(slow_sim(), &spec_text("30s", ""), s3.port).await;
         let mut args = env.bake_args();
@@ -176,12 +237,22 @@ async fn sigterm_and_sigint_destroy_the_builder_without_reap() {
         let log = std::fs::read_dir(env.dir.path())
             .expect("dir")
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("bake-")))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("bake-"))
+            })
             .map(|p| std::fs::read_to_string(p).unwrap_or_default())
             .unwrap_or_default();
-        assert!(log.contains(&format!("interrupted by {sig}")), "{sig}: {log}");
+        assert!(
+            log.contains(&format!("interrupted by {sig}")),
+            "{sig}: {log}"
+        );
         assert!(log.contains("destroyed (confirmed 404)"), "{sig}: {log}");
-        assert!(env.sim.droplet_ids().is_empty(), "{sig} at {step}: droplets left: {:?}", env.sim.droplet_ids());
+        assert!(
+            env.sim.droplet_ids().is_empty(),
+            "{sig} at {step}: droplets left: {:?}",
+            env.sim.droplet_ids()
+        );
     }
 }
 
@@ -193,15 +264,31 @@ async fn spending_needs_yes_when_stdin_is_not_a_terminal() {
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pass --yes"), "{err}");
-    assert!(err.contains("s-1vcpu-1gb") && err.contains("$0.00893/hour") && err.contains("nyc3"), "{err}");
-    assert_eq!(env.sim.count("POST /v2/droplets"), 0, "nothing may be created without --yes");
+    assert!(
+        err.contains("s-1vcpu-1gb") && err.contains("$0.00893/hour") && err.contains("nyc3"),
+        "{err}"
+    );
+    assert_eq!(
+        env.sim.count("POST /v2/droplets"),
+        0,
+        "nothing may be created without --yes"
+    );
     assert_eq!(env.sim.droplets_ever_created(), 0);
 }
 
 async fn make_droplet(sim: &Sim, name: &str, tags: &[&str]) -> u64 {
-    let c = Client::new_with_base(&sim.api_url(), Token::new(TOKEN, "test").expect("token"), RetryPolicy::no_retries())
-        .expect("client");
-    let mut req = DropletCreate::new(name, "nyc3", "s-1vcpu-1gb", ImageSpec::Slug("debian-12-x64".into()));
+    let c = Client::new_with_base(
+        &sim.api_url(),
+        Token::new(TOKEN, "test").expect("token"),
+        RetryPolicy::no_retries(),
+    )
+    .expect("client");
+    let mut req = DropletCreate::new(
+        name,
+        "nyc3",
+        "s-1vcpu-1gb",
+        ImageSpec::Slug("debian-12-x64".into()),
+    );
     req.tags = tags.iter().map(|t| (*t).to_owned()).collect();
     c.create_droplet(&req).await.expect("create").droplet.id
 }
@@ -210,25 +297,47 @@ async fn make_droplet(sim: &Sim, name: &str, tags: &[&str]) -> u64 {
 async fn reap_takes_only_old_bake_builders_and_asks_first() {
     let s3 = S3Server::start();
     let env = Env::new(fast_sim(), &spec_text("30m", ""), s3.port).await;
-    let builder = make_droplet(&env.sim, "ib-old", &["image-builder", "image-builder-bake-0badf00d"]).await;
+    let builder = make_droplet(
+        &env.sim,
+        "ib-old",
+        &["image-builder", "image-builder-bake-0badf00d"],
+    )
+    .await;
     let worker = make_droplet(&env.sim, "worker", &["image-builder"]).await;
     let other = make_droplet(&env.sim, "other", &["web"]).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let out = run(&reap_args(&env, "1h", true));
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(env.sim.droplet_ids().len(), 3, "a young builder is left alone: {}", text(&out));
+    assert_eq!(
+        env.sim.droplet_ids().len(),
+        3,
+        "a young builder is left alone: {}",
+        text(&out)
+    );
 
     let out = run(&reap_args(&env, "0s", false));
-    assert!(!out.status.success(), "without --yes and no terminal nothing is deleted");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&builder.to_string()), "{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "without --yes and no terminal nothing is deleted"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&builder.to_string()),
+        "{}",
+        text(&out)
+    );
     assert_eq!(env.sim.droplet_ids().len(), 3);
 
     let out = run(&reap_args(&env, "1s", true));
     assert!(out.status.success(), "{}", text(&out));
     let mut left = env.sim.droplet_ids();
     left.sort_unstable();
-    assert_eq!(left, vec![worker, other], "only the bake builder goes: {}", text(&out));
+    assert_eq!(
+        left,
+        vec![worker, other],
+        "only the bake builder goes: {}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +361,13 @@ async fn images_ls_and_prune_by_prefix() {
         region: None,
     });
     let ls = |prefix: &str| {
-        let mut a = vec!["images".to_owned(), "ls".into(), "--prefix".into(), prefix.into(), "--json".into()];
+        let mut a = vec![
+            "images".to_owned(),
+            "ls".into(),
+            "--prefix".into(),
+            prefix.into(),
+            "--json".into(),
+        ];
         a.extend(env.conn_args());
         let out = run(&a);
         assert!(out.status.success(), "{}", text(&out));
@@ -262,9 +377,20 @@ async fn images_ls_and_prune_by_prefix() {
             .filter_map(|i| i["id"].as_u64())
             .collect::<Vec<u64>>()
     };
-    assert_eq!(ls("ci-worker"), vec![ids[3], ids[2], ids[1], ids[0]], "newest first");
+    assert_eq!(
+        ls("ci-worker"),
+        vec![ids[3], ids[2], ids[1], ids[0]],
+        "newest first"
+    );
 
-    let mut prune = vec!["images".to_owned(), "prune".into(), "--prefix".into(), "ci-worker".into(), "--keep".into(), "2".into()];
+    let mut prune = vec![
+        "images".to_owned(),
+        "prune".into(),
+        "--prefix".into(),
+        "ci-worker".into(),
+        "--keep".into(),
+        "2".into(),
+    ];
     prune.extend(env.conn_args());
     let out = run(&prune);
     assert!(!out.status.success(), "no --yes, no terminal: refuse");

@@ -17,7 +17,12 @@ use image_builder::bake::{BackendKind, bake};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bake_through_the_contract_proxy_has_no_violations() {
     let s3 = S3Server::start();
-    let env = Env::new(fast_sim(), &spec_text("60s", "  project: image-builder\n"), s3.port).await;
+    let env = Env::new(
+        fast_sim(),
+        &spec_text("60s", "  project: image-builder\n"),
+        s3.port,
+    )
+    .await;
     let prism = match Prism::proxy(&env.sim.api_url()).await {
         Ok(p) => p,
         Err(e) => panic!("contract check cannot run: {e}"),
@@ -33,11 +38,23 @@ async fn a_bake_through_the_contract_proxy_has_no_violations() {
     req.digitalocean.poll = std::time::Duration::from_millis(100);
     let m = bake(BackendKind::Digitalocean, &req)
         .await
-        .unwrap_or_else(|e| panic!("bake through prism failed: {e}\nprism output:\n{}", prism.output().join("\n")));
+        .unwrap_or_else(|e| {
+            panic!(
+                "bake through prism failed: {e}\nprism output:\n{}",
+                prism.output().join("\n")
+            )
+        });
     assert!(m.builds[0].artifact_id.starts_with("nyc3:"));
     assert!(env.sim.droplet_ids().is_empty());
     assert_eq!(env.sim.droplets_ever_created(), 1);
     let violations = prism.violations();
-    assert!(violations.is_empty(), "prism reported contract problems:\n{}", violations.join("\n"));
-    eprintln!("bake through prism: {} API requests", env.sim.requests().total);
+    assert!(
+        violations.is_empty(),
+        "prism reported contract problems:\n{}",
+        violations.join("\n")
+    );
+    eprintln!(
+        "bake through prism: {} API requests",
+        env.sim.requests().total
+    );
 }

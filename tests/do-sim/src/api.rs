@@ -1395,7 +1395,11 @@ async fn sim_user_data(State(s): State<AppState>, Path(id): Path<String>) -> Res
             ud,
         )
             .into_response(),
-        None => (StatusCode::NOT_FOUND, format!("no user-data for droplet {id}")).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no user-data for droplet {id}"),
+        )
+            .into_response(),
     }
 }
 

@@ -40,9 +40,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use api::{RequestLog, SeedImage};
-pub use vm::{Played, bake_urls};
-pub use config::{Fault, FaultRule, PlayVm, ProvisionPlan, ProvisionResult, RateLimitConfig, SimConfig};
+pub use config::{
+    Fault, FaultRule, PlayVm, ProvisionPlan, ProvisionResult, RateLimitConfig, SimConfig,
+};
 pub use state::{DEFAULT_PROJECT_ID, OTHER_PROJECT_ID};
+pub use vm::{Played, bake_urls};
 
 use api::Shared;
 use state::World;
@@ -158,7 +160,11 @@ impl Sim {
 
     /// The user-data droplet `droplet_id` was created with (while it exists).
     pub fn user_data(&self, droplet_id: u64) -> Option<String> {
-        self.with(|w| w.droplets.get(&droplet_id).and_then(|d| d.user_data.clone()))
+        self.with(|w| {
+            w.droplets
+                .get(&droplet_id)
+                .and_then(|d| d.user_data.clone())
+        })
     }
 
     /// What the VM player did for a droplet (see [`SimConfig::play_vm`]), also

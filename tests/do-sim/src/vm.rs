@@ -137,7 +137,10 @@ mod tests {
     fn urls_are_read_from_the_rendered_scripts() {
         let ud = "write_files:\n  - content: |\n      import sys\n      url = \"http://127.0.0.1:9/a?X-Amz-Signature=1&b=\\\"q\"\n      REPORT_URL = \"http://127.0.0.1:9/r?s=2\"\n";
         let (a, r) = bake_urls(ud);
-        assert_eq!(a.as_deref(), Some("http://127.0.0.1:9/a?X-Amz-Signature=1&b=\"q"));
+        assert_eq!(
+            a.as_deref(),
+            Some("http://127.0.0.1:9/a?X-Amz-Signature=1&b=\"q")
+        );
         assert_eq!(r.as_deref(), Some("http://127.0.0.1:9/r?s=2"));
         assert_eq!(bake_urls("REPORT_URL = None\n"), (None, None));
     }

@@ -22,7 +22,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| err(DoBakeError::Internal(format!("cannot start the async runtime: {e}"))))
+        .map_err(|e| {
+            err(DoBakeError::Internal(format!(
+                "cannot start the async runtime: {e}"
+            )))
+        })
 }
 
 /// How to reach the DigitalOcean API.
@@ -212,13 +216,21 @@ fn confirm(yes: bool, what: &str) -> Result<bool, CliError> {
 }
 
 fn client(conn: &ConnArgs) -> Result<crate::do_api::Client, CliError> {
-    conn.connection()
-        .client()
-        .map_err(|source| err(DoBakeError::Api { during: "connecting", source }))
+    conn.connection().client().map_err(|source| {
+        err(DoBakeError::Api {
+            during: "connecting",
+            source: Box::new(source),
+        })
+    })
 }
 
 fn api(during: &'static str) -> impl FnOnce(crate::do_api::DoError) -> CliError {
-    move |source| err(DoBakeError::Api { during, source })
+    move |source| {
+        err(DoBakeError::Api {
+            during,
+            source: Box::new(source),
+        })
+    }
 }
 
 /// `reap`: list builder droplets older than the bound and delete them.
@@ -238,11 +250,17 @@ pub fn reap_cmd(args: &ReapArgs) -> Result<(), CliError> {
         }
         if !args.json {
             for l in &report.candidates {
-                println!("builder droplet {} {} ({}, created {})", l.id, l.name, l.bake_tag, l.created_at);
+                println!(
+                    "builder droplet {} {} ({}, created {})",
+                    l.id, l.name, l.bake_tag, l.created_at
+                );
             }
         }
         let go = !report.candidates.is_empty()
-            && confirm(args.yes, &format!("Destroy {} droplet(s)?", report.candidates.len()))?;
+            && confirm(
+                args.yes,
+                &format!("Destroy {} droplet(s)?", report.candidates.len()),
+            )?;
         if go {
             reap::delete(
                 &client,
@@ -253,7 +271,10 @@ pub fn reap_cmd(args: &ReapArgs) -> Result<(), CliError> {
             .map_err(api("destroying builder droplets"))?;
         }
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
         } else if report.candidates.is_empty() {
             println!("no builder droplets to reap");
         } else if go {
@@ -277,7 +298,10 @@ pub fn images_cmd(cmd: &ImagesCommand) -> Result<(), CliError> {
                 .block_on(images::list(&client, &a.prefix))
                 .map_err(api("listing images"))?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
+                );
             } else {
                 for r in &rows {
                     println!(

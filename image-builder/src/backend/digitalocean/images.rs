@@ -60,7 +60,9 @@ pub async fn delete(client: &Client, images: &[ImageRow]) -> Result<(), DoError>
     for i in images {
         match client.delete_image(i.id).await {
             Ok(()) => tracing::info!("image {} ({}) deleted", i.id, i.name),
-            Err(e) if e.is_not_found() => tracing::info!("image {} ({}) was already gone", i.id, i.name),
+            Err(e) if e.is_not_found() => {
+                tracing::info!("image {} ({}) was already gone", i.id, i.name)
+            }
             Err(e) => return Err(e),
         }
     }

@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use crate::artifact::s3::{S3Credentials, S3Settings};
 use crate::backend::{AgentArtifact, BakeResult};
 use crate::do_api::{
-    ActionStatus, Client, DoError, DropletCreate, DropletStatus, ImageUpdate, Poll, RetryPolicy, TagTarget, Token,
+    ActionStatus, Client, DoError, DropletCreate, DropletStatus, ImageUpdate, Poll, RetryPolicy,
+    TagTarget, Token,
 };
 use crate::render::{self, AgentBinary, Mode, RenderOptions};
 use crate::spec::LoadedSpec;
@@ -77,7 +78,11 @@ impl Connection {
         let base = self
             .api_url
             .clone()
-            .or_else(|| std::env::var(crate::do_api::API_URL_ENV).ok().filter(|v| !v.trim().is_empty()))
+            .or_else(|| {
+                std::env::var(crate::do_api::API_URL_ENV)
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
             .unwrap_or_else(|| crate::do_api::DEFAULT_API_URL.to_owned());
         let mut policy = RetryPolicy::default();
         if let Some(b) = self.api_backoff {
@@ -138,7 +143,7 @@ pub enum DoBakeError {
         /// What the bake was doing.
         during: &'static str,
         /// The error.
-        source: DoError,
+        source: Box<DoError>,
     },
     /// The Space failed.
     #[error("{during}: {source}")]
@@ -146,7 +151,7 @@ pub enum DoBakeError {
         /// What the bake was doing.
         during: &'static str,
         /// The error.
-        source: space::SpaceError,
+        source: Box<space::SpaceError>,
     },
     /// The state file.
     #[error(transparent)]
@@ -167,7 +172,9 @@ pub enum DoBakeError {
     #[error("not confirmed: nothing was created")]
     Declined,
     /// The builder reported a failed provisioning.
-    #[error("provisioning of droplet {droplet} failed: {reason}{step}\n--- cloud-init log tail ---\n{tail}")]
+    #[error(
+        "provisioning of droplet {droplet} failed: {reason}{step}\n--- cloud-init log tail ---\n{tail}"
+    )]
     ProvisioningFailed {
         /// The builder.
         droplet: u64,
@@ -204,7 +211,9 @@ pub enum DoBakeError {
         droplet: u64,
     },
     /// The snapshot action ended `errored`.
-    #[error("the snapshot of droplet {droplet} failed: action {action} errored (reported at once, not after a timeout)")]
+    #[error(
+        "the snapshot of droplet {droplet} failed: action {action} errored (reported at once, not after a timeout)"
+    )]
     SnapshotErrored {
         /// The builder.
         droplet: u64,
@@ -212,7 +221,9 @@ pub enum DoBakeError {
         action: u64,
     },
     /// The image of a completed snapshot cannot be found.
-    #[error("snapshot {name:?} of droplet {droplet} completed but no image with that name was found")]
+    #[error(
+        "snapshot {name:?} of droplet {droplet} completed but no image with that name was found"
+    )]
     ImageNotFound {
         /// The builder.
         droplet: u64,
@@ -257,11 +268,17 @@ pub enum DoBakeError {
 }
 
 fn api(during: &'static str) -> impl FnOnce(DoError) -> DoBakeError {
-    move |source| DoBakeError::Api { during, source }
+    move |source| DoBakeError::Api {
+        during,
+        source: Box::new(source),
+    }
 }
 
 fn spaced(during: &'static str) -> impl FnOnce(space::SpaceError) -> DoBakeError {
-    move |source| DoBakeError::Space { during, source }
+    move |source| DoBakeError::Space {
+        during,
+        source: Box::new(source),
+    }
 }
 
 /// Ctrl-C and SIGTERM as one stream.
@@ -317,10 +334,19 @@ fn new_bake_id() -> String {
 fn droplet_name(spec_name: &str, bake_id: &str) -> String {
     let clean: String = spec_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
-    format!("ib-{}-{bake_id}", clean.trim_matches(|c| c == '-' || c == '.'))
+    format!(
+        "ib-{}-{bake_id}",
+        clean.trim_matches(|c| c == '-' || c == '.')
+    )
 }
 
 /// The Space the bake uses: the options, else the spec's artifact bucket.
@@ -414,7 +440,11 @@ pub async fn bake(
                     reason: format!(
                         "that bake already ended ({:?}{})",
                         sf.state.phase,
-                        sf.state.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                        sf.state
+                            .error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
                     ),
                 });
             }
@@ -422,7 +452,10 @@ pub async fn bake(
         }
         None => {
             let bake_id = new_bake_id();
-            let dir = opts.state_dir.clone().unwrap_or_else(state::default_state_dir);
+            let dir = opts
+                .state_dir
+                .clone()
+                .unwrap_or_else(state::default_state_dir);
             let st = BakeState {
                 version: STATE_VERSION,
                 droplet_name: droplet_name(&loaded.spec.name.value, &bake_id),
@@ -509,7 +542,9 @@ pub async fn bake(
         }
     };
     let failed = outcome.is_err() || cleanup.is_err();
-    let _ = bake.sf.update(|s| s.phase = if failed { Phase::Failed } else { Phase::Done });
+    let _ = bake
+        .sf
+        .update(|s| s.phase = if failed { Phase::Failed } else { Phase::Done });
     match (outcome, cleanup) {
         (Ok(()), Ok(())) => Ok((bake.result(), bake.sf.state.image_name.clone())),
         (Err(e), Ok(())) => Err(e),
@@ -586,7 +621,10 @@ impl Bake<'_> {
                 .await
                 .map_err(api("looking for the builder of the resumed bake"))?;
             if let Some(d) = found.into_iter().min_by_key(|d| d.id) {
-                tracing::info!("resuming with builder droplet {} (found by tag {tag})", d.id);
+                tracing::info!(
+                    "resuming with builder droplet {} (found by tag {tag})",
+                    d.id
+                );
                 self.sf.update(|s| {
                     s.droplet_id = Some(d.id);
                     s.droplet_disk_gb = Some(d.disk);
@@ -609,7 +647,11 @@ impl Bake<'_> {
                 tracing::info!(
                     "agent {} {} {}",
                     a.sha256,
-                    if uploaded { "uploaded to" } else { "already in" },
+                    if uploaded {
+                        "uploaded to"
+                    } else {
+                        "already in"
+                    },
                     self.space.describe()
                 );
                 let url = self
@@ -629,7 +671,10 @@ impl Bake<'_> {
         };
         let report_url = self
             .space
-            .presign_put(&self.sf.state.report_key, timeout + Duration::from_secs(1800))
+            .presign_put(
+                &self.sf.state.report_key,
+                timeout + Duration::from_secs(1800),
+            )
             .await
             .map_err(spaced("presigning the seal report upload"))?;
         let mut ropts = RenderOptions::new(Mode::Bake);
@@ -658,7 +703,9 @@ impl Bake<'_> {
         let created = match self.client.create_droplet_reconciled(&req, &tag).await {
             Ok(c) => c,
             Err(e) => {
-                if let Some(why) = preflight::explain_create_refusal(&e, &plan.size.slug, &plan.region) {
+                if let Some(why) =
+                    preflight::explain_create_refusal(&e, &plan.size.slug, &plan.region)
+                {
                     return Err(DoBakeError::Refused(why));
                 }
                 return Err(api("creating the builder droplet")(e));
@@ -687,17 +734,23 @@ impl Bake<'_> {
 
     async fn assign_project(&mut self) -> Result<(), DoBakeError> {
         let id = self.droplet()?;
-        let project = self.sf.state.project_id.clone().unwrap_or_else(|| "default".into());
+        let project = self
+            .sf
+            .state
+            .project_id
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let urn = format!("do:droplet:{id}");
         let res = self
             .client
             .assign_to_project(&project, std::slice::from_ref(&urn))
             .await
             .map_err(api("assigning the builder to its project"))?;
-        if let Some(bad) = res
-            .iter()
-            .find(|r| r.status.as_deref().is_some_and(|s| s != "ok" && s != "assigned" && s != "already_assigned"))
-        {
+        if let Some(bad) = res.iter().find(|r| {
+            r.status
+                .as_deref()
+                .is_some_and(|s| s != "ok" && s != "assigned" && s != "already_assigned")
+        }) {
             tracing::warn!(
                 "assigning {urn} to project {project}: status {:?}",
                 bad.status
@@ -732,7 +785,7 @@ impl Bake<'_> {
                     if store_errors > 10 {
                         return Err(DoBakeError::Space {
                             during: "reading the seal report",
-                            source: e,
+                            source: Box::new(e),
                         });
                     }
                     tracing::warn!("reading the seal report failed ({store_errors} in a row): {e}");
@@ -750,7 +803,9 @@ impl Bake<'_> {
                             return Err(DoBakeError::NoReport { droplet: id });
                         }
                     }
-                    Err(e) if e.is_not_found() => return Err(DoBakeError::DropletVanished { droplet: id }),
+                    Err(e) if e.is_not_found() => {
+                        return Err(DoBakeError::DropletVanished { droplet: id });
+                    }
                     Err(e) => tracing::warn!("checking droplet {id} failed: {e}"),
                 }
             }
@@ -791,7 +846,10 @@ impl Bake<'_> {
         if let Some(f) = failure {
             return Err(f);
         }
-        tracing::info!("[{}] droplet {id} reported: provisioning ok", self.elapsed());
+        tracing::info!(
+            "[{}] droplet {id} reported: provisioning ok",
+            self.elapsed()
+        );
         self.mark("provision")?;
         Ok(())
     }
@@ -803,7 +861,9 @@ impl Bake<'_> {
             match self.client.get_droplet(id).await {
                 Ok(d) if d.status == DropletStatus::Off && !d.locked => return Ok(true),
                 Ok(_) => {}
-                Err(e) if e.is_not_found() => return Err(DoBakeError::DropletVanished { droplet: id }),
+                Err(e) if e.is_not_found() => {
+                    return Err(DoBakeError::DropletVanished { droplet: id });
+                }
                 Err(e) => tracing::warn!("checking droplet {id} failed: {e}"),
             }
             if start.elapsed() >= bound {
@@ -827,9 +887,15 @@ impl Bake<'_> {
                 Err(e) if e.is_unprocessable() && start.elapsed() < bound => {
                     tracing::info!("{kind} of droplet {id} refused ({e}); retrying");
                 }
-                Err(e) if e.is_not_found() => return Err(DoBakeError::DropletVanished { droplet: id }),
-                Err(e @ (DoError::Transport { .. } | DoError::Api { .. })) if e.status().is_none_or(|s| s >= 500) => {
-                    tracing::warn!("{kind} of droplet {id}: outcome unknown ({e}); waiting for the droplet");
+                Err(e) if e.is_not_found() => {
+                    return Err(DoBakeError::DropletVanished { droplet: id });
+                }
+                Err(e @ (DoError::Transport { .. } | DoError::Api { .. }))
+                    if e.status().is_none_or(|s| s >= 500) =>
+                {
+                    tracing::warn!(
+                        "{kind} of droplet {id}: outcome unknown ({e}); waiting for the droplet"
+                    );
                     return Ok(());
                 }
                 Err(e) => return Err(api("powering off the builder")(e)),
@@ -844,18 +910,24 @@ impl Bake<'_> {
         let id = self.droplet()?;
         let bound = self.opts.power_off_after;
         if !self.wait_off(id, bound).await? {
-            tracing::warn!("droplet {id} is not off {} after its report: sending shutdown", secs(bound));
+            tracing::warn!(
+                "droplet {id} is not off {} after its report: sending shutdown",
+                secs(bound)
+            );
             self.power_action(id, "shutdown", bound).await?;
             if !self.wait_off(id, bound).await? {
-                tracing::warn!("droplet {id} did not shut down within {}: sending power_off", secs(bound));
+                tracing::warn!(
+                    "droplet {id} did not shut down within {}: sending power_off",
+                    secs(bound)
+                );
                 self.power_action(id, "power_off", bound).await?;
                 if !self.wait_off(id, bound).await? {
                     return Err(DoBakeError::Api {
                         during: "powering off the builder",
-                        source: DoError::Timeout {
+                        source: Box::new(DoError::Timeout {
                             what: format!("droplet {id} to be off after power_off"),
                             after: bound,
-                        },
+                        }),
                     });
                 }
             }
@@ -898,7 +970,12 @@ impl Bake<'_> {
     /// the time spent so far (at most 30 s): a snapshot takes minutes, and this
     /// keeps the request count logarithmic while adding at most ~20% latency.
     /// `errored` fails at once; three transient errors in a row are tolerated.
-    async fn wait_snapshot(&self, id: u64, action_id: u64, timeout: Duration) -> Result<(), DoBakeError> {
+    async fn wait_snapshot(
+        &self,
+        id: u64,
+        action_id: u64,
+        timeout: Duration,
+    ) -> Result<(), DoBakeError> {
         let start = Instant::now();
         let mut errors = 0u32;
         let mut last_progress = Instant::now();
@@ -932,17 +1009,22 @@ impl Bake<'_> {
             if spent >= timeout {
                 return Err(DoBakeError::Api {
                     during: "waiting for the snapshot",
-                    source: DoError::Timeout {
+                    source: Box::new(DoError::Timeout {
                         what: format!("snapshot action {action_id} of droplet {id}"),
                         after: timeout,
-                    },
+                    }),
                 });
             }
             if last_progress.elapsed() >= Duration::from_secs(30) {
                 last_progress = Instant::now();
-                tracing::info!("[{}] snapshot of droplet {id} in progress, {} so far", self.elapsed(), secs(spent));
+                tracing::info!(
+                    "[{}] snapshot of droplet {id} in progress, {} so far",
+                    self.elapsed(),
+                    secs(spent)
+                );
             }
-            let interval = (spent / 5).clamp(self.opts.poll, Duration::from_secs(30).max(self.opts.poll));
+            let interval =
+                (spent / 5).clamp(self.opts.poll, Duration::from_secs(30).max(self.opts.poll));
             tokio::time::sleep(interval).await;
         }
     }
@@ -955,12 +1037,16 @@ impl Bake<'_> {
             match self.client.snapshot(id, name).await {
                 Ok(a) => return Ok(a.id),
                 Err(e) if e.is_unprocessable() && start.elapsed() < bound => {
-                    tracing::info!("snapshot of droplet {id} refused ({e}); retrying while it is locked");
+                    tracing::info!(
+                        "snapshot of droplet {id} refused ({e}); retrying while it is locked"
+                    );
                 }
-                Err(e) if e.is_not_found() => return Err(DoBakeError::DropletVanished { droplet: id }),
-                Err(e @ (DoError::Transport { .. } | DoError::Api { .. } | DoError::Decode { .. }))
-                    if e.status().is_none_or(|s| s >= 500) && unknown < 3 =>
-                {
+                Err(e) if e.is_not_found() => {
+                    return Err(DoBakeError::DropletVanished { droplet: id });
+                }
+                Err(
+                    e @ (DoError::Transport { .. } | DoError::Api { .. } | DoError::Decode { .. }),
+                ) if e.status().is_none_or(|s| s >= 500) && unknown < 3 => {
                     unknown += 1;
                     // Did it start anyway? A second snapshot would be a second image.
                     tokio::time::sleep(self.opts.poll).await;
@@ -974,10 +1060,15 @@ impl Bake<'_> {
                         .filter(|a| a.kind == "snapshot")
                         .max_by_key(|a| a.id)
                     {
-                        tracing::warn!("snapshot request failed ({e}) but action {} exists: using it", a.id);
+                        tracing::warn!(
+                            "snapshot request failed ({e}) but action {} exists: using it",
+                            a.id
+                        );
                         return Ok(a.id);
                     }
-                    tracing::warn!("snapshot request failed ({e}) and no snapshot action exists: sending it again");
+                    tracing::warn!(
+                        "snapshot request failed ({e}) and no snapshot action exists: sending it again"
+                    );
                     continue;
                 }
                 Err(e) => return Err(api("starting the snapshot")(e)),
@@ -1063,10 +1154,17 @@ impl Bake<'_> {
         tags.dedup();
         for t in &tags {
             // The droplet create made these tags; create one only if it vanished.
-            match self.client.tag_resources(t, &[TagTarget::Image(image)]).await {
+            match self
+                .client
+                .tag_resources(t, &[TagTarget::Image(image)])
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {
-                    self.client.create_tag(t).await.map_err(api("creating an image tag"))?;
+                    self.client
+                        .create_tag(t)
+                        .await
+                        .map_err(api("creating an image tag"))?;
                     self.client
                         .tag_resources(t, &[TagTarget::Image(image)])
                         .await
@@ -1112,12 +1210,18 @@ impl Bake<'_> {
                 }
             }
         }
-        let poll = Poll::new(self.opts.poll.min(Duration::from_secs(2)), self.opts.destroy_timeout);
+        let poll = Poll::new(
+            self.opts.poll.min(Duration::from_secs(2)),
+            self.opts.destroy_timeout,
+        );
         for id in ids {
             loop {
                 match self.client.destroy_droplet(id, poll).await {
                     Ok(()) => {
-                        tracing::info!("[{}] builder droplet {id} destroyed (confirmed 404)", self.elapsed());
+                        tracing::info!(
+                            "[{}] builder droplet {id} destroyed (confirmed 404)",
+                            self.elapsed()
+                        );
                         if Some(id) == self.sf.state.droplet_id {
                             self.sf.update(|s| s.droplet_destroyed = true)?;
                         }
@@ -1137,10 +1241,10 @@ impl Bake<'_> {
                 }
             }
         }
-        if self.sf.state.phase >= Phase::Creating {
-            if let Err(e) = self.space.delete(&self.sf.state.report_key).await {
-                tracing::warn!("could not delete the seal report from the Space: {e}");
-            }
+        if self.sf.state.phase >= Phase::Creating
+            && let Err(e) = self.space.delete(&self.sf.state.report_key).await
+        {
+            tracing::warn!("could not delete the seal report from the Space: {e}");
         }
         self.mark("destroy")?;
         Ok(())

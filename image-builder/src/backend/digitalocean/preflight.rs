@@ -35,7 +35,10 @@ pub struct Plan {
 }
 
 fn api(during: &'static str) -> impl FnOnce(DoError) -> DoBakeError {
-    move |source| DoBakeError::Api { during, source }
+    move |source| DoBakeError::Api {
+        during,
+        source: Box::new(source),
+    }
 }
 
 /// Run the pre-flight checks for `spec` with base image `base`.
@@ -78,7 +81,10 @@ pub async fn check(client: &Client, spec: &DigitalOcean, base: &str) -> Result<P
         return Err(DoBakeError::Preflight(format!(
             "digitalocean.size {:?} is not a DigitalOcean size; sizes offered in {region}: {}",
             spec.size,
-            here.iter().map(|s| s.slug.as_str()).collect::<Vec<_>>().join(", ")
+            here.iter()
+                .map(|s| s.slug.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     };
     if !size.available || !size.regions.contains(&region) {
@@ -98,7 +104,10 @@ pub async fn check(client: &Client, spec: &DigitalOcean, base: &str) -> Result<P
         None => ("default".to_owned(), "the default project".to_owned()),
         Some(p) if looks_like_uuid(p) => (p.to_owned(), format!("project {p}")),
         Some(name) => {
-            let projects = client.list_projects().await.map_err(api("listing projects"))?;
+            let projects = client
+                .list_projects()
+                .await
+                .map_err(api("listing projects"))?;
             match projects.iter().find(|p| p.name == name) {
                 Some(p) => (p.id.clone(), format!("project {:?} ({})", p.name, p.id)),
                 None => {
@@ -127,14 +136,22 @@ pub async fn check(client: &Client, spec: &DigitalOcean, base: &str) -> Result<P
 
 fn looks_like_uuid(s: &str) -> bool {
     s.len() == 36
-        && s.chars()
-            .enumerate()
-            .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+        && s.chars().enumerate().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
 }
 
 /// `base.digitalocean`: a numeric id, a public slug, or the name of a private
 /// image (the newest with that name: how golden images are layered).
-async fn resolve_image(client: &Client, base: &str, region: &str) -> Result<(ImageSpec, String), DoBakeError> {
+async fn resolve_image(
+    client: &Client,
+    base: &str,
+    region: &str,
+) -> Result<(ImageSpec, String), DoBakeError> {
     let found = if let Ok(id) = base.parse::<u64>() {
         match client.get_image(id).await {
             Ok(i) => Some(i),
@@ -167,7 +184,10 @@ async fn resolve_image(client: &Client, base: &str, region: &str) -> Result<(Ima
             .map_err(api("looking up the base image by name"))?
         {
             Some(i) => {
-                let label = format!("{base:?}, newest of that name: id {} from {}", i.id, i.created_at);
+                let label = format!(
+                    "{base:?}, newest of that name: id {} from {}",
+                    i.id, i.created_at
+                );
                 (i, label)
             }
             None => {
@@ -195,7 +215,12 @@ async fn resolve_image(client: &Client, base: &str, region: &str) -> Result<(Ima
 }
 
 /// The spending summary, for stderr.
-pub fn describe(plan: &Plan, droplet_name: &str, image_name: &str, bake_timeout: Duration) -> String {
+pub fn describe(
+    plan: &Plan,
+    droplet_name: &str,
+    image_name: &str,
+    bake_timeout: Duration,
+) -> String {
     let hours = bake_timeout.as_secs_f64() / 3600.0;
     format!(
         "image-builder will create in DigitalOcean region {region}:\n\
@@ -267,7 +292,9 @@ pub fn explain_create_refusal(e: &DoError, size: &str, region: &str) -> Option<S
             "DigitalOcean refused size {size} in region {region} ({message}): choose another size or region in the spec"
         )
     } else if m.contains("invalid image") {
-        format!("DigitalOcean refused the base image ({message}): a private image must be given by id or by its exact name")
+        format!(
+            "DigitalOcean refused the base image ({message}): a private image must be given by id or by its exact name"
+        )
     } else {
         format!("DigitalOcean refused the droplet ({message})")
     })
@@ -294,14 +321,32 @@ mod tests {
             message: m.into(),
             request_id: None,
         };
-        let r = explain_create_refusal(&e("This size is currently restricted for your account."), "g-2vcpu-8gb", "nyc3")
-            .expect("422");
-        assert!(r.contains("support ticket") && r.contains("g-2vcpu-8gb"), "{r}");
-        let r = explain_create_refusal(&e("creating this/these droplet(s) will exceed your droplet limit"), "s", "r")
-            .expect("422");
+        let r = explain_create_refusal(
+            &e("This size is currently restricted for your account."),
+            "g-2vcpu-8gb",
+            "nyc3",
+        )
+        .expect("422");
+        assert!(
+            r.contains("support ticket") && r.contains("g-2vcpu-8gb"),
+            "{r}"
+        );
+        let r = explain_create_refusal(
+            &e("creating this/these droplet(s) will exceed your droplet limit"),
+            "s",
+            "r",
+        )
+        .expect("422");
         assert!(r.contains("reap"), "{r}");
-        let r = explain_create_refusal(&e("Size is not available in this region."), "s-4vcpu-8gb", "sgp1")
-            .expect("422");
-        assert!(r.contains("sgp1") && r.contains("another size or region"), "{r}");
+        let r = explain_create_refusal(
+            &e("Size is not available in this region."),
+            "s-4vcpu-8gb",
+            "sgp1",
+        )
+        .expect("422");
+        assert!(
+            r.contains("sgp1") && r.contains("another size or region"),
+            "{r}"
+        );
     }
 }

@@ -45,7 +45,12 @@ pub async fn find(client: &Client, older_than: Duration) -> Result<ReapReport, D
     let now = time::OffsetDateTime::now_utc();
     let mut report = ReapReport::default();
     for d in client.list_droplets_by_tag(TAG).await? {
-        let Some(bake_tag) = d.tags.iter().find(|t| t.starts_with(BAKE_TAG_PREFIX)).cloned() else {
+        let Some(bake_tag) = d
+            .tags
+            .iter()
+            .find(|t| t.starts_with(BAKE_TAG_PREFIX))
+            .cloned()
+        else {
             continue;
         };
         let age_secs = d

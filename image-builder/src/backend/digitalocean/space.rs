@@ -93,7 +93,11 @@ impl Space {
 
     /// Upload the agent binary to `agents/<sha256>/vm-agent` unless an object of
     /// the same size is already there. Returns the key and whether it uploaded.
-    pub async fn ensure_agent(&self, path: &Path, sha256: &str) -> Result<(String, bool), SpaceError> {
+    pub async fn ensure_agent(
+        &self,
+        path: &Path,
+        sha256: &str,
+    ) -> Result<(String, bool), SpaceError> {
         let key = agent_key(sha256);
         let size = std::fs::metadata(path)
             .map_err(|source| SpaceError::Agent {
@@ -101,7 +105,14 @@ impl Space {
                 source,
             })?
             .len();
-        match self.client.head_object().bucket(&self.bucket).key(&key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
             Ok(h) if h.content_length().and_then(|l| u64::try_from(l).ok()) == Some(size) => {
                 return Ok((key, false));
             }
@@ -130,7 +141,12 @@ impl Space {
         Ok((key, true))
     }
 
-    fn presign_config(&self, method: &'static str, key: &str, valid: Duration) -> Result<PresigningConfig, SpaceError> {
+    fn presign_config(
+        &self,
+        method: &'static str,
+        key: &str,
+        valid: Duration,
+    ) -> Result<PresigningConfig, SpaceError> {
         PresigningConfig::expires_in(valid.min(MAX_PRESIGN)).map_err(|e| SpaceError::Presign {
             method,
             bucket: self.bucket.clone(),
@@ -180,7 +196,14 @@ impl Space {
 
     /// The seal report at `key`, or `None` when it is not there (yet).
     pub async fn read_report(&self, key: &str) -> Result<Option<SealReport>, SpaceError> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 let e = s3::classify(&e, "GetObject", &self.bucket, key);

@@ -191,7 +191,8 @@ impl StateFile {
             path: self.path.clone(),
             source,
         };
-        let text = serde_json::to_vec_pretty(&self.state).map_err(|e| io(std::io::Error::other(e)))?;
+        let text =
+            serde_json::to_vec_pretty(&self.state).map_err(|e| io(std::io::Error::other(e)))?;
         crate::fsutil::write_atomic(&self.path, &text, 0o600).map_err(io)
     }
 
@@ -254,7 +255,11 @@ mod tests {
         let back = StateFile::load(&f.path).expect("load");
         assert_eq!(back.state, f.state);
         assert_eq!(back.state.phase, Phase::Snapshotting);
-        let mode = std::fs::metadata(&f.path).expect("stat").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&f.path)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
 
