@@ -273,7 +273,7 @@ PY
   worker=""
   echo "== worker boot-to-ready (run-local of the container-way image; final stage: $stage) =="
   printf '%-44s %8ss\n' "QEMU start -> ready (host, SSH poll)" "$qemu_to_ready_poll"
-  printf '%-44s %8ss\n' "QEMU start -> ready (agent history)" "$qemu_to_ready_guest"
+  printf '%-44s %8ss\n' "QEMU start -> ready (agent history, guest clock)" "$qemu_to_ready_guest"
   printf '%-44s %8ss\n' "kernel boot -> ready (agent history)" "$boot_to_ready"
   if [ "$ci_done_to_ready" = n/a ]; then
     verdict="(no modules-final timestamp in /run/cloud-init/status.json)"; fail=1

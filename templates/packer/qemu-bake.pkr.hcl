@@ -127,6 +127,7 @@ source "qemu" "bake" {
   memory      = var.memory
   cpus        = var.cpus
   headless    = true
+  # Accepted by 1.6.6, which still passes `-vnc 127.0.0.1:N`; newer Packers honour it.
   disable_vnc = true
 
   # No bootloader in base.raw: direct kernel boot. The NoCloud seed comes over HTTP
