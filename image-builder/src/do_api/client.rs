@@ -80,10 +80,17 @@ impl Client {
                 reason: "expected an http(s) URL".to_owned(),
             });
         }
+        // CA roots compiled in (Mozilla's, from webpki-root-certs), merged with the system
+        // store that reqwest's platform verifier reads: the static vm-agent verifies
+        // api.digitalocean.com even on an image without ca-certificates.
+        let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .filter_map(|der| reqwest::Certificate::from_der(der.as_ref()).ok());
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
+            .tls_certs_merge(roots)
             .build()
             .map_err(DoError::HttpClient)?;
         Ok(Self {
