@@ -3,9 +3,9 @@
 //! * [`config`]: the config/secrets contract written by the image-builder renderer.
 //! * [`daemon`]: staged readiness (`booting` → `waiting-cloud-init` → `fetching-artifacts` →
 //!   `ready`/`degraded`), jobs, timers and self-destroy, served on a unix socket.
-//! * [`cli`]: `vm-agent status|run|jobs|logs|cancel|hold|release`.
+//! * [`cli`]: `vm-agent status|run|jobs|logs|cancel|hold|release|pull`.
 //! * [`destroy`]: self-destroy providers (DigitalOcean, local power-off, dry run).
-//! * [`artifacts`]: the hook the `fetching-artifacts` stage calls.
+//! * [`artifacts`]: sha-keyed builds pulled from a Space (boot stage and `vm-agent pull`).
 
 pub mod artifacts;
 pub mod cli;
