@@ -358,6 +358,17 @@ async fn refusals_are_explained_and_create_nothing() {
         0,
         "pre-flight must refuse before any create"
     );
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&env.state_files()[0]).expect("state"))
+            .expect("json");
+    assert_eq!(st["phase"], "failed", "{st}");
+    assert!(
+        st["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("droplet limit"),
+        "{st}"
+    );
 
     // Size not offered in the region.
     let spec = spec_text("20s", "")

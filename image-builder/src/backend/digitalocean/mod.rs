@@ -504,17 +504,33 @@ pub async fn bake(
     };
     if bake.sf.state.droplet_id.is_none() {
         // Something billable is about to be created: check and confirm first.
-        let plan = preflight::check(&bake.client, do_spec, &base).await?;
-        eprint!(
-            "{}",
-            preflight::describe(
-                &plan,
-                &bake.sf.state.droplet_name,
-                &bake.sf.state.image_name,
-                loaded.spec.bake.timeout.0
-            )
-        );
-        preflight::confirm(opts.yes).await?;
+        let checked = async {
+            let plan = preflight::check(&bake.client, do_spec, &base).await?;
+            eprint!(
+                "{}",
+                preflight::describe(
+                    &plan,
+                    &bake.sf.state.droplet_name,
+                    &bake.sf.state.image_name,
+                    loaded.spec.bake.timeout.0
+                )
+            );
+            preflight::confirm(opts.yes).await?;
+            Ok::<_, DoBakeError>(plan)
+        }
+        .await;
+        let plan = match checked {
+            Ok(p) => p,
+            Err(e) => {
+                // Nothing was created; the state file records why.
+                let msg = e.to_string();
+                let _ = bake.sf.update(|s| {
+                    s.phase = Phase::Failed;
+                    s.error = Some(msg);
+                });
+                return Err(e);
+            }
+        };
         let project = plan.project_id.clone();
         bake.sf.update(|s| s.project_id = Some(project))?;
         bake.plan = Some(plan);
