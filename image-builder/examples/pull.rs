@@ -37,7 +37,14 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match pull(&PullConfig::new(settings, creds), sha, std::path::Path::new(root), None).await {
+    match pull(
+        &PullConfig::new(settings, creds),
+        sha,
+        std::path::Path::new(root),
+        None,
+    )
+    .await
+    {
         Ok(r) => {
             println!("{}", serde_json::to_string(&r).unwrap_or_default());
             std::process::ExitCode::SUCCESS

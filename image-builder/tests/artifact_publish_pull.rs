@@ -434,3 +434,29 @@ fn cli_gc_removes_stale_incomplete_uploads_only() {
     assert_eq!(gc["deleted_incomplete"], serde_json::json!([sha]));
     assert!(listed(&ep, &t.root, true).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hickory_resolver_reaches_the_store_by_host_name() {
+    let server = S3Server::start();
+    let t = tree(6);
+    let mut settings = server.settings();
+    // "localhost" comes from /etc/hosts, read by hickory itself (no NSS).
+    settings.endpoint = format!("http://localhost:{}", server.port);
+    let dns = s3::HickoryDns::from_system_conf().unwrap().shared();
+    let client = s3::client(&settings, &creds(), Some(dns.clone()));
+    publish::publish(
+        &client,
+        BUCKET,
+        SHA_A,
+        &[t.root.join("out")],
+        &small_parts(),
+        None,
+    )
+    .await
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut cfg = PullConfig::new(settings, Some(creds()));
+    cfg.resolver = Some(dns);
+    let r = pull(&cfg, SHA_A, root.path(), None).await.unwrap();
+    assert_eq!(r.files, 3);
+}

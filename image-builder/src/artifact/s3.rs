@@ -209,6 +209,47 @@ impl S3Credentials {
     }
 }
 
+/// A [`ResolveDns`] backed by hickory: reads `/etc/resolv.conf` and `/etc/hosts`
+/// itself, so name resolution works in a statically linked binary without NSS.
+#[derive(Clone)]
+pub struct HickoryDns(std::sync::Arc<hickory_resolver::TokioResolver>);
+
+impl fmt::Debug for HickoryDns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HickoryDns")
+    }
+}
+
+impl HickoryDns {
+    /// From the system configuration (`/etc/resolv.conf`, `/etc/hosts`).
+    pub fn from_system_conf() -> Result<Self, String> {
+        hickory_resolver::TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map(|r| Self(std::sync::Arc::new(r)))
+            .map_err(|e| format!("cannot set up the DNS resolver from /etc/resolv.conf: {e}"))
+    }
+
+    /// As a resolver for [`client`] / `PullConfig::resolver`.
+    pub fn shared(self) -> SharedDnsResolver {
+        SharedDnsResolver::new(self)
+    }
+}
+
+impl ResolveDns for HickoryDns {
+    fn resolve_dns<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> aws_smithy_runtime_api::client::dns::DnsFuture<'a> {
+        let r = self.0.clone();
+        aws_smithy_runtime_api::client::dns::DnsFuture::new(async move {
+            r.lookup_ip(name)
+                .await
+                .map(|l| l.iter().collect())
+                .map_err(aws_smithy_runtime_api::client::dns::ResolveDnsError::new)
+        })
+    }
+}
+
 /// Build the S3 client. `resolver`: `None` uses `getaddrinfo` (glibc NSS).
 pub fn client(
     settings: &S3Settings,
