@@ -118,6 +118,8 @@ user = spec["build_user"]["name"]
 keys = [open(pub).read().strip()] + list(spec["build_user"].get("ssh_authorized_keys", []))
 text = open(tmpl).read().replace("@BUILD_USER@", user).replace(
     "@SSH_KEYS@", "\n".join("      - " + json.dumps(k) for k in keys))
+doc = yaml.safe_load(text)  # what cloud-init will parse
+assert doc["users"][0]["name"] == user and len(doc["users"][0]["ssh_authorized_keys"]) == len(keys), doc
 open(user_data, "w").write(text)
 cmds = [c if isinstance(c, str) else c["run"] for c in spec.get("commands", [])]
 def hcl(s):
