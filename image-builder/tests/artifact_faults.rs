@@ -2,6 +2,8 @@
 //! killed mid-download (in-call retry and cross-call resume), corrupted object,
 //! missing manifest, missing/wrong credentials, full disk, cache eviction.
 #![cfg(feature = "artifact")]
+// Test helpers panic on setup failures by design.
+#![allow(clippy::unwrap_used)]
 
 mod artifact_support;
 

@@ -2,6 +2,8 @@
 //! (publish, ls, gc), and the absence of aws-chunked/checksum headers — all
 //! against a real S3 server (s3s-fs) on 127.0.0.1.
 #![cfg(feature = "artifact")]
+// Test helpers panic on setup failures by design.
+#![allow(clippy::unwrap_used)]
 
 mod artifact_support;
 
