@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::backend::{AgentArtifact, BakeResult, qemu};
 use crate::spec::{self, LoadedSpec};
@@ -53,21 +52,7 @@ pub fn find_agent_binary(explicit: Option<&Path>) -> Option<PathBuf> {
     sibling.is_file().then_some(sibling)
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
+pub use crate::digest::sha256_file;
 
 /// The agent settings written as vm-agent's config file (`vm-agent/src/config.rs`;
 /// a workspace test parses this output with vm-agent's own parser).

@@ -6,6 +6,7 @@
 //! built: the in-VM provisioning [`steps`] (and, with `do-api`, the DigitalOcean
 //! API client).
 
+pub mod digest;
 pub mod steps;
 
 #[cfg(feature = "artifact")]

@@ -258,21 +258,7 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<LocalFile>) -> Result<(), PublishEr
     Ok(())
 }
 
-/// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
+pub use crate::digest::sha256_file;
 
 async fn hash_all(files: &[LocalFile], concurrency: usize) -> Result<Vec<FileEntry>, PublishError> {
     futures::stream::iter(files.iter().cloned())
