@@ -6,14 +6,14 @@
 //! TLS, hashing and writing. Nothing of that runtime is left once the pull ends. A hidden
 //! [`ProgressBar`] carries the byte count that `status` shows while a pull runs.
 //!
-//! Names are resolved with hickory (reads `/etc/resolv.conf` and `/etc/hosts` itself), not with
-//! glibc's `getaddrinfo`, so the statically linked agent never enters NSS.
+//! Names are resolved with hickory (`image_builder::artifact::s3::HickoryDns`: reads
+//! `/etc/resolv.conf` and `/etc/hosts` itself), not with glibc's `getaddrinfo`, so the
+//! statically linked agent never enters NSS.
 
 use super::{ArtifactFetcher, ArtifactItem, ArtifactOutcome, ArtifactReport, PullRefused};
 use crate::config::{ArtifactsConfig, Secrets};
-use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
 use futures::future::BoxFuture;
-use image_builder::artifact::s3::SharedDnsResolver;
+use image_builder::artifact::s3::HickoryDns;
 use image_builder::artifact::{PullConfig, PullError, S3Credentials, S3Settings, pull};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
@@ -233,7 +233,13 @@ async fn run_pull(
             };
             let out = rt.block_on(async move {
                 let mut pc = pc;
-                pc.resolver = hickory_resolver().map(SharedDnsResolver::new);
+                pc.resolver = match HickoryDns::from_system_conf() {
+                    Ok(r) => Some(r.shared()),
+                    Err(e) => {
+                        tracing::warn!("{e}; resolving names with getaddrinfo");
+                        None
+                    }
+                };
                 let fut = pull(&pc, &sha, &root, Some(&bar));
                 match limit {
                     None => Ok(fut.await),
@@ -255,37 +261,6 @@ async fn run_pull(
     }
     rx.await
         .map_err(|_| "artifact failed: the pull thread died".to_string())?
-}
-
-/// hickory adapter for the S3 client's resolver hook.
-#[derive(Debug)]
-struct Hickory(hickory_resolver::TokioResolver);
-
-impl ResolveDns for Hickory {
-    fn resolve_dns<'a>(&'a self, name: &'a str) -> DnsFuture<'a> {
-        DnsFuture::new(async move {
-            let lookup = self.0.lookup_ip(name).await.map_err(ResolveDnsError::new)?;
-            Ok(lookup.iter().collect())
-        })
-    }
-}
-
-/// A resolver from `/etc/resolv.conf` (falls back to getaddrinfo if that cannot be read).
-fn hickory_resolver() -> Option<Hickory> {
-    let builder = match hickory_resolver::TokioResolver::builder_tokio() {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!("cannot read the system DNS config ({e}); using getaddrinfo");
-            return None;
-        }
-    };
-    match builder.build() {
-        Ok(r) => Some(Hickory(r)),
-        Err(e) => {
-            tracing::warn!("cannot build the DNS resolver ({e}); using getaddrinfo");
-            None
-        }
-    }
 }
 
 impl ArtifactFetcher for S3Fetcher {
@@ -379,12 +354,13 @@ mod tests {
 
     #[test]
     fn hickory_resolves_localhost_without_nss() {
+        use image_builder::artifact::s3::ResolveDns;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let addrs = rt.block_on(async {
-            let r = hickory_resolver().expect("resolver from /etc/resolv.conf");
+            let r = HickoryDns::from_system_conf().expect("resolver from /etc/resolv.conf");
             r.resolve_dns("localhost")
                 .await
                 .expect("localhost resolves")
