@@ -167,7 +167,7 @@ t = {x["step"]: x["seconds"] for x in b["image_builder"]["timings"]}
 print(eval(sys.argv[2], {"b": b, "t": t}))' "$1" "$2"
 }
 
-declare -a T_CONT T_BOOT T_PREP T_PROV T_IMG T_NOCHECK T_VM T_PACKER
+declare -a T_OTHER T_CONT T_BOOT T_PREP T_PROV T_IMG T_NOCHECK T_VM T_PACKER
 golden=""
 for i in $(seq 1 "$runs"); do
   r="$work/run$i"; mkdir -p "$r"
@@ -178,8 +178,9 @@ for i in $(seq 1 "$runs"); do
   T_PROV+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % t.get("provision", 0)')")
   T_PREP+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % t.get("prepare", 0)')")
   T_IMG+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % t.get("image", 0)')")
+  T_OTHER+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % ('"$t"' - sum(t.values()))')")
   T_NOCHECK+=("$(python3 -c 'import sys; print("%.1f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$t" "${T_BOOT[-1]}")")
-  say "  container: ${t}s (prepare ${T_PREP[-1]}s, nspawn provisioning ${T_PROV[-1]}s, image ${T_IMG[-1]}s, boot check ${T_BOOT[-1]}s)"
+  say "  container: ${t}s (prepare ${T_PREP[-1]}s, nspawn provisioning ${T_PROV[-1]}s, image ${T_IMG[-1]}s, boot check ${T_BOOT[-1]}s, other ${T_OTHER[-1]}s)"
   if [ -z "$golden" ]; then
     golden="$(manifest_field "$r/container.manifest.json" 'b["artifact_id"]')"
     # The Packer run bakes the exact agent config image-builder put in the image.
@@ -207,7 +208,7 @@ done
 
 median() { python3 -c 'import statistics, sys; print("%.1f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 m_cont=$(median "${T_CONT[@]}"); m_boot=$(median "${T_BOOT[@]}"); m_prov=$(median "${T_PROV[@]}")
-m_img=$(median "${T_IMG[@]}"); m_prep=$(median "${T_PREP[@]}"); m_nocheck=$(median "${T_NOCHECK[@]}")
+m_img=$(median "${T_IMG[@]}"); m_prep=$(median "${T_PREP[@]}"); m_other=$(median "${T_OTHER[@]}"); m_nocheck=$(median "${T_NOCHECK[@]}")
 m_vm=$(median "${T_VM[@]}"); m_packer=$(median "${T_PACKER[@]}")
 ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
 r_cont=$(ratio "$m_cont" "$m_packer"); r_vm=$(ratio "$m_vm" "$m_packer"); r_nocheck=$(ratio "$m_nocheck" "$m_packer")
@@ -220,6 +221,7 @@ printf '%-48s %8ss   runs: %s\n' "      of which prepare (cp -a of the base root
 printf '%-48s %8ss   runs: %s\n' "      of which nspawn provisioning" "$m_prov" "${T_PROV[*]}"
 printf '%-48s %8ss   runs: %s\n' "      of which ext4 + qcow2 (mkfs, convert -c)" "$m_img" "${T_IMG[*]}"
 printf '%-48s %8ss   runs: %s\n' "      of which boot check (QEMU, TCG)" "$m_boot" "${T_BOOT[*]}"
+printf '%-48s %8ss   runs: %s\n' "      other (outside the manifest's timed steps)" "$m_other" "${T_OTHER[*]}"
 printf '%-48s %8ss   runs: %s\n' "    container way without the boot check" "$m_nocheck" "${T_NOCHECK[*]}"
 printf '%-48s %8ss   runs: %s\n' "(b) image-builder bake --way vm" "$m_vm" "${T_VM[*]}"
 printf '%-48s %8ss   runs: %s\n' "(c) packer build (qemu + vmagent)" "$m_packer" "${T_PACKER[*]}"
