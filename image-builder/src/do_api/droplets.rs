@@ -281,8 +281,12 @@ impl Client {
     /// `GET /v2/droplets/{id}/actions` (all pages): how a caller learns whether
     /// an action whose POST had an unknown outcome was started.
     pub async fn list_droplet_actions(&self, droplet_id: u64) -> Result<Vec<Action>, DoError> {
-        self.get_all(&format!("/v2/droplets/{droplet_id}/actions"), &[], "actions")
-            .await
+        self.get_all(
+            &format!("/v2/droplets/{droplet_id}/actions"),
+            &[],
+            "actions",
+        )
+        .await
     }
 
     pub async fn get_action(&self, action_id: u64) -> Result<Action, DoError> {
