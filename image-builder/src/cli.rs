@@ -105,7 +105,7 @@ pub struct RunLocalArgs {
     /// Extra TOML appended to the agent config (e.g. an `[artifacts]` section).
     #[arg(long)]
     pub agent_config_extra: Option<PathBuf>,
-    /// The agent's secrets file (must be mode 0600); written to /etc/vm-agent/secrets.
+    /// The agent's secrets file (must be mode 0600); written to /etc/vm-agent/secrets.toml.
     #[arg(long)]
     pub agent_secrets: Option<PathBuf>,
     /// Print the worker as JSON on stdout.
@@ -525,7 +525,7 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
             std::fs::read_to_string(p).map_err(|e| local_err(QemuError::io(p, e)))?;
     }
     let mut files = vec![ExtraFile {
-        path: "/etc/vm-agent/config.toml".into(),
+        path: crate::steps::AGENT_CONFIG_PATH.into(),
         content: agent.to_toml().into_bytes(),
         mode: 0o644,
     }];
@@ -540,7 +540,7 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
         }
         let content = std::fs::read(p).map_err(|e| local_err(QemuError::io(p, e)))?;
         files.push(ExtraFile {
-            path: "/etc/vm-agent/secrets".into(),
+            path: crate::steps::AGENT_SECRETS_PATH.into(),
             content,
             mode: 0o600,
         });

@@ -35,6 +35,10 @@ pub const AGENT_UNIT: &str = "/etc/systemd/system/vm-agent.service";
 /// The vm-agent systemd unit itself (`templates/systemd/vm-agent.service`), one
 /// definition for every route into an image (cloud-init bakes and Packer).
 pub const AGENT_UNIT_FILE: &str = include_str!("../../templates/systemd/vm-agent.service");
+/// vm-agent's config file (vm-agent's default `--config`).
+pub const AGENT_CONFIG_PATH: &str = "/etc/vm-agent/config.toml";
+/// vm-agent's secrets file (vm-agent's default `paths.secrets_file`; mode 0600).
+pub const AGENT_SECRETS_PATH: &str = "/etc/vm-agent/secrets.toml";
 /// Non-secret record of the bake, kept in the image.
 pub const BAKED_INFO: &str = "/etc/image-builder/baked.json";
 
@@ -323,7 +327,7 @@ echo "image-builder: vm-agent installed and enabled (sha256 {sha})"
         bin = AGENT_BIN,
         sha = sh_quote(sha256),
         unit_write = write_file_snippet(AGENT_UNIT, unit, "0644"),
-        config_write = write_file_snippet("/etc/vm-agent/config.toml", config_toml, "0644"),
+        config_write = write_file_snippet(AGENT_CONFIG_PATH, config_toml, "0644"),
     );
     Step::new("agent-install", &body)
 }
