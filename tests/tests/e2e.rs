@@ -121,6 +121,71 @@ impl Worker {
     }
 }
 
+/// A real S3 server (s3s-fs, built by .ci/setup-s3.sh) on 127.0.0.1.
+struct S3 {
+    child: std::process::Child,
+    port: u16,
+    _data: tempfile::TempDir,
+}
+
+const S3_KEY: &str = "e2e-access-key";
+const S3_SECRET: &str = "e2e-secret-key-never-logged";
+const BUCKET: &str = "artifacts";
+
+impl S3 {
+    fn start() -> S3 {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap();
+        let bin = std::env::var_os("S3S_FS_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".cache/image-builder/s3s-fs-0.14.1/bin/s3s-fs"));
+        assert!(
+            bin.is_file(),
+            "s3s-fs is missing at {}: run .ci/setup-s3.sh",
+            bin.display()
+        );
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir(data.path().join(BUCKET)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                S3_KEY,
+                "--secret-key",
+                S3_SECRET,
+            ])
+            .arg(data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("s3s-fs", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+        S3 {
+            child,
+            port,
+            _data: data,
+        }
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -213,6 +278,60 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
     );
     let golden = PathBuf::from(build["artifact_id"].as_str().unwrap());
 
+    // Build once: publish an artifact to a real S3 server on 127.0.0.1 (the guest
+    // reaches it as 10.0.2.2), keyed by a git sha.
+    let s3 = S3::start();
+    let art = dir.path().join("build");
+    std::fs::create_dir_all(art.join("bin")).unwrap();
+    std::fs::write(
+        art.join("bin/hello.sh"),
+        "#!/bin/sh\necho artifact-says-hi\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        art.join("bin/hello.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(art.join("data.txt"), "prebuilt-data-0123\n").unwrap();
+    let sha = "e2e0c0ffee0000000000000000000000000000aa";
+    let publish = run(Command::new(&ib)
+        .args(["artifact", "publish", "--sha", sha, "bin", "data.txt"])
+        .current_dir(&art)
+        .env(
+            "IMAGE_BUILDER_S3_ENDPOINT",
+            format!("http://127.0.0.1:{}", s3.port),
+        )
+        .env("IMAGE_BUILDER_S3_BUCKET", BUCKET)
+        .env("IMAGE_BUILDER_S3_REGION", "us-east-1")
+        .env("IMAGE_BUILDER_S3_PATH_STYLE", "true")
+        .env("SPACES_ACCESS_KEY_ID", S3_KEY)
+        .env("SPACES_SECRET_ACCESS_KEY", S3_SECRET));
+    assert!(
+        publish.status.success(),
+        "artifact publish failed:\n{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+    let extra = dir.path().join("artifacts.toml");
+    std::fs::write(
+        &extra,
+        format!(
+            "\n[artifacts]\nbucket = \"{BUCKET}\"\nendpoint = \"http://10.0.2.2:{}\"\nregion = \"us-east-1\"\npath_style = true\nsha = \"{sha}\"\nrequired = true\n",
+            s3.port
+        ),
+    )
+    .unwrap();
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::write(
+        &secrets,
+        format!(
+            "spaces_access_key_id = \"{S3_KEY}\"\nspaces_secret_access_key = \"{S3_SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+
     // Boot a worker from it.
     let key = dir.path().join("id_ed25519");
     assert!(
@@ -236,7 +355,11 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
             "--json",
             "--ssh-key",
         ])
-        .arg(key.with_extension("pub")));
+        .arg(key.with_extension("pub"))
+        .arg("--agent-config-extra")
+        .arg(&extra)
+        .arg("--agent-secrets")
+        .arg(&secrets));
     assert!(
         started.status.success(),
         "run-local failed:\n{}",
@@ -286,6 +409,35 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
             .lines()
             .all(|l| l.chars().count() <= 80),
         "status fits 80 columns"
+    );
+
+    // The artifact was pulled at boot and verified.
+    let art_status = &status.1["artifacts"];
+    assert_eq!(art_status["state"], "installed", "{art_status}");
+    let item = art_status["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sha"] == sha)
+        .unwrap();
+    assert_eq!(item["verified"], true, "{item}");
+    assert_eq!(item["files"], 2, "{item}");
+    let art_path = item["path"].as_str().unwrap().to_owned();
+    assert!(
+        !status.0.stdout.is_empty()
+            && !String::from_utf8_lossy(&status.0.stdout).contains(S3_SECRET)
+    );
+    let uses = worker.ssh(&format!("vm-agent run --name uses-artifact -- sh -c '{art_path}/bin/hello.sh; cat {art_path}/data.txt'"));
+    let uses_out = String::from_utf8_lossy(&uses.stdout);
+    assert_eq!(
+        uses.status.code(),
+        Some(0),
+        "{uses_out}\n{}",
+        String::from_utf8_lossy(&uses.stderr)
+    );
+    assert!(
+        uses_out.contains("artifact-says-hi") && uses_out.contains("prebuilt-data-0123"),
+        "{uses_out}"
     );
 
     // Jobs: output and exit codes come back as if run over SSH directly.
