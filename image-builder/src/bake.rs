@@ -89,6 +89,20 @@ impl AgentSettings {
         }
     }
 
+    /// The spec's default agent settings, for a worker booted without its spec.
+    pub fn defaults(user: &str, provider: &str) -> Self {
+        let a = spec::Agent::default();
+        AgentSettings {
+            user: user.to_owned(),
+            idle_timeout: a.idle_timeout,
+            max_lifetime: a.max_lifetime,
+            no_job_timeout: a.no_job_timeout,
+            ephemeral_tag: a.ephemeral_tag.to_string(),
+            provider: provider.to_owned(),
+            extra_toml: String::new(),
+        }
+    }
+
     /// vm-agent's config file.
     pub fn to_toml(&self) -> String {
         format!(

@@ -500,15 +500,7 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
     let loaded = args.spec.as_deref().map(spec::load).transpose()?;
     let mut agent = match &loaded {
         Some(l) => AgentSettings::from_spec(l, "local"),
-        None => AgentSettings {
-            user: "builder".into(),
-            idle_timeout: spec::Limit::After(std::time::Duration::from_secs(30 * 60)),
-            max_lifetime: spec::Limit::After(std::time::Duration::from_secs(12 * 3600)),
-            no_job_timeout: spec::Limit::After(std::time::Duration::from_secs(20 * 60)),
-            ephemeral_tag: "ephemeral".into(),
-            provider: "local".into(),
-            extra_toml: String::new(),
-        },
+        None => AgentSettings::defaults("builder", "local"),
     };
     if let Some(t) = &args.idle_timeout {
         let d = humantime::parse_duration(t)
