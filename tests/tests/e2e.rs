@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use s3_test_server::{BUCKET, S3Server};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -121,71 +122,10 @@ impl Worker {
     }
 }
 
-/// A real S3 server (s3s-fs, built by .ci/setup-s3.sh) on 127.0.0.1.
-struct S3 {
-    child: std::process::Child,
-    port: u16,
-    _data: tempfile::TempDir,
-}
-
+// The worker's artifact store: a real S3 server (s3s-fs, built by .ci/setup-s3.sh)
+// on 127.0.0.1, with fixed keys the test then looks for where they must not be.
 const S3_KEY: &str = "e2e-access-key";
 const S3_SECRET: &str = "e2e-secret-key-never-logged";
-const BUCKET: &str = "artifacts";
-
-impl S3 {
-    fn start() -> S3 {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap();
-        let bin = std::env::var_os("S3S_FS_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(".cache/image-builder/s3s-fs-0.14.1/bin/s3s-fs"));
-        assert!(
-            bin.is_file(),
-            "s3s-fs is missing at {}: run .ci/setup-s3.sh",
-            bin.display()
-        );
-        let data = tempfile::tempdir().unwrap();
-        std::fs::create_dir(data.path().join(BUCKET)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--access-key",
-                S3_KEY,
-                "--secret-key",
-                S3_SECRET,
-            ])
-            .arg(data.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for("s3s-fs", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
-        S3 {
-            child,
-            port,
-            _data: data,
-        }
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -280,7 +220,7 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
 
     // Build once: publish an artifact to a real S3 server on 127.0.0.1 (the guest
     // reaches it as 10.0.2.2), keyed by a git sha.
-    let s3 = S3::start();
+    let s3 = S3Server::start_with_keys(S3_KEY, S3_SECRET);
     let art = dir.path().join("build");
     std::fs::create_dir_all(art.join("bin")).unwrap();
     std::fs::write(

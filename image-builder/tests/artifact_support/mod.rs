@@ -1,118 +1,50 @@
-//! Shared helpers of the artifact tests: a real S3 server (s3s-fs, built by
-//! `.ci/setup-s3.sh`) on 127.0.0.1, a transparent recording/fault-injecting TCP
-//! proxy, and small file helpers.
-#![allow(dead_code)]
+//! Shared helpers of the artifact tests: the real S3 server of `s3-test-server`
+//! (s3s-fs, built by `.ci/setup-s3.sh`) on 127.0.0.1 with this suite's fixed
+//! keys, a transparent recording/fault-injecting TCP proxy, the CLI runner and
+//! small file helpers.
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use image_builder::artifact::s3::{S3Credentials, S3Settings};
+pub use s3_test_server::{BUCKET, pseudo_random, write_file};
 
+/// The keys of every server in these suites (throwaway, loopback only).
 pub const ACCESS_KEY: &str = "test-access-key-id";
 pub const SECRET_KEY: &str = "test-secret-access-key";
-pub const BUCKET: &str = "artifacts";
-pub const S3S_FS_VERSION: &str = "0.14.1";
 
-/// The s3s-fs binary: `$S3S_FS_BIN`, else the cache of `.ci/setup-s3.sh`. Panics
-/// loudly when missing (never skips).
-pub fn s3s_fs_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("S3S_FS_BIN") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME must be set to find the s3s-fs cache");
-    let p = cache
-        .join("image-builder")
-        .join(format!("s3s-fs-{S3S_FS_VERSION}"))
-        .join("bin/s3s-fs");
-    assert!(
-        p.is_file(),
-        "s3s-fs (the S3 server these tests run against) is missing at {}: run .ci/setup-s3.sh first",
-        p.display()
-    );
-    p
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
-/// A running s3s-fs with a temp data dir, killed on drop.
-pub struct S3Server {
-    pub port: u16,
-    pub data: tempfile::TempDir,
-    child: Option<Child>,
-}
+/// `s3_test_server::S3Server` started with [`ACCESS_KEY`]/[`SECRET_KEY`] (what
+/// [`creds`] and the callers of [`cli`] sign with); derefs to it for `port`,
+/// `stop`, `restart`, `object_path`, `endpoint`.
+pub struct S3Server(s3_test_server::S3Server);
 
 impl S3Server {
     pub fn start() -> Self {
-        let data = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(data.path().join(BUCKET)).expect("create bucket dir");
-        let mut s = Self {
-            port: free_port(),
-            data,
-            child: None,
-        };
-        s.restart();
-        s
-    }
-
-    /// (Re)start on the same port and data dir.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "server already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data.path().join("server.log"))
-            .expect("server log");
-        // The test keys are throwaway values for a loopback-only server.
-        let child = Command::new(s3s_fs_bin())
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(self.data.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn s3s-fs");
-        self.child = Some(child);
-        wait_listening(self.port);
-    }
-
-    /// Kill the server (like a crash) and wait for it.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        Self(s3_test_server::S3Server::start_with_keys(
+            ACCESS_KEY, SECRET_KEY,
+        ))
     }
 
     pub fn settings(&self) -> S3Settings {
         settings_for(self.port)
     }
+}
 
-    /// Where s3s-fs stores `key` of the test bucket.
-    pub fn object_path(&self, key: &str) -> PathBuf {
-        self.data.path().join(BUCKET).join(key)
+impl Deref for S3Server {
+    type Target = s3_test_server::S3Server;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop();
+impl DerefMut for S3Server {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
@@ -127,14 +59,6 @@ pub fn settings_for(port: u16) -> S3Settings {
 
 pub fn creds() -> S3Credentials {
     S3Credentials::new(ACCESS_KEY, SECRET_KEY)
-}
-
-pub fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "s3s-fs did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// One request head seen by the proxy.
@@ -294,29 +218,6 @@ fn pump_requests(mut client: TcpStream, mut up: TcpStream, st: &Mutex<ProxyState
             }
         }
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so content differs per seed.
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-pub fn write_file(path: &Path, data: &[u8], mode: u32) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).expect("mkdir");
-    }
-    std::fs::write(path, data).expect("write");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
