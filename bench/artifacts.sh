@@ -9,11 +9,13 @@
 # streaming and installs atomically; rclone's time includes a `sha256sum -c`
 # pass afterwards. Prints MiB/s for each and the ratio (goal: >= 1.5x rclone).
 #
-# Server: s3s-fs from .ci/setup-s3.sh, data on /dev/shm when it has room. On
-# 2-core machines s3s-fs itself serves only ~100-300 MiB/s, which compresses
-# the client differences (see ARTIFACTS.md); set S3_SERVER_CMD to benchmark
-# against another server already listening (then also set BENCH_ENDPOINT,
-# BENCH_BUCKET, SPACES_ACCESS_KEY_ID, SPACES_SECRET_ACCESS_KEY).
+# Server (SERVER=garage, the default, or SERVER=s3s-fs): Garage 2.5.0, built once
+# by bench/setup-garage.sh into ~/.cache/image-builder (~15 min the first time),
+# data and metadata on /dev/shm when it has room. s3s-fs (the test server, from
+# .ci/setup-s3.sh) serves only ~100-300 MiB/s on 2 cores, which hides client
+# differences; Garage serves several times that and is the strictest about
+# checksum headers. Both listen on 127.0.0.1 only, with throwaway keys passed
+# through the environment.
 #
 # Needs: cargo, rclone (Debian package), python3, coreutils.
 set -euo pipefail
@@ -26,10 +28,12 @@ SMALL_KIB="${SMALL_KIB:-16}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 command -v rclone >/dev/null || { echo "bench: rclone missing (apt-get install rclone)" >&2; exit 1; }
+SERVER="${SERVER:-garage}"
+case "$SERVER" in garage|s3s-fs) ;; *) echo "bench: SERVER must be garage or s3s-fs, got '$SERVER'" >&2; exit 2;; esac
 echo "bench: building image-builder (release, artifact feature)" >&2
 cargo build -q --release -p image-builder --features artifact
 IB="$CARGO_TARGET_DIR/release/image-builder"
-S3S_FS="$(bash .ci/setup-s3.sh)"
+if [[ "$SERVER" == garage ]]; then SERVER_BIN="$(bash bench/setup-garage.sh)"; else SERVER_BIN="$(bash .ci/setup-s3.sh)"; fi
 
 scratch_base=/tmp
 if [[ -d /dev/shm ]] && (( $(df -Pk /dev/shm | awk 'NR==2{print $4}') > 2 * 1024 * (BIG_MIB + 64) * 2 )); then
@@ -40,19 +44,53 @@ server_pid=""
 cleanup() { [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-# Throwaway keys for a loopback-only server; passed to clients via env only.
-export SPACES_ACCESS_KEY_ID="bench-access-key"
-export SPACES_SECRET_ACCESS_KEY="bench-secret-key-$RANDOM$RANDOM"
-port="$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"
-mkdir -p "$work/data/bench"
-"$S3S_FS" --host 127.0.0.1 --port "$port" --access-key "$SPACES_ACCESS_KEY_ID" \
-  --secret-key "$SPACES_SECRET_ACCESS_KEY" "$work/data" >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+port="$(free_port)"
+if [[ "$SERVER" == garage ]]; then
+  # Throwaway keys for a loopback-only server; Garage wants GK + 24 hex / 64 hex.
+  export SPACES_ACCESS_KEY_ID="GK$(hex 12)"
+  export SPACES_SECRET_ACCESS_KEY="$(hex 32)"
+  mkdir -p "$work/garage"
+  (umask 077; cat >"$work/garage/garage.toml" <<TOML
+metadata_dir = "$work/garage/meta"
+data_dir = "$work/garage/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$(free_port)"
+rpc_public_addr = "127.0.0.1:$(free_port)"
+rpc_secret = "$(hex 32)"
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$port"
+root_domain = ".s3.garage.localhost"
+TOML
+  )
+  GARAGE_DEFAULT_ACCESS_KEY="$SPACES_ACCESS_KEY_ID" GARAGE_DEFAULT_SECRET_KEY="$SPACES_SECRET_ACCESS_KEY" \
+    GARAGE_DEFAULT_BUCKET=bench RUST_LOG=warn \
+    "$SERVER_BIN" -c "$work/garage/garage.toml" server --single-node --default-bucket \
+    >"$work/server.log" 2>&1 &
+  server_pid=$!
+else
+  export SPACES_ACCESS_KEY_ID="bench-access-key"
+  export SPACES_SECRET_ACCESS_KEY="bench-secret-key-$(hex 8)"
+  mkdir -p "$work/data/bench"
+  "$SERVER_BIN" --host 127.0.0.1 --port "$port" --access-key "$SPACES_ACCESS_KEY_ID" \
+    --secret-key "$SPACES_SECRET_ACCESS_KEY" "$work/data" >"$work/server.log" 2>&1 &
+  server_pid=$!
+fi
+up=""
+for _ in $(seq 300); do
+  if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.1
+done
+[[ -n "$up" ]] || { echo "bench: $SERVER did not start; its log:" >&2; tail -20 "$work/server.log" >&2; exit 2; }
 
 export IMAGE_BUILDER_S3_ENDPOINT="http://127.0.0.1:$port"
 export IMAGE_BUILDER_S3_BUCKET=bench
 export IMAGE_BUILDER_S3_PATH_STYLE=true
+export IMAGE_BUILDER_S3_REGION=us-east-1
 export IMAGE_BUILDER_LOG=warn
 export RCLONE_CONFIG_BENCH_TYPE=s3
 export RCLONE_CONFIG_BENCH_PROVIDER=Other
@@ -93,24 +131,30 @@ best() {
   echo "$best"
 }
 ours() { "$IB" artifact pull "$1" --root "$work/dst" >/dev/null 2>&1; }
+# rclone with --transfers T (its default is 4): T=16 as a user tuning it would, and
+# T=64, the same number of requests in flight as our pull's default.
 theirs() {
-  rclone copy "bench:bench/builds/$1/" "$work/dst" --transfers 16 --checkers 16 \
+  rclone copy "bench:bench/builds/$1/" "$work/dst" --transfers "$3" --checkers "$3" \
     --multi-thread-streams 4 --multi-thread-cutoff 64M >/dev/null 2>&1
   (cd "$work/dst" && sha256sum --quiet -c "$2")
 }
 
 report() {
-  local name=$1 mib=$2 ours_s=$3 theirs_s=$4
-  python3 - "$name" "$mib" "$ours_s" "$theirs_s" <<'PY'
+  local name=$1 mib=$2 ours_s=$3 t16=$4 t64=$5
+  python3 - "$name" "$mib" "$ours_s" "$t16" "$t64" <<'PY'
 import sys
-name, mib, o, t = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-print(f"{name:<28} image-builder pull {mib/o:8.1f} MiB/s ({o:6.2f}s)   rclone copy+sha256sum {mib/t:8.1f} MiB/s ({t:6.2f}s)   ratio {t/o:5.2f}x")
+name, mib, o, t16, t64 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+print(f"{name}")
+print(f"  image-builder pull (64 in flight)        {mib/o:8.1f} MiB/s ({o:6.2f}s)")
+print(f"  rclone copy --transfers 16 + sha256sum   {mib/t16:8.1f} MiB/s ({t16:6.2f}s)   ratio {t16/o:5.2f}x")
+print(f"  rclone copy --transfers 64 + sha256sum   {mib/t64:8.1f} MiB/s ({t64:6.2f}s)   ratio {t64/o:5.2f}x")
 PY
 }
 
 echo "bench: ${RUNS} runs each, best time counts" >&2
-o=$(best ours "$BIG_SHA"); t=$(best theirs "$BIG_SHA" "$work/big.sums")
-report "1 x ${BIG_MIB} MiB object" "$BIG_MIB" "$o" "$t"
+echo "== artifact pull: server $SERVER on 127.0.0.1, $(nproc) cores, load $(cut -d" " -f1-3 /proc/loadavg) =="
+o=$(best ours "$BIG_SHA"); t16=$(best theirs "$BIG_SHA" "$work/big.sums" 16); t64=$(best theirs "$BIG_SHA" "$work/big.sums" 64)
+report "1 x ${BIG_MIB} MiB object" "$BIG_MIB" "$o" "$t16" "$t64"
 small_mib=$(python3 -c "print($SMALL_COUNT*$SMALL_KIB/1024)")
-o=$(best ours "$SMALL_SHA"); t=$(best theirs "$SMALL_SHA" "$work/small.sums")
-report "${SMALL_COUNT} x ${SMALL_KIB} KiB files" "$small_mib" "$o" "$t"
+o=$(best ours "$SMALL_SHA"); t16=$(best theirs "$SMALL_SHA" "$work/small.sums" 16); t64=$(best theirs "$SMALL_SHA" "$work/small.sums" 64)
+report "${SMALL_COUNT} x ${SMALL_KIB} KiB files" "$small_mib" "$o" "$t16" "$t64"

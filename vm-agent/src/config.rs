@@ -294,7 +294,7 @@ fn default_min_free_bytes() -> u64 {
     64 << 20
 }
 fn default_concurrency() -> u32 {
-    16
+    64
 }
 fn default_pull_timeout() -> Limit {
     Limit::After(Duration::from_secs(3600))
@@ -903,7 +903,7 @@ mod tests {
         let a = cfg.artifacts.clone().expect("section");
         assert_eq!(a.region, "us-east-1");
         assert!(!a.path_style && !a.required);
-        assert_eq!(a.concurrency, 16);
+        assert_eq!(a.concurrency, 64);
         assert_eq!(a.cache_max_bytes, None);
         assert_eq!(a.timeout, Limit::After(Duration::from_secs(3600)));
         let back = Config::from_toml(&cfg.to_toml(), Path::new("c")).expect("round trip");

@@ -128,7 +128,7 @@ pub struct PullArgs {
     #[arg(long)]
     pub cache_max_bytes: Option<u64>,
     /// Requests in flight.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Ranged-GET size for large objects, bytes.
     #[arg(long, default_value_t = 8 << 20)]
