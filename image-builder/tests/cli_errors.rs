@@ -206,6 +206,12 @@ fn cases() -> Vec<Case> {
             extra: vec![],
         },
         Case {
+            name: "unknown qcow2 compression",
+            spec: format!("{}qemu:\n  compression: gzip\n", good()),
+            expect: vec!["spec.yaml:11:16", "qemu.compression", "zstd"],
+            extra: vec![],
+        },
+        Case {
             name: "no base image",
             spec: good().replace("base:\n  qemu: bookworm\n", "base: {}\n"),
             expect: vec!["base", "no base image"],

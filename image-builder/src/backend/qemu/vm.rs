@@ -182,7 +182,7 @@ pub fn command(
     Ok(cmd)
 }
 
-/// The marker the boot check's user-data prints when cloud-init has run.
+/// The marker the boot check's user-data prints (from `bootcmd`) once cloud-init runs it.
 pub const BOOT_OK: &str = "IMAGE-BUILDER-BOOT-CHECK";
 
 /// What the boot check saw inside the booted golden image.
@@ -199,13 +199,20 @@ pub struct BootCheck {
 }
 
 /// Boot the golden image once with a tiny seed and check it came up.
+///
+/// The marker comes from `bootcmd`, in cloud-init's network stage: by then the
+/// kernel and initrd booted from the image, systemd brought the system up to
+/// cloud-init, the NoCloud datasource was found and this user-data was processed,
+/// which is what a worker's first boot depends on. Waiting for the config and
+/// final stages as well would add ~30 s under TCG and check nothing the image
+/// decides (the worker's own user-data runs there). QEMU is stopped at the marker.
 pub async fn boot_check(
     vm: &VmSpec,
     work: &Path,
     timeout: Duration,
 ) -> Result<BootCheck, QemuError> {
     let user_data = format!(
-        "#cloud-config\nruncmd:\n  - [sh, -c, 'echo \"{BOOT_OK} agent=$(systemctl is-enabled vm-agent.service 2>/dev/null || echo absent) sudoers=$(visudo -c >/dev/null 2>&1 && echo ok || echo bad) failed=$(systemctl --failed --no-legend | wc -l)\" > /dev/console']\n"
+        "#cloud-config\nbootcmd:\n  - [sh, -c, 'echo \"{BOOT_OK} agent=$(systemctl is-enabled vm-agent.service 2>/dev/null || echo absent) sudoers=$(visudo -c >/dev/null 2>&1 && echo ok || echo bad) failed=$(systemctl --failed --no-legend | wc -l)\" > /dev/console']\n"
     );
     let iso = make_seed_iso(
         work,
