@@ -638,6 +638,15 @@ async fn download_into(
         sh.resumed.fetch_add(have, Ordering::Relaxed);
         tracing::info!("{key}: resuming at byte {have} of {size}");
     }
+    let remaining = size - have;
+    let ranged = remaining > sh.cfg.chunk_size && sh.cfg.chunks_in_flight > 1;
+    // A large object waits for its share of the buffer budget before its writer
+    // thread starts, so waiting objects do not hold blocking threads.
+    let _large = if ranged {
+        sh.large.acquire().await.ok()
+    } else {
+        None
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let (d, bar) = (dest.to_path_buf(), sh.progress.cloned());
     let guard = sh.writers.clone().read_owned().await;
@@ -647,11 +656,9 @@ async fn download_into(
         r
     });
     let net = async {
-        let remaining = size - have;
-        if remaining <= sh.cfg.chunk_size || sh.cfg.chunks_in_flight <= 1 {
+        if !ranged {
             return get_range(sh, key, have, size, &mut Sink::Writer(&tx)).await;
         }
-        let _large = sh.large.acquire().await.ok();
         let step = sh.cfg.chunk_size.max(1);
         let ranges = (0..remaining.div_ceil(step)).map(|i| {
             let a = have + i * step;
