@@ -141,6 +141,13 @@ pub(crate) struct Inner {
     callback: Option<String>,
 }
 
+impl Inner {
+    /// How many jobs are in `state`.
+    fn jobs_in(&self, state: JobState) -> usize {
+        self.jobs.values().filter(|j| j.state == state).count()
+    }
+}
+
 /// Everything the daemon needs, injectable for tests.
 pub struct Parts {
     pub sessions: Box<dyn SessionSource>,
@@ -405,16 +412,8 @@ impl Agent {
 
     /// Why the machine is busy (not idle), if it is. `pulling`: an artifact pull is running.
     fn busy_reason(i: &Inner, now: SystemTime, pulling: Option<String>) -> Option<String> {
-        let running = i
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Running)
-            .count();
-        let queued = i
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Queued)
-            .count();
+        let running = i.jobs_in(JobState::Running);
+        let queued = i.jobs_in(JobState::Queued);
         if running > 0 {
             return Some(format!("{running} job(s) running"));
         }
@@ -558,16 +557,8 @@ impl Agent {
         let host_keys = hostkeys::host_keys(&self.cfg.paths.ssh_host_key_dir);
         let artifacts = self.parts.fetcher.report();
         let i = self.lock();
-        let running = i
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Running)
-            .count();
-        let queued = i
-            .jobs
-            .values()
-            .filter(|j| j.state == JobState::Queued)
-            .count();
+        let running = i.jobs_in(JobState::Running);
+        let queued = i.jobs_in(JobState::Queued);
         StatusReport {
             report_version: REPORT_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),

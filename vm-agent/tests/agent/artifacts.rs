@@ -93,12 +93,7 @@ fn boot_pull_installs_a_verified_build_and_reaches_ready_without_leaking_keys() 
     a.start();
     let s = wait_final(&a, 90);
     assert_eq!(s["stage"], "ready", "{s:#}\n{}", a.log());
-    let stages: Vec<&str> = s["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| h["stage"].as_str().unwrap_or(""))
-        .collect();
+    let stages = history_stages(&s);
     assert_eq!(
         stages,
         [

@@ -271,6 +271,16 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The stages of a status report's readiness history, in order.
+pub fn history_stages(status: &Value) -> Vec<&str> {
+    status["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["stage"].as_str().unwrap_or(""))
+        .collect()
+}
+
 pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {

@@ -26,12 +26,7 @@ fn stages_advance_with_cloud_init_and_status_exit_codes_follow() {
     a.cloud_init_done();
     let s = a.wait_ready();
     assert_eq!(s["stage"], "ready");
-    let stages: Vec<&str> = s["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| h["stage"].as_str().unwrap_or(""))
-        .collect();
+    let stages = history_stages(&s);
     assert_eq!(
         stages,
         [
