@@ -37,4 +37,12 @@ for s in .ci/setup-*.sh; do
   echo "setup: $s" >&2
   bash "$s" >/dev/null
 done
+# Disk: a fresh `cargo test --workspace` (clippy, test binaries, the static agent for
+# the end-to-end test) needs about 5 GB under target/ plus ~1.5 GB of caches. Say so
+# up front when the machine has less, instead of failing later with ENOSPC mid-link.
+avail_kb=$(df -Pk "${CARGO_TARGET_DIR:-target}" 2>/dev/null | awk 'NR==2 {print $4}' || df -Pk . | awk 'NR==2 {print $4}')
+if [[ -n "${avail_kb:-}" ]] && ((avail_kb < 6 * 1024 * 1024)); then
+  echo "setup: WARNING: only $((avail_kb / 1024)) MiB free for the build; the test suite needs ~6 GiB" >&2
+  df -h . "$HOME/.cache" >&2 || true
+fi
 echo "setup: ok" >&2

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use do_bake_support::{Env, S3Server, TOKEN, fast_sim, spec_text};
-use do_sim::{SeedImage, Sim, SimConfig};
+use do_sim::{Fault, FaultRule, SeedImage, Sim, SimConfig};
 use image_builder::do_api::{Client, DropletCreate, ImageSpec, RetryPolicy, Token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_image-builder");
@@ -26,6 +26,15 @@ fn slow_sim() -> SimConfig {
         p.after_ms = 100;
     }
     c.action_ms_by_type.insert("snapshot".into(), 1500);
+    // Finishing (renaming/tagging the image) is one quick request followed by the
+    // builder's DELETE: hold its response so a kill there lands before the DELETE
+    // even on a loaded 2-core machine.
+    c.faults.push(FaultRule {
+        route: "PUT /v2/images/{id}".into(),
+        nth: 1,
+        times: 1,
+        fault: Fault::Delay { ms: 1000 },
+    });
     c
 }
 
