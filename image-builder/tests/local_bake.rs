@@ -268,3 +268,98 @@ fn vm_way_provisions_with_a_real_boot_and_the_same_report() {
         "host keys left in the image"
     );
 }
+
+/// Two bakes on a fresh machine must not both build the base and then replace the
+/// directory the other is copying from: a second `base build` waits on the first's
+/// lock and then reuses its result. Checked without a 2-minute mmdebstrap: the test
+/// holds the lock itself, puts a complete base in place, and lets go.
+#[test]
+fn a_second_base_build_waits_for_the_first_and_reuses_it() {
+    use image_builder::backend::qemu::base::{Base, BaseSpec, cache_dir_in, lock_path_in};
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    require_root();
+    let cache = tempfile::tempdir().unwrap();
+    let spec = BaseSpec::default();
+    let lock_file = lock_path_in(cache.path(), &spec);
+    std::fs::create_dir_all(lock_file.parent().unwrap()).unwrap();
+    let held = Flock::lock(
+        std::fs::File::create(&lock_file).unwrap(),
+        FlockArg::LockExclusive,
+    )
+    .map_err(|(_, e)| e)
+    .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_image-builder"))
+        .args(["base", "build", "--json"])
+        .env("IMAGE_BUILDER_CACHE", cache.path())
+        .env("IMAGE_BUILDER_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("being built by another process"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("`base build` never said it waits for the lock:\n{seen:#?}");
+            }
+        }
+    }
+    // It is waiting, and has built nothing.
+    let dir = cache_dir_in(cache.path(), &spec);
+    assert!(
+        !dir.exists(),
+        "it must not build while another holds the lock"
+    );
+
+    // "The other process" finishes: a complete base, then the lock is released.
+    std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+    for f in ["base.raw", "vmlinuz", "initrd.img"] {
+        std::fs::write(dir.join(f), f).unwrap();
+    }
+    let base = Base {
+        key: spec.key(),
+        suite: spec.suite.clone(),
+        dir: dir.clone(),
+        rootfs: dir.join("rootfs"),
+        disk: dir.join("base.raw"),
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        built_at: "2026-11-22T00:00:00Z".into(),
+        cache_hit: false,
+    };
+    std::fs::write(
+        dir.join("base.json"),
+        serde_json::to_vec_pretty(&base).unwrap(),
+    )
+    .unwrap();
+    drop(held);
+
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{seen:#?}");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["cache_hit"], true, "{got}");
+    assert_eq!(got["dir"], dir.display().to_string());
+    assert_eq!(
+        std::fs::read(dir.join("vmlinuz")).unwrap(),
+        b"vmlinuz",
+        "the finished base must be reused, not rebuilt or replaced"
+    );
+}

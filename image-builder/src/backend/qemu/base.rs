@@ -119,11 +119,23 @@ fn metadata_path(dir: &Path) -> PathBuf {
     dir.join("base.json")
 }
 
+/// Where the base for `spec` is cached under the cache root `root`:
+/// `<root>/base/<suite>-<key>`.
+pub fn cache_dir_in(root: &Path, spec: &BaseSpec) -> PathBuf {
+    root.join("base")
+        .join(format!("{}-{}", spec.suite, spec.key()))
+}
+
+/// The lock file held while the base for `spec` is looked up and built:
+/// `<root>/base/.<suite>-<key>.lock`.
+pub fn lock_path_in(root: &Path, spec: &BaseSpec) -> PathBuf {
+    root.join("base")
+        .join(format!(".{}-{}.lock", spec.suite, spec.key()))
+}
+
 /// Look up a cached base.
 pub fn lookup(spec: &BaseSpec) -> Option<Base> {
-    let dir = cache_root()
-        .join("base")
-        .join(format!("{}-{}", spec.suite, spec.key()));
+    let dir = cache_dir_in(&cache_root(), spec);
     let text = std::fs::read_to_string(metadata_path(&dir)).ok()?;
     let mut base: Base = serde_json::from_str(&text).ok()?;
     let complete = base.disk.is_file()
@@ -144,6 +156,33 @@ fn require_root(what: &str) -> Result<(), QemuError> {
     }
 }
 
+/// Exclusive lock on one base key ([`lock_path_in`]), held while that base is looked up
+/// and built: concurrent bakes on a fresh machine wait for one build instead of each
+/// building it and the last one replacing the directory another is copying from.
+fn lock_key(spec: &BaseSpec) -> Result<nix::fcntl::Flock<std::fs::File>, QemuError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = lock_path_in(&cache_root(), spec);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| QemuError::io(&path, e))?;
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(l),
+        Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+            tracing::info!(
+                "base {}-{} is being built by another process; waiting for it",
+                spec.suite,
+                spec.key()
+            );
+            Flock::lock(f, FlockArg::LockExclusive)
+                .map_err(|(_, e)| QemuError::io(&path, std::io::Error::from(e)))
+        }
+        Err((_, e)) => Err(QemuError::io(&path, std::io::Error::from(e))),
+    }
+}
+
 /// Build (or reuse) a base.
 pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
     if let Some(b) = lookup(spec) {
@@ -157,7 +196,13 @@ pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
     let key = spec.key();
     let parent = cache_root().join("base");
     std::fs::create_dir_all(&parent).map_err(|e| QemuError::io(&parent, e))?;
-    let dir = parent.join(format!("{}-{key}", spec.suite));
+    let _lock = lock_key(spec)?;
+    // Another process may have finished it while this one waited for the lock.
+    if let Some(b) = lookup(spec) {
+        tracing::info!("base {} is cached in {}", b.key, b.dir.display());
+        return Ok(b);
+    }
+    let dir = cache_dir_in(&cache_root(), spec);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}-{key}.", spec.suite))
         .tempdir_in(&parent)
@@ -212,7 +257,8 @@ pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
     };
     let meta = serde_json::to_vec_pretty(&base).map_err(|e| QemuError::Other(e.to_string()))?;
     std::fs::write(metadata_path(work), meta).map_err(|e| QemuError::io(work, e))?;
-    // Replace any incomplete leftover of an earlier run, then move into place.
+    // Replace any incomplete leftover of an earlier run (under the lock, and `lookup`
+    // never hands out an incomplete one), then move into place.
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| QemuError::io(&dir, e))?;
     }
