@@ -101,6 +101,9 @@ pub enum Cmd {
     CheckConfig,
     /// Print the default config as TOML (every field, documented in the README).
     ExampleConfig,
+    /// Internal: one artifact pull, started by the daemon (job on stdin, JSON lines on stdout).
+    #[command(name = "pull-worker", hide = true)]
+    PullWorker,
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -129,10 +132,11 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_tracing(matches!(cli.cmd, Cmd::Daemon { .. }));
+    init_tracing(matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::PullWorker));
     match &cli.cmd {
         Cmd::Daemon { dry_run } => daemon::main(&config_path(&cli), *dry_run),
         Cmd::CheckConfig => check_config(&config_path(&cli)),
+        Cmd::PullWorker => crate::artifacts::child::main(),
         Cmd::ExampleConfig => {
             print!("{}", Config::example_toml());
             0
@@ -423,7 +427,7 @@ fn client_inner(cli: &Cli, path: &Path) -> Result<i32, i32> {
                 }
             }
         }
-        Cmd::Daemon { .. } | Cmd::CheckConfig | Cmd::ExampleConfig => Ok(0),
+        Cmd::Daemon { .. } | Cmd::CheckConfig | Cmd::ExampleConfig | Cmd::PullWorker => Ok(0),
     }
 }
 

@@ -30,7 +30,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use indicatif::ProgressBar;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -100,7 +100,7 @@ impl PullConfig {
 }
 
 /// What [`pull`] did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PullReport {
     /// The sha.
     pub sha: String,

@@ -130,6 +130,12 @@ impl S3Credentials {
         &self.access_key_id
     }
 
+    /// The secret key, for handing the pair on to a process that pulls (vm-agent's pull
+    /// child reads it from a pipe). Never log it.
+    pub fn secret_access_key(&self) -> &str {
+        &self.secret_access_key
+    }
+
     /// From the process environment: `Ok(None)` when neither pair is set.
     pub fn from_env() -> Result<Option<Self>, CredentialsError> {
         Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))

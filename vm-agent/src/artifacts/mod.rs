@@ -16,6 +16,7 @@
 //! * `failed`: the build is there but could not be installed (checksum mismatch after the
 //!   bounded re-fetches, disk full, bad manifest, timeout). Same readiness rules.
 
+pub mod child;
 pub mod s3;
 
 pub use s3::S3Fetcher;

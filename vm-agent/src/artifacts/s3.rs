@@ -1,20 +1,21 @@
 //! [`S3Fetcher`]: pulls builds from the `[artifacts]` store with
 //! `image_builder::artifact::pull`.
 //!
-//! Each pull runs on its own short-lived multi-thread tokio runtime in a dedicated thread: the
-//! daemon's runtime is single-threaded (small idle RSS), and a pull wants several threads for
-//! TLS, hashing and writing. Nothing of that runtime is left once the pull ends. A hidden
-//! [`ProgressBar`] carries the byte count that `status` shows while a pull runs.
+//! Each pull runs in a child process (module [`child`]: `vm-agent pull-worker`, on its own
+//! short-lived multi-thread runtime): the daemon's runtime is single-threaded (small idle RSS),
+//! a pull wants several threads for TLS, hashing and writing, and nothing of it (code pages,
+//! buffers, threads) is left in the daemon once it ends. A hidden [`ProgressBar`] carries the
+//! byte count the child reports, which `status` shows while a pull runs.
 //!
 //! Names are resolved with hickory (`image_builder::artifact::s3::HickoryDns`: reads
 //! `/etc/resolv.conf` and `/etc/hosts` itself), not with glibc's `getaddrinfo`, so the
 //! statically linked agent never enters NSS.
 
+use super::child;
 use super::{ArtifactFetcher, ArtifactItem, ArtifactOutcome, ArtifactReport, PullRefused};
 use crate::config::{ArtifactsConfig, Secrets};
 use futures::future::BoxFuture;
-use image_builder::artifact::s3::HickoryDns;
-use image_builder::artifact::{PullConfig, PullError, S3Credentials, S3Settings, pull};
+use image_builder::artifact::{S3Credentials, S3Settings};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -132,27 +133,27 @@ impl S3Fetcher {
         let start = Instant::now();
         tracing::info!(sha, trigger, bucket = %self.cfg.bucket, "artifact pull: started");
         let result = match &self.creds.keys {
-            Err(msg) => Err(format!("artifact unavailable: {msg}")),
+            Err(msg) => child::Outcome::Failed {
+                unavailable: true,
+                message: format!("artifact unavailable: {msg}"),
+            },
             Ok(keys) => {
-                let mut pc = PullConfig::new(self.settings(), keys.clone());
-                pc.max_requests = self.cfg.concurrency.max(1) as usize;
-                pc.cache_max_bytes = self.cfg.cache_max_bytes;
-                pc.min_free_bytes = self.cfg.min_free_bytes;
-                run_pull(
-                    pc,
-                    sha.to_string(),
-                    self.root.clone(),
-                    bar.clone(),
-                    self.cfg.timeout.duration(),
-                )
-                .await
+                let job = child::PullJob {
+                    s3: self.settings(),
+                    keys: keys.as_ref().map(child::Keys::from),
+                    sha: sha.to_string(),
+                    root: self.root.clone(),
+                    max_requests: self.cfg.concurrency.max(1) as usize,
+                    cache_max_bytes: self.cfg.cache_max_bytes,
+                    min_free_bytes: self.cfg.min_free_bytes,
+                };
+                child::run(&job, &bar, self.cfg.timeout.duration()).await
             }
         };
         self.lock().live.remove(sha);
-        release_memory();
         item.duration_secs = start.elapsed().as_secs_f64();
         match result {
-            Ok(Ok(r)) => {
+            child::Outcome::Installed(r) => {
                 item.state = "installed".into();
                 item.verified = true;
                 item.path = Some(r.dir.display().to_string());
@@ -175,25 +176,14 @@ impl S3Fetcher {
                     r.dir.display()
                 );
             }
-            Ok(Err(e)) => {
+            child::Outcome::Failed {
+                unavailable,
+                message,
+            } => {
                 item.bytes = bar.length().unwrap_or(0);
                 item.bytes_done = bar.position();
-                if e.is_unavailable() {
-                    // The library's message already starts with "artifact unavailable: ".
-                    item.state = "unavailable".into();
-                    item.reason = Some(e.to_string());
-                } else {
-                    item.state = "failed".into();
-                    item.reason = Some(format!("artifact failed: {e}"));
-                }
-            }
-            Err(msg) => {
-                item.state = if msg.starts_with("artifact unavailable") {
-                    "unavailable".into()
-                } else {
-                    "failed".into()
-                };
-                item.reason = Some(msg);
+                item.state = if unavailable { "unavailable" } else { "failed" }.into();
+                item.reason = Some(message);
             }
         }
         if let Some(r) = &item.reason {
@@ -203,81 +193,6 @@ impl S3Fetcher {
         item
     }
 }
-
-/// Run `pull` on its own runtime in its own thread. `Err(msg)`: it never produced a result
-/// (timeout, the thread died).
-async fn run_pull(
-    pc: PullConfig,
-    sha: String,
-    root: PathBuf,
-    bar: ProgressBar,
-    limit: Option<std::time::Duration>,
-) -> Result<Result<image_builder::artifact::PullReport, PullError>, String> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name(format!("pull-{}", &sha[..sha.len().min(12)]))
-        .spawn(move || {
-            let workers = std::thread::available_parallelism()
-                .map(|n| n.get().clamp(2, 4))
-                .unwrap_or(2);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .thread_name("pull")
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(format!("artifact failed: cannot start a runtime: {e}")));
-                    return;
-                }
-            };
-            let out = rt.block_on(async move {
-                let mut pc = pc;
-                pc.resolver = match HickoryDns::from_system_conf() {
-                    Ok(r) => Some(r.shared()),
-                    Err(e) => {
-                        tracing::warn!("{e}; resolving names with getaddrinfo");
-                        None
-                    }
-                };
-                let fut = pull(&pc, &sha, &root, Some(&bar));
-                match limit {
-                    None => Ok(fut.await),
-                    Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
-                        format!(
-                            "artifact failed: pull did not finish within {} (artifacts.timeout); \
-                             partial files are kept for the next pull",
-                            crate::config::Dur(d)
-                        )
-                    }),
-                }
-            });
-            let _ = tx.send(out);
-        });
-    if let Err(e) = spawned {
-        return Err(format!(
-            "artifact failed: cannot start the pull thread: {e}"
-        ));
-    }
-    rx.await
-        .map_err(|_| "artifact failed: the pull thread died".to_string())?
-}
-
-/// Hand the pull's freed buffers back to the kernel. The pull's runtime threads are gone,
-/// but glibc keeps their malloc arenas (tens of MiB after a large pull) in the daemon's RSS
-/// for the rest of the machine's life; `malloc_trim` releases the free pages of every arena.
-#[cfg(target_env = "gnu")]
-#[allow(unsafe_code)]
-fn release_memory() {
-    // SAFETY: malloc_trim takes no pointers and only walks glibc's allocator state under its
-    // own locks; it is safe to call from any thread at any time.
-    let released = unsafe { libc::malloc_trim(0) };
-    tracing::debug!(released, "malloc_trim after the pull");
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn release_memory() {}
 
 impl ArtifactFetcher for S3Fetcher {
     fn fetch(&self) -> BoxFuture<'_, ArtifactOutcome> {
@@ -370,7 +285,7 @@ mod tests {
 
     #[test]
     fn hickory_resolves_localhost_without_nss() {
-        use image_builder::artifact::s3::ResolveDns;
+        use image_builder::artifact::s3::{HickoryDns, ResolveDns};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

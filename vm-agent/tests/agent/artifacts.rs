@@ -384,3 +384,109 @@ fn pull_without_an_artifacts_section_is_refused() {
     // (`pull` is privileged like `run`).
     assert!(vm_agent::protocol::Request::Pull { sha: SHA.into() }.is_privileged());
 }
+
+/// Children of `pid` whose command line is `... pull-worker`.
+fn pull_workers_of(pid: u32) -> Vec<u32> {
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains("pull-worker") {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// A pull runs in its own process: killing it mid-transfer fails that pull with the reason,
+/// the daemon lives on (and stays small), and the next pull resumes and installs.
+#[test]
+fn a_pull_runs_in_a_child_process_whose_death_does_not_take_the_daemon() {
+    let server = S3Server::start();
+    let b = build_tree();
+    server.publish(OTHER_SHA, std::slice::from_ref(&b.root));
+    let mut a = agent_for(&server, None, false);
+    good_keys(&a, &server);
+    a.start();
+    assert_eq!(wait_final(&a, 30)["stage"], "ready");
+    let daemon = a.pid();
+
+    // Freeze the store so the pull is caught mid-way, then kill its process.
+    let stop = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &server.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    };
+    stop("-STOP");
+    let pulling = std::thread::scope(|s| {
+        let h = s.spawn(|| a.cli(&["pull", OTHER_SHA, "--json"]));
+        let mut workers = vec![];
+        wait_until("a pull-worker child of the daemon", 30, || {
+            workers = pull_workers_of(daemon);
+            !workers.is_empty()
+        });
+        assert_eq!(workers.len(), 1, "{workers:?}");
+        // The keys reach it over a pipe, not its argv.
+        assert!(cmdlines_containing(&server.secret_key, &[server.pid()]).is_empty());
+        let st = std::process::Command::new("kill")
+            .args(["-KILL", &workers[0].to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        h.join().expect("cli thread")
+    });
+    stop("-CONT");
+    assert_eq!(code(&pulling), 1, "{}", text(&pulling.stderr));
+    let it: Value = serde_json::from_slice(&pulling.stdout).expect("json");
+    assert_eq!(it["state"], "failed", "{it:#}");
+    let reason = it["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the pull process ended without a result") && reason.contains("signal"),
+        "{reason}"
+    );
+
+    // The daemon is the same process and still answers.
+    assert_eq!(a.pid(), daemon);
+    assert!(
+        std::path::Path::new(&format!("/proc/{daemon}")).exists(),
+        "the daemon died with its pull:\n{}",
+        a.log()
+    );
+    let s = a.status();
+    assert_eq!(s["stage"], "ready", "{s:#}");
+    assert_eq!(item(&s, OTHER_SHA)["state"], "failed");
+    no_incoming_visible(&a);
+
+    // The next pull completes (partial files of the killed one are reused or replaced).
+    let out = a.cli(&["pull", OTHER_SHA, "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let it: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(it["state"], "installed");
+    let dir = a.path(&format!("state/artifacts/{OTHER_SHA}"));
+    assert_eq!(
+        std::fs::read(dir.join("out/lib/big.bin")).expect("big"),
+        b.big
+    );
+    no_incoming(&a);
+    assert!(pull_workers_of(daemon).is_empty(), "no pull process left");
+}
+
+/// After a killed pull, nothing is installed under the sha's own name.
+fn no_incoming_visible(a: &Agent) {
+    assert!(
+        !a.path(&format!("state/artifacts/{OTHER_SHA}")).exists(),
+        "a killed pull must not leave an installed build"
+    );
+}
