@@ -275,7 +275,9 @@ fn vm_way_provisions_with_a_real_boot_and_the_same_report() {
 /// holds the lock itself, puts a complete base in place, and lets go.
 #[test]
 fn a_second_base_build_waits_for_the_first_and_reuses_it() {
-    use image_builder::backend::qemu::base::{Base, BaseSpec, cache_dir_in, lock_path_in};
+    use image_builder::backend::qemu::base::{
+        Base, BaseSpec, cache_dir_in, lock_path_in, metadata_path,
+    };
     use nix::fcntl::{Flock, FlockArg};
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
@@ -330,23 +332,13 @@ fn a_second_base_build_waits_for_the_first_and_reuses_it() {
     );
 
     // "The other process" finishes: a complete base, then the lock is released.
-    std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
-    for f in ["base.raw", "vmlinuz", "initrd.img"] {
-        std::fs::write(dir.join(f), f).unwrap();
+    let base = Base::in_dir(&spec, &dir, "2026-11-22T00:00:00Z".into());
+    std::fs::create_dir_all(base.rootfs.join("etc")).unwrap();
+    for f in [&base.disk, &base.kernel, &base.initrd] {
+        std::fs::write(f, "made by the other process").unwrap();
     }
-    let base = Base {
-        key: spec.key(),
-        suite: spec.suite.clone(),
-        dir: dir.clone(),
-        rootfs: dir.join("rootfs"),
-        disk: dir.join("base.raw"),
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initrd.img"),
-        built_at: "2026-11-22T00:00:00Z".into(),
-        cache_hit: false,
-    };
     std::fs::write(
-        dir.join("base.json"),
+        metadata_path(&dir),
         serde_json::to_vec_pretty(&base).unwrap(),
     )
     .unwrap();
@@ -358,8 +350,8 @@ fn a_second_base_build_waits_for_the_first_and_reuses_it() {
     assert_eq!(got["cache_hit"], true, "{got}");
     assert_eq!(got["dir"], dir.display().to_string());
     assert_eq!(
-        std::fs::read(dir.join("vmlinuz")).unwrap(),
-        b"vmlinuz",
+        std::fs::read(&base.kernel).unwrap(),
+        b"made by the other process",
         "the finished base must be reused, not rebuilt or replaced"
     );
 }

@@ -115,8 +115,27 @@ pub fn cache_root() -> PathBuf {
     home.join("image-builder")
 }
 
-fn metadata_path(dir: &Path) -> PathBuf {
+/// `<dir>/base.json`: written last; a base without it is incomplete.
+pub fn metadata_path(dir: &Path) -> PathBuf {
     dir.join("base.json")
+}
+
+impl Base {
+    /// The layout of a base in `dir` (one definition for the builder and whoever reads it):
+    /// `rootfs/`, `base.raw`, `vmlinuz`, `initrd.img`, and [`metadata_path`].
+    pub fn in_dir(spec: &BaseSpec, dir: &Path, built_at: String) -> Base {
+        Base {
+            key: spec.key(),
+            suite: spec.suite.clone(),
+            dir: dir.to_path_buf(),
+            rootfs: dir.join("rootfs"),
+            disk: dir.join("base.raw"),
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            built_at,
+            cache_hit: false,
+        }
+    }
 }
 
 /// Where the base for `spec` is cached under the cache root `root`:
@@ -210,7 +229,8 @@ pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
     let work = tmp.path();
     let hook = work.join("customize.sh");
     std::fs::write(&hook, CUSTOMIZE_HOOK).map_err(|e| QemuError::io(&hook, e))?;
-    let rootfs = work.join("rootfs");
+    let staged = Base::in_dir(spec, work, String::new());
+    let rootfs = staged.rootfs.clone();
     let include: Vec<String> = PACKAGES
         .iter()
         .map(|s| s.to_string())
@@ -238,23 +258,11 @@ pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
     let boot = rootfs.join("boot");
     let kernel = super::newest_prefixed(&boot, "vmlinuz-")?;
     let initrd = super::newest_prefixed(&boot, "initrd.img-")?;
-    std::fs::copy(&kernel, work.join("vmlinuz")).map_err(|e| QemuError::io(&kernel, e))?;
-    std::fs::copy(&initrd, work.join("initrd.img")).map_err(|e| QemuError::io(&initrd, e))?;
+    std::fs::copy(&kernel, &staged.kernel).map_err(|e| QemuError::io(&kernel, e))?;
+    std::fs::copy(&initrd, &staged.initrd).map_err(|e| QemuError::io(&initrd, e))?;
+    make_ext4(&rootfs, &staged.disk, spec.disk_size)?;
 
-    let disk = work.join("base.raw");
-    make_ext4(&rootfs, &disk, spec.disk_size)?;
-
-    let base = Base {
-        key: key.clone(),
-        suite: spec.suite.clone(),
-        dir: dir.clone(),
-        rootfs: dir.join("rootfs"),
-        disk: dir.join("base.raw"),
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initrd.img"),
-        built_at: super::now_rfc3339(),
-        cache_hit: false,
-    };
+    let base = Base::in_dir(spec, &dir, super::now_rfc3339());
     let meta = serde_json::to_vec_pretty(&base).map_err(|e| QemuError::Other(e.to_string()))?;
     std::fs::write(metadata_path(work), meta).map_err(|e| QemuError::io(work, e))?;
     // Replace any incomplete leftover of an earlier run (under the lock, and `lookup`
