@@ -160,6 +160,13 @@ pub async fn run(job: &PullJob, bar: &ProgressBar, limit: Option<Duration>) -> O
 /// `vm-agent pull-worker`: read one [`PullJob`] from stdin, pull, print [`Line`]s. Exit 0
 /// when a result line was printed (whatever the result), 1 when the job could not be read.
 pub fn main() -> i32 {
+    // Die with the daemon: a daemon killed mid-pull (SIGKILL, OOM) must not leave a pull
+    // running on its own. (The daemon's runtime is current-thread on its main thread, and the
+    // signal follows the thread that started us; a daemon gone before this line shows up as
+    // an unreadable job below.)
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        tracing::warn!("{SUBCOMMAND}: cannot tie this process to the daemon's life: {e}");
+    }
     let job: PullJob = match serde_json::from_reader(std::io::stdin().lock()) {
         Ok(j) => j,
         Err(e) => {

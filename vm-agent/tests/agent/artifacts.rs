@@ -490,3 +490,56 @@ fn no_incoming_visible(a: &Agent) {
         "a killed pull must not leave an installed build"
     );
 }
+
+/// A daemon killed mid-pull takes its pull process with it (no orphan pull running on).
+#[test]
+fn a_killed_daemon_leaves_no_pull_process_behind() {
+    let server = S3Server::start();
+    let b = build_tree();
+    server.publish(OTHER_SHA, std::slice::from_ref(&b.root));
+    let mut a = agent_for(&server, None, false);
+    good_keys(&a, &server);
+    a.start();
+    assert_eq!(wait_final(&a, 30)["stage"], "ready");
+    let daemon = a.pid();
+    let signal = |sig: &str, pid: u32| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    };
+    signal("-STOP", server.pid());
+    let worker = std::thread::scope(|s| {
+        let h = s.spawn(|| a.cli(&["pull", OTHER_SHA]));
+        let mut workers = vec![];
+        wait_until("a pull-worker child of the daemon", 30, || {
+            workers = pull_workers_of(daemon);
+            !workers.is_empty()
+        });
+        // Past its first progress line (it reports every 200 ms, and only changes), so from
+        // here on the stalled worker has nothing to write and would not notice a closed pipe.
+        std::thread::sleep(Duration::from_millis(800));
+        signal("-KILL", daemon);
+        let out = h.join().expect("cli thread");
+        assert_ne!(code(&out), 0, "the pull cannot succeed without its daemon");
+        workers[0]
+    });
+    // While the store is still frozen: the worker makes no progress and writes nothing, so
+    // only the parent-death signal can end it now.
+    wait_until("the orphaned pull-worker to end", 10, || {
+        // Gone, or a zombie nobody has reaped yet.
+        std::fs::read_to_string(format!("/proc/{worker}/stat"))
+            .map(|st| {
+                st.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    });
+    signal("-CONT", server.pid());
+    a.kill();
+    assert!(
+        !a.path(&format!("state/artifacts/{OTHER_SHA}")).exists(),
+        "nothing installed"
+    );
+}
