@@ -408,10 +408,8 @@ fn pull_workers_of(pid: u32) -> Vec<u32> {
     found
 }
 
-/// A pull runs in its own process: killing it mid-transfer fails that pull with the reason,
-/// the daemon lives on (and stays small), and the next pull resumes and installs.
-#[test]
-fn a_pull_runs_in_a_child_process_whose_death_does_not_take_the_daemon() {
+/// A ready agent (no boot sha) whose store holds build OTHER_SHA.
+fn ready_with_a_published_build() -> (S3Server, Build, Agent) {
     let server = S3Server::start();
     let b = build_tree();
     server.publish(OTHER_SHA, std::slice::from_ref(&b.root));
@@ -419,35 +417,46 @@ fn a_pull_runs_in_a_child_process_whose_death_does_not_take_the_daemon() {
     good_keys(&a, &server);
     a.start();
     assert_eq!(wait_final(&a, 30)["stage"], "ready");
+    (server, b, a)
+}
+
+fn signal(sig: &str, pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+/// The one pull-worker child of `daemon`, once it is there.
+fn wait_pull_worker(daemon: u32) -> u32 {
+    let mut workers = vec![];
+    wait_until("a pull-worker child of the daemon", 30, || {
+        workers = pull_workers_of(daemon);
+        !workers.is_empty()
+    });
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    workers[0]
+}
+
+/// A pull runs in its own process: killing it mid-transfer fails that pull with the reason,
+/// the daemon lives on (and stays small), and the next pull resumes and installs.
+#[test]
+fn a_pull_runs_in_a_child_process_whose_death_does_not_take_the_daemon() {
+    let (server, b, a) = ready_with_a_published_build();
     let daemon = a.pid();
 
     // Freeze the store so the pull is caught mid-way, then kill its process.
-    let stop = |sig: &str| {
-        let st = std::process::Command::new("kill")
-            .args([sig, &server.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(st.success());
-    };
-    stop("-STOP");
+    signal("-STOP", server.pid());
     let pulling = std::thread::scope(|s| {
         let h = s.spawn(|| a.cli(&["pull", OTHER_SHA, "--json"]));
-        let mut workers = vec![];
-        wait_until("a pull-worker child of the daemon", 30, || {
-            workers = pull_workers_of(daemon);
-            !workers.is_empty()
-        });
-        assert_eq!(workers.len(), 1, "{workers:?}");
+        let worker = wait_pull_worker(daemon);
         // The keys reach it over a pipe, not its argv.
         assert!(cmdlines_containing(&server.secret_key, &[server.pid()]).is_empty());
-        let st = std::process::Command::new("kill")
-            .args(["-KILL", &workers[0].to_string()])
-            .status()
-            .expect("kill");
-        assert!(st.success());
+        signal("-KILL", worker);
         h.join().expect("cli thread")
     });
-    stop("-CONT");
+    signal("-CONT", server.pid());
     assert_eq!(code(&pulling), 1, "{}", text(&pulling.stderr));
     let it: Value = serde_json::from_slice(&pulling.stdout).expect("json");
     assert_eq!(it["state"], "failed", "{it:#}");
@@ -494,36 +503,19 @@ fn no_incoming_visible(a: &Agent) {
 /// A daemon killed mid-pull takes its pull process with it (no orphan pull running on).
 #[test]
 fn a_killed_daemon_leaves_no_pull_process_behind() {
-    let server = S3Server::start();
-    let b = build_tree();
-    server.publish(OTHER_SHA, std::slice::from_ref(&b.root));
-    let mut a = agent_for(&server, None, false);
-    good_keys(&a, &server);
-    a.start();
-    assert_eq!(wait_final(&a, 30)["stage"], "ready");
+    let (server, _build, mut a) = ready_with_a_published_build();
     let daemon = a.pid();
-    let signal = |sig: &str, pid: u32| {
-        let st = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(st.success());
-    };
     signal("-STOP", server.pid());
     let worker = std::thread::scope(|s| {
         let h = s.spawn(|| a.cli(&["pull", OTHER_SHA]));
-        let mut workers = vec![];
-        wait_until("a pull-worker child of the daemon", 30, || {
-            workers = pull_workers_of(daemon);
-            !workers.is_empty()
-        });
+        let worker = wait_pull_worker(daemon);
         // Past its first progress line (it reports every 200 ms, and only changes), so from
         // here on the stalled worker has nothing to write and would not notice a closed pipe.
         std::thread::sleep(Duration::from_millis(800));
         signal("-KILL", daemon);
         let out = h.join().expect("cli thread");
         assert_ne!(code(&out), 0, "the pull cannot succeed without its daemon");
-        workers[0]
+        worker
     });
     // While the store is still frozen: the worker makes no progress and writes nothing, so
     // only the parent-death signal can end it now.
