@@ -291,10 +291,10 @@ fn default_region() -> String {
     "us-east-1".into()
 }
 fn default_min_free_bytes() -> u64 {
-    64 << 20
+    image_builder::artifact::PullConfig::DEFAULT_MIN_FREE_BYTES
 }
 fn default_concurrency() -> u32 {
-    64
+    image_builder::artifact::PullConfig::DEFAULT_MAX_REQUESTS as u32
 }
 fn default_pull_timeout() -> Limit {
     Limit::After(Duration::from_secs(3600))

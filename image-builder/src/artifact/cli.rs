@@ -128,13 +128,13 @@ pub struct PullArgs {
     #[arg(long)]
     pub cache_max_bytes: Option<u64>,
     /// Requests in flight.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = PullConfig::DEFAULT_MAX_REQUESTS)]
     pub concurrency: usize,
     /// Ranged-GET size for large objects, bytes.
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, default_value_t = PullConfig::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u64,
     /// Ranged GETs in flight per object.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = PullConfig::DEFAULT_CHUNKS_IN_FLIGHT)]
     pub chunks_in_flight: usize,
     /// JSON report on stdout.
     #[arg(long)]

@@ -79,21 +79,31 @@ pub struct PullConfig {
 }
 
 impl PullConfig {
+    /// Default of [`PullConfig::max_requests`] (also `artifact pull --concurrency` and
+    /// vm-agent's `artifacts.concurrency`).
+    pub const DEFAULT_MAX_REQUESTS: usize = 64;
+    /// Default of [`PullConfig::chunk_size`].
+    pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
+    /// Default of [`PullConfig::chunks_in_flight`].
+    pub const DEFAULT_CHUNKS_IN_FLIGHT: usize = 4;
+    /// Default of [`PullConfig::min_free_bytes`] (also vm-agent's `artifacts.min_free_bytes`).
+    pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+
     /// Defaults for everything but the store and the keys.
     pub fn new(s3: S3Settings, credentials: Option<S3Credentials>) -> Self {
         Self {
             s3,
             credentials,
             resolver: None,
-            max_requests: 64,
-            chunk_size: 8 << 20,
-            chunks_in_flight: 4,
+            max_requests: Self::DEFAULT_MAX_REQUESTS,
+            chunk_size: Self::DEFAULT_CHUNK_SIZE,
+            chunks_in_flight: Self::DEFAULT_CHUNKS_IN_FLIGHT,
             buffer_budget: 64 << 20,
             max_attempts: 6,
             retry_backoff: Duration::from_millis(250),
             max_refetch: 2,
             cache_max_bytes: None,
-            min_free_bytes: 64 << 20,
+            min_free_bytes: Self::DEFAULT_MIN_FREE_BYTES,
             check_free_space: true,
         }
     }
