@@ -77,21 +77,19 @@ pub struct AgentSettings {
 impl AgentSettings {
     /// The spec's agent settings.
     pub fn from_spec(loaded: &LoadedSpec, provider: &str) -> Self {
-        let a = &loaded.spec.agent;
-        AgentSettings {
-            user: loaded.spec.build_user.name.to_string(),
-            idle_timeout: a.idle_timeout,
-            max_lifetime: a.max_lifetime,
-            no_job_timeout: a.no_job_timeout,
-            ephemeral_tag: a.ephemeral_tag.to_string(),
-            provider: provider.to_owned(),
-            extra_toml: String::new(),
-        }
+        Self::new(
+            &loaded.spec.build_user.name.to_string(),
+            &loaded.spec.agent,
+            provider,
+        )
     }
 
     /// The spec's default agent settings, for a worker booted without its spec.
     pub fn defaults(user: &str, provider: &str) -> Self {
-        let a = spec::Agent::default();
+        Self::new(user, &spec::Agent::default(), provider)
+    }
+
+    fn new(user: &str, a: &spec::Agent, provider: &str) -> Self {
         AgentSettings {
             user: user.to_owned(),
             idle_timeout: a.idle_timeout,
