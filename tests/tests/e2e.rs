@@ -122,6 +122,19 @@ impl Worker {
             .args(["-p", &self.port.to_string(), "builder@127.0.0.1", remote]))
     }
 
+    /// `remote` over SSH, which must exit 0; its stdout.
+    fn ssh_ok(&self, remote: &str) -> String {
+        let o = self.ssh(remote);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{remote}: {out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    }
+
     fn alive(&self) -> bool {
         Path::new(&format!("/proc/{}", self.pid)).exists()
     }
@@ -372,29 +385,15 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         !status.0.stdout.is_empty()
             && !String::from_utf8_lossy(&status.0.stdout).contains(S3_SECRET)
     );
-    let uses = worker.ssh(&format!("vm-agent run --name uses-artifact -- sh -c '{art_path}/bin/hello.sh; cat {art_path}/data.txt'"));
-    let uses_out = String::from_utf8_lossy(&uses.stdout);
-    assert_eq!(
-        uses.status.code(),
-        Some(0),
-        "{uses_out}\n{}",
-        String::from_utf8_lossy(&uses.stderr)
-    );
+    let uses_out = worker.ssh_ok(&format!("vm-agent run --name uses-artifact -- sh -c '{art_path}/bin/hello.sh; cat {art_path}/data.txt'"));
     assert!(
         uses_out.contains("artifact-says-hi") && uses_out.contains("prebuilt-data-0123"),
         "{uses_out}"
     );
 
     // Jobs: output and exit codes come back as if run over SSH directly.
-    let job = worker
-        .ssh("vm-agent run --name hello -- sh -c 'echo hello-from-job; id -un; git --version'");
-    let job_out = String::from_utf8_lossy(&job.stdout);
-    assert_eq!(
-        job.status.code(),
-        Some(0),
-        "{job_out}\n{}",
-        String::from_utf8_lossy(&job.stderr)
-    );
+    let job_out = worker
+        .ssh_ok("vm-agent run --name hello -- sh -c 'echo hello-from-job; id -un; git --version'");
     assert!(job_out.contains("hello-from-job"), "{job_out}");
     assert!(
         job_out.contains("builder"),
