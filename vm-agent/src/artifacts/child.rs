@@ -65,23 +65,33 @@ pub enum Line {
     Progress { len: u64, pos: u64 },
     /// Installed and verified.
     Installed(PullReport),
-    /// The pull ended without installing; `unavailable` separates "not there for us" (no
-    /// keys, no manifest, 403) from "there but could not be installed".
-    Failed { unavailable: bool, message: String },
+    /// The pull ended without installing.
+    Failed(Failure),
 }
 
-/// How a pull ended, seen from the daemon.
-pub enum Outcome {
-    Installed(PullReport),
-    Failed { unavailable: bool, message: String },
+/// Why a pull ended without installing.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    /// "Not there for us" (no keys, no manifest, 403) rather than "there but could not be
+    /// installed".
+    pub unavailable: bool,
+    /// Starts with "artifact unavailable: " or "artifact failed: ".
+    pub message: String,
 }
 
 /// Run one pull in a child process and follow it. `limit`: kill it after this long.
-/// Never fails: a child that dies or says nothing is a `Failed` outcome with the reason.
-pub async fn run(job: &PullJob, bar: &ProgressBar, limit: Option<Duration>) -> Outcome {
-    let failed = |message: String| Outcome::Failed {
-        unavailable: false,
-        message,
+/// A child that dies or says nothing is a [`Failure`] with the reason.
+pub async fn run(
+    job: &PullJob,
+    bar: &ProgressBar,
+    limit: Option<Duration>,
+) -> Result<PullReport, Failure> {
+    let failed = |message: String| {
+        Err(Failure {
+            unavailable: false,
+            message,
+        })
     };
     let input = match serde_json::to_vec(job) {
         Ok(v) => v,
@@ -118,16 +128,8 @@ pub async fn run(job: &PullJob, bar: &ProgressBar, limit: Option<Duration>) -> O
                     bar.set_length(len);
                     bar.set_position(pos);
                 }
-                Ok(Line::Installed(r)) => result = Some(Outcome::Installed(r)),
-                Ok(Line::Failed {
-                    unavailable,
-                    message,
-                }) => {
-                    result = Some(Outcome::Failed {
-                        unavailable,
-                        message,
-                    })
-                }
+                Ok(Line::Installed(r)) => result = Some(Ok(r)),
+                Ok(Line::Failed(f)) => result = Some(Err(f)),
                 Err(e) => tracing::warn!("pull process: unreadable line ({e}): {l:.200}"),
             }
         }
@@ -188,10 +190,10 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            emit(&Line::Failed {
+            emit(&Line::Failed(Failure {
                 unavailable: false,
                 message: format!("artifact failed: cannot start a runtime: {e}"),
-            });
+            }));
             return 0;
         }
     };
@@ -232,7 +234,7 @@ pub fn main() -> i32 {
         ticker.abort();
         match r {
             Ok(report) => Line::Installed(report),
-            Err(e) => Line::Failed {
+            Err(e) => Line::Failed(Failure {
                 unavailable: e.is_unavailable(),
                 message: if e.is_unavailable() {
                     // The library's message already starts with "artifact unavailable: ".
@@ -240,7 +242,7 @@ pub fn main() -> i32 {
                 } else {
                     format!("artifact failed: {e}")
                 },
-            },
+            }),
         }
     });
     emit(&line);

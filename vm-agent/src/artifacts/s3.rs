@@ -133,10 +133,10 @@ impl S3Fetcher {
         let start = Instant::now();
         tracing::info!(sha, trigger, bucket = %self.cfg.bucket, "artifact pull: started");
         let result = match &self.creds.keys {
-            Err(msg) => child::Outcome::Failed {
+            Err(msg) => Err(child::Failure {
                 unavailable: true,
                 message: format!("artifact unavailable: {msg}"),
-            },
+            }),
             Ok(keys) => {
                 let job = child::PullJob {
                     s3: self.settings(),
@@ -153,7 +153,7 @@ impl S3Fetcher {
         self.lock().live.remove(sha);
         item.duration_secs = start.elapsed().as_secs_f64();
         match result {
-            child::Outcome::Installed(r) => {
+            Ok(r) => {
                 item.state = "installed".into();
                 item.verified = true;
                 item.path = Some(r.dir.display().to_string());
@@ -176,10 +176,10 @@ impl S3Fetcher {
                     r.dir.display()
                 );
             }
-            child::Outcome::Failed {
+            Err(child::Failure {
                 unavailable,
                 message,
-            } => {
+            }) => {
                 item.bytes = bar.length().unwrap_or(0);
                 item.bytes_done = bar.position();
                 item.state = if unavailable { "unavailable" } else { "failed" }.into();
