@@ -178,9 +178,9 @@ fn require_root(what: &str) -> Result<(), QemuError> {
 /// Exclusive lock on one base key ([`lock_path_in`]), held while that base is looked up
 /// and built: concurrent bakes on a fresh machine wait for one build instead of each
 /// building it and the last one replacing the directory another is copying from.
-fn lock_key(spec: &BaseSpec) -> Result<nix::fcntl::Flock<std::fs::File>, QemuError> {
+fn lock_key(root: &Path, spec: &BaseSpec) -> Result<nix::fcntl::Flock<std::fs::File>, QemuError> {
     use nix::fcntl::{Flock, FlockArg};
-    let path = lock_path_in(&cache_root(), spec);
+    let path = lock_path_in(root, spec);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -213,15 +213,16 @@ pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
         super::require_tool(tool)?;
     }
     let key = spec.key();
-    let parent = cache_root().join("base");
+    let root = cache_root();
+    let parent = root.join("base");
     std::fs::create_dir_all(&parent).map_err(|e| QemuError::io(&parent, e))?;
-    let _lock = lock_key(spec)?;
+    let _lock = lock_key(&root, spec)?;
     // Another process may have finished it while this one waited for the lock.
     if let Some(b) = lookup(spec) {
         tracing::info!("base {} is cached in {}", b.key, b.dir.display());
         return Ok(b);
     }
-    let dir = cache_dir_in(&cache_root(), spec);
+    let dir = cache_dir_in(&root, spec);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}-{key}.", spec.suite))
         .tempdir_in(&parent)
