@@ -23,7 +23,6 @@ pub enum BakeError {
     #[error(transparent)]
     Qemu(#[from] qemu::QemuError),
     /// DigitalOcean backend problems.
-    #[cfg(all(feature = "do-api", feature = "artifact"))]
     #[error(transparent)]
     Digitalocean(#[from] crate::backend::digitalocean::DoBakeError),
     /// The agent binary is missing or unreadable.
@@ -52,7 +51,7 @@ pub fn find_agent_binary(explicit: Option<&Path>) -> Option<PathBuf> {
     sibling.is_file().then_some(sibling)
 }
 
-pub use crate::digest::sha256_file;
+pub use artifact_store::digest::sha256_file;
 
 /// The agent settings written as vm-agent's config file (`vm-agent/src/config.rs`;
 /// a workspace test parses this output with vm-agent's own parser).
@@ -177,7 +176,6 @@ pub struct BakeRequest {
     /// Local backend options.
     pub qemu: qemu::QemuBakeOptions,
     /// DigitalOcean backend options.
-    #[cfg(all(feature = "do-api", feature = "artifact"))]
     pub digitalocean: crate::backend::digitalocean::DoBakeOptions,
 }
 
@@ -249,7 +247,7 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
             path,
             sha256,
             config_toml: agent_config_toml(&loaded, provider),
-            unit: crate::steps::AGENT_UNIT_FILE.to_owned(),
+            unit: provision::AGENT_UNIT_FILE.to_owned(),
         })
     } else {
         None
@@ -262,7 +260,6 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
         BackendKind::Qemu => {
             qemu::bake(&loaded, &name, agent.as_ref(), &req.out_dir, &req.qemu).await?
         }
-        #[cfg(all(feature = "do-api", feature = "artifact"))]
         BackendKind::Digitalocean => {
             let (result, baked_name) = crate::backend::digitalocean::bake(
                 &loaded,
@@ -273,12 +270,6 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
             .await?;
             name = baked_name;
             result
-        }
-        #[cfg(not(all(feature = "do-api", feature = "artifact")))]
-        BackendKind::Digitalocean => {
-            return Err(BakeError::Agent(
-                "this image-builder was built without the `do-api` and `artifact` features, which the DigitalOcean bake needs".into(),
-            ));
         }
     };
     let run_uuid = uuid_v4();
@@ -318,7 +309,7 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
     };
     let path = req.out_dir.join("manifest.json");
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| BakeError::Agent(e.to_string()))?;
-    crate::fsutil::write_atomic(&path, &text, 0o644)
+    artifact_store::fsutil::write_atomic(&path, &text, 0o644)
         .map_err(|source| BakeError::Manifest { path, source })?;
     Ok(manifest)
 }

@@ -39,13 +39,10 @@ pub enum Command {
     /// Stop a local worker and remove its overlay.
     StopLocal(StopLocalArgs),
     /// Sha-keyed build artifacts in an S3-compatible store (publish, ls, gc, pull).
-    #[cfg(feature = "artifact")]
-    Artifact(crate::artifact::cli::ArtifactArgs),
+    Artifact(crate::artifact::ArtifactArgs),
     /// Destroy DigitalOcean builder droplets that bakes left behind.
-    #[cfg(all(feature = "do-api", feature = "artifact"))]
     Reap(crate::backend::digitalocean::cli::ReapArgs),
     /// DigitalOcean images by name prefix (ls, prune).
-    #[cfg(all(feature = "do-api", feature = "artifact"))]
     #[command(subcommand)]
     Images(crate::backend::digitalocean::cli::ImagesCommand),
 }
@@ -77,7 +74,6 @@ pub struct BakeArgs {
     #[arg(long)]
     pub json: bool,
     /// DigitalOcean backend flags.
-    #[cfg(all(feature = "do-api", feature = "artifact"))]
     #[command(flatten, next_help_heading = "DigitalOcean")]
     pub digitalocean: crate::backend::digitalocean::cli::DoBakeArgs,
 }
@@ -242,14 +238,11 @@ pub fn render_cmd(args: &RenderArgs) -> Result<(), CliError> {
     warn_unavailable(&checks);
     first_failure(&args.spec, args.mode, &checks)?;
     match &args.output {
-        Some(path) => {
-            crate::fsutil::write_atomic(path, rendered.text.as_bytes(), 0o600).map_err(|source| {
-                CliError::Write {
-                    path: path.clone(),
-                    source,
-                }
-            })
-        }
+        Some(path) => artifact_store::fsutil::write_atomic(path, rendered.text.as_bytes(), 0o600)
+            .map_err(|source| CliError::Write {
+                path: path.clone(),
+                source,
+            }),
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(rendered.text.as_bytes())
@@ -420,7 +413,6 @@ pub fn bake_cmd(args: &BakeArgs) -> Result<(), CliError> {
             no_boot_check: args.no_boot_check,
             keep_work: args.keep_work,
         },
-        #[cfg(all(feature = "do-api", feature = "artifact"))]
         digitalocean: args.digitalocean.options()?,
     };
     let manifest = runtime()?.block_on(crate::bake::bake(args.backend, &req))?;
@@ -517,7 +509,7 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
             std::fs::read_to_string(p).map_err(|e| local_err(QemuError::io(p, e)))?;
     }
     let mut files = vec![ExtraFile {
-        path: crate::steps::AGENT_CONFIG_PATH.into(),
+        path: provision::AGENT_CONFIG_PATH.into(),
         content: agent.to_toml().into_bytes(),
         mode: 0o644,
     }];
@@ -532,7 +524,7 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
         }
         let content = std::fs::read(p).map_err(|e| local_err(QemuError::io(p, e)))?;
         files.push(ExtraFile {
-            path: crate::steps::AGENT_SECRETS_PATH.into(),
+            path: provision::AGENT_SECRETS_PATH.into(),
             content,
             mode: 0o600,
         });

@@ -22,11 +22,8 @@ fn main() -> ExitCode {
         Command::RunLocal(a) => cli::run_local_cmd(a),
         Command::LsLocal(a) => cli::ls_local_cmd(a),
         Command::StopLocal(a) => cli::stop_local_cmd(a),
-        #[cfg(feature = "artifact")]
-        Command::Artifact(a) => image_builder::artifact::cli::run(a),
-        #[cfg(all(feature = "do-api", feature = "artifact"))]
+        Command::Artifact(a) => image_builder::artifact::run(a),
         Command::Reap(a) => image_builder::backend::digitalocean::cli::reap_cmd(a),
-        #[cfg(all(feature = "do-api", feature = "artifact"))]
         Command::Images(c) => image_builder::backend::digitalocean::cli::images_cmd(c),
     };
     match result {

@@ -1,7 +1,6 @@
 //! Pull under faults, against a real S3 server (s3s-fs) on 127.0.0.1: server
 //! killed mid-download (in-call retry and cross-call resume), corrupted object,
 //! missing manifest, missing/wrong credentials, full disk, cache eviction.
-#![cfg(feature = "artifact")]
 // Test helpers panic on setup failures by design.
 #![allow(clippy::unwrap_used)]
 
@@ -10,11 +9,11 @@ mod artifact_support;
 use std::path::Path;
 use std::time::Duration;
 
+use artifact_store::publish::{self, PublishOptions};
+use artifact_store::pull::PullErrorKind;
+use artifact_store::s3::{RemoteKind, S3Credentials};
+use artifact_store::{PullConfig, PullError, pull, s3};
 use artifact_support::*;
-use image_builder::artifact::publish::{self, PublishOptions};
-use image_builder::artifact::pull::PullErrorKind;
-use image_builder::artifact::s3::{RemoteKind, S3Credentials};
-use image_builder::artifact::{PullConfig, PullError, pull, s3};
 use indicatif::ProgressBar;
 
 async fn publish_files(

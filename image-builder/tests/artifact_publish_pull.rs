@@ -1,7 +1,6 @@
 //! Publish/pull round trips, idempotency, manifest-last ordering, the CLI
 //! (publish, ls, gc), and the absence of aws-chunked/checksum headers — all
 //! against a real S3 server (s3s-fs) on 127.0.0.1.
-#![cfg(feature = "artifact")]
 // Test helpers panic on setup failures by design.
 #![allow(clippy::unwrap_used)]
 
@@ -10,9 +9,9 @@ mod artifact_support;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
+use artifact_store::publish::{self, PublishError, PublishOptions};
+use artifact_store::{PullConfig, pull, s3};
 use artifact_support::*;
-use image_builder::artifact::publish::{self, PublishError, PublishOptions};
-use image_builder::artifact::{PullConfig, pull, s3};
 
 const SHA_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 

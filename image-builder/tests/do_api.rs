@@ -1,14 +1,13 @@
 //! The DigitalOcean API client against the stateful simulator (do-sim).
-#![cfg(feature = "do-api")]
 
 use std::time::{Duration, Instant};
 
-use do_sim::{Fault, FaultRule, ProvisionPlan, ProvisionResult, SeedImage, Sim, SimConfig};
-use image_builder::do_api::metadata::{MetadataClient, MetadataError};
-use image_builder::do_api::{
+use do_api::metadata::{MetadataClient, MetadataError};
+use do_api::{
     Client, Deleted, DoError, DropletCreate, DropletStatus, ImageSpec, ImageUpdate, Poll,
     RetryPolicy, TagTarget, Token,
 };
+use do_sim::{Fault, FaultRule, ProvisionPlan, ProvisionResult, SeedImage, Sim, SimConfig};
 
 const TOKEN: &str = "sim-token";
 const BAKE_TAG: &str = "image-builder-bake-t1";

@@ -5,16 +5,15 @@
 //!
 //! Needs prism: run `.ci/setup-prism.sh` (node + npm). Without it this test
 //! FAILS with a message naming the script.
-#![cfg(feature = "do-api")]
 
 use std::time::Duration;
 
-use do_sim::prism::Prism;
-use do_sim::{Fault, FaultRule, ProvisionPlan, ProvisionResult, Sim, SimConfig};
-use image_builder::do_api::{
+use do_api::{
     Client, DoError, DropletCreate, DropletStatus, ImageSpec, ImageUpdate, Poll, RetryPolicy,
     TagTarget, Token,
 };
+use do_sim::prism::Prism;
+use do_sim::{Fault, FaultRule, ProvisionPlan, ProvisionResult, Sim, SimConfig};
 
 const TOKEN: &str = "prism-token";
 const TAG: &str = "image-builder-bake-prism";

@@ -2,7 +2,6 @@
 //! (which plays the builder VM) and a real S3 server (s3s-fs) as the Space.
 //!
 //! Needs s3s-fs: run `.ci/setup-s3.sh`. Without it these tests FAIL naming the script.
-#![cfg(all(feature = "do-api", feature = "artifact"))]
 
 mod do_bake_support;
 

@@ -4,7 +4,6 @@
 //! exactly one image made. Transient faults must not fail the bake.
 //!
 //! Needs s3s-fs (`.ci/setup-s3.sh`); FAILS naming the script without it.
-#![cfg(all(feature = "do-api", feature = "artifact"))]
 
 mod do_bake_support;
 

@@ -4,16 +4,15 @@
 //! confirmation, and `images ls|prune`.
 //!
 //! Needs s3s-fs (`.ci/setup-s3.sh`); FAILS naming the script without it.
-#![cfg(all(feature = "do-api", feature = "artifact"))]
 
 mod do_bake_support;
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use do_api::{Client, DropletCreate, ImageSpec, RetryPolicy, Token};
 use do_bake_support::{Env, S3Server, TOKEN, fast_sim, spec_text};
 use do_sim::{Fault, FaultRule, SeedImage, Sim, SimConfig};
-use image_builder::do_api::{Client, DropletCreate, ImageSpec, RetryPolicy, Token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_image-builder");
 

@@ -5,7 +5,6 @@
 //!
 //! Needs prism (`.ci/setup-prism.sh`, node + npm) and s3s-fs (`.ci/setup-s3.sh`);
 //! FAILS naming the script when either is missing.
-#![cfg(all(feature = "do-api", feature = "artifact"))]
 
 mod do_bake_support;
 

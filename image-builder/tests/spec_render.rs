@@ -115,7 +115,7 @@ fn bake_with_an_agent_installs_and_enables_it() {
     let loaded = spec::load(&example()).unwrap();
     let mut opts = RenderOptions::new(Mode::Bake);
     opts.agent = Some(render::AgentBinary {
-        source: image_builder::steps::AgentSource::Url(
+        source: provision::AgentSource::Url(
             "https://example.invalid/agent?X-Amz-Signature=abc".into(),
         ),
         sha256: "ab".repeat(32),
@@ -308,7 +308,7 @@ fn tricky_values_pass_cloud_init_schema() {
 fn real_visudo_accepts_our_dropin_and_rejects_a_broken_one() {
     require_tool("visudo", "sudo");
     assert_eq!(
-        validate::visudo(&image_builder::steps::sudoers_content("builder")),
+        validate::visudo(&provision::sudoers_content("builder")),
         CheckStatus::Passed
     );
     assert!(matches!(

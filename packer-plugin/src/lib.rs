@@ -5,7 +5,7 @@
 //! - [`config`]: the provisioner's attributes (ConfigSpec for HCL2, Prepare decoding
 //!   and validation).
 //! - [`remote`]: typed clients for Packer's `Ui` and `Communicator` services.
-//! - [`provisioner`]: Provision/Cancel: runs `image_builder::steps` through the communicator.
+//! - [`provisioner`]: Provision/Cancel: runs `provision` through the communicator.
 //! - [`server`]: process startup (`describe`, `start provisioner`, single-component mode).
 pub mod config;
 pub mod provisioner;

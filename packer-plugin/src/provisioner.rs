@@ -1,7 +1,7 @@
 //! The `vmagent` provisioner: the methods Packer calls (`ConfigSpec`, `Prepare`,
 //! `Provision`, `Cancel`) and the step runner.
 //!
-//! The step scripts are `image_builder::steps` — the same ones the cloud-init
+//! The step scripts are `provision` — the same ones the cloud-init
 //! renderer uses — so a Packer bake and an image-builder bake provision alike.
 //! Each step is sent through Packer's communicator as
 //! `sh -c WRAPPER vmagent SCRIPT`: the wrapper kills the step when its stdin
@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use image_builder::steps::{self, AgentSource, Step, sh_quote};
+use provision::{AgentSource, Step, sh_quote};
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config};
@@ -21,7 +21,7 @@ use crate::wire::gob;
 use crate::wire::msgpack::Value;
 
 /// The vm-agent unit used when `agent_unit` is not set: the same unit every bake installs.
-pub const DEFAULT_AGENT_UNIT: &str = image_builder::steps::AGENT_UNIT_FILE;
+pub const DEFAULT_AGENT_UNIT: &str = provision::AGENT_UNIT_FILE;
 
 /// Exit status of `timeout` when the step ran out of time.
 const TIMEOUT_EXIT: i64 = 124;
@@ -52,18 +52,18 @@ pub fn plan(cfg: &Config, nonce: &str) -> Result<Vec<PlannedStep>, PlanError> {
         uploads: Vec::new(),
     };
     if cfg.wait_for_cloud_init {
-        out.push(plain(steps::wait_cloud_init_outside(
+        out.push(plain(provision::wait_cloud_init_outside(
             cfg.cloud_init_timeout,
         )));
     }
     if cfg.apt_lock_fix {
-        out.push(plain(steps::apt_lock_dropin(cfg.apt_lock_timeout)));
+        out.push(plain(provision::apt_lock_dropin(cfg.apt_lock_timeout)));
     }
     if cfg.wait_apt_idle {
-        out.push(plain(steps::wait_apt_idle(cfg.apt_lock_timeout)));
+        out.push(plain(provision::wait_apt_idle(cfg.apt_lock_timeout)));
     }
     if let Some(user) = &cfg.sudoers_user {
-        out.push(plain(steps::sudoers_write_and_install(user)));
+        out.push(plain(provision::sudoers_write_and_install(user)));
     }
     let staged_agent = format!("{}/vm-agent.{nonce}", cfg.staging_dir.trim_end_matches('/'));
     if let Some(agent) = &cfg.agent {
@@ -83,7 +83,7 @@ pub fn plan(cfg: &Config, nonce: &str) -> Result<Vec<PlannedStep>, PlanError> {
             None => DEFAULT_AGENT_UNIT.to_string(),
         };
         out.push(PlannedStep {
-            step: steps::agent_install(
+            step: provision::agent_install(
                 &AgentSource::Path(staged_agent.clone()),
                 &sha256,
                 &unit,
@@ -93,14 +93,14 @@ pub fn plan(cfg: &Config, nonce: &str) -> Result<Vec<PlannedStep>, PlanError> {
         });
     }
     for (i, c) in cfg.commands.iter().enumerate() {
-        out.push(plain(steps::command(&format!("command-{}", i + 1), c)));
+        out.push(plain(provision::command(&format!("command-{}", i + 1), c)));
     }
-    out.push(plain(steps::command(
+    out.push(plain(provision::command(
         "cleanup",
         &format!("rm -f {}", sh_quote(&staged_agent)),
     )));
     if cfg.seal {
-        out.push(plain(steps::seal_clean()));
+        out.push(plain(provision::seal_clean()));
     }
     Ok(out)
 }
@@ -334,7 +334,7 @@ mod tests {
         let mut c = cfg();
         c.use_sudo = false;
         c.environment.insert("GREETING".into(), "it's me".into());
-        let step = steps::command("t", "echo \"$GREETING\"; echo err >&2; exit 3");
+        let step = provision::command("t", "echo \"$GREETING\"; echo err >&2; exit 3");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(wrap(&c, &step))
@@ -354,7 +354,7 @@ mod tests {
     #[test]
     fn eof_on_stdin_stops_a_running_step() {
         // A nested `timeout` makes its own process group: it must die too.
-        let step = steps::command("slow", "timeout 60 sleep 60; echo finished");
+        let step = provision::command("slow", "timeout 60 sleep 60; echo finished");
         let started = std::time::Instant::now();
         let mut child = Command::new("sh")
             .arg("-c")
@@ -375,7 +375,7 @@ mod tests {
     fn step_timeout_gives_124() {
         let mut c = cfg();
         c.step_timeout = std::time::Duration::from_secs(1);
-        let step = steps::command("slow", "sleep 30");
+        let step = provision::command("slow", "sleep 30");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(wrap(&c, &step))

@@ -483,7 +483,7 @@ fn ssh_runs_the_shared_steps_uploads_the_agent_and_seals() {
         std::fs::read_to_string(sshd.upper("/etc/systemd/system/vm-agent.service")).expect("unit");
     assert_eq!(
         unit,
-        image_builder::steps::AGENT_UNIT_FILE,
+        provision::AGENT_UNIT_FILE,
         "the plugin installs the same unit as every bake"
     );
     let wants = sshd.upper("/etc/systemd/system/cloud-init.target.wants/vm-agent.service");

@@ -66,10 +66,10 @@ fn never_in_the_spec_is_never_in_the_agent() {
 fn image_builder_writes_the_agent_files_where_vm_agent_reads_them() {
     assert_eq!(
         vm_agent::config::DEFAULT_CONFIG_PATH,
-        image_builder::steps::AGENT_CONFIG_PATH
+        provision::AGENT_CONFIG_PATH
     );
     assert_eq!(
         vm_agent::config::Config::default().paths.secrets_file,
-        std::path::PathBuf::from(image_builder::steps::AGENT_SECRETS_PATH)
+        std::path::PathBuf::from(provision::AGENT_SECRETS_PATH)
     );
 }

@@ -10,7 +10,8 @@
 pub mod artifacts;
 pub mod cli;
 pub mod cloud_init;
-pub mod config;
+/// The config/secrets contract, defined once in the `agent-config` crate.
+pub use agent_config as config;
 pub mod daemon;
 pub mod destroy;
 pub mod hostkeys;

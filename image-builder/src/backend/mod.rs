@@ -2,7 +2,6 @@
 //! returns a [`BakeResult`]; the common parts (naming, agent, manifest) live in
 //! [`crate::bake`]. Dispatch is one `match` in `bake::bake`.
 
-#[cfg(all(feature = "do-api", feature = "artifact"))]
 pub mod digitalocean;
 pub mod qemu;
 
@@ -10,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::steps::SealReport;
+use provision::SealReport;
 
 /// The vm-agent binary a bake installs.
 #[derive(Clone, Debug)]

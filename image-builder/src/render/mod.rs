@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::io::Write as _;
 
 use crate::spec::{LoadedSpec, Timeout};
-use crate::steps::{self, AgentSource, Step};
+use provision::{AgentSource, Step};
 
 /// DigitalOcean's user-data limit (and a sane bound for any cloud).
 pub const USER_DATA_LIMIT: usize = 64 * 1024;
@@ -210,7 +210,7 @@ pub enum RenderError {
 }
 
 fn step_file(index: usize, name: &str) -> String {
-    format!("{}/steps/{index:02}-{name}.sh", steps::WORK_DIR)
+    format!("{}/steps/{index:02}-{name}.sh", provision::WORK_DIR)
 }
 
 fn sanitize_step_name(s: &str) -> String {
@@ -265,8 +265,8 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
     // 1. The apt drop-in goes first, before any package work (write_files runs in
     //    cloud-init's init stage, long before runcmd).
     write_files.push(WriteFile {
-        path: steps::APT_LOCK_DROPIN.to_owned(),
-        content: steps::apt_lock_dropin_content(spec.apt.lock_timeout.0),
+        path: provision::APT_LOCK_DROPIN.to_owned(),
+        content: provision::apt_lock_dropin_content(spec.apt.lock_timeout.0),
         encoding: None,
         permissions: "0644".to_owned(),
         owner: "root:root".to_owned(),
@@ -277,8 +277,8 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
     let sudoers = spec
         .build_user
         .passwordless_sudo
-        .then(|| steps::sudoers_content(&user));
-    let staged_sudoers = format!("{}/staged/sudoers-90-{user}", steps::WORK_DIR);
+        .then(|| provision::sudoers_content(&user));
+    let staged_sudoers = format!("{}/staged/sudoers-90-{user}", provision::WORK_DIR);
     if let Some(content) = &sudoers {
         write_files.push(WriteFile {
             path: staged_sudoers.clone(),
@@ -292,16 +292,16 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
 
     // 3. Steps.
     let Timeout(lock_timeout) = spec.apt.lock_timeout;
-    steps_list.push(steps::wait_apt_idle(lock_timeout));
+    steps_list.push(provision::wait_apt_idle(lock_timeout));
     let want_update = spec
         .apt
         .update
         .unwrap_or(!spec.apt.packages.is_empty() || spec.apt.upgrade);
     if want_update {
-        steps_list.push(steps::apt_update(spec.apt.update_retries));
+        steps_list.push(provision::apt_update(spec.apt.update_retries));
     }
     if spec.apt.upgrade {
-        steps_list.push(steps::apt_upgrade());
+        steps_list.push(provision::apt_upgrade());
     }
     if !spec.apt.packages.is_empty() {
         let pkgs: Vec<String> = spec
@@ -310,14 +310,14 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
             .iter()
             .map(|p| p.as_str().to_owned())
             .collect();
-        steps_list.push(steps::apt_install(&pkgs));
+        steps_list.push(provision::apt_install(&pkgs));
     }
     if sudoers.is_some() {
-        steps_list.push(steps::sudoers_install(&user, &staged_sudoers));
+        steps_list.push(provision::sudoers_install(&user, &staged_sudoers));
     }
     if opts.mode == Mode::Bake && spec.agent.install {
         match &opts.agent {
-            Some(a) => steps_list.push(steps::agent_install(
+            Some(a) => steps_list.push(provision::agent_install(
                 &a.source,
                 &a.sha256,
                 &a.unit,
@@ -337,7 +337,7 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
             .as_deref()
             .map(sanitize_step_name)
             .unwrap_or_else(|| format!("command-{}", i + 1));
-        steps_list.push(steps::command(&name, &cmd.value.run));
+        steps_list.push(provision::command(&name, &cmd.value.run));
     }
 
     // 4. User files (large ones compressed); non-root owners are written after users exist.
@@ -387,10 +387,10 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         });
         step_paths.push((s.name.clone(), path));
     }
-    let runner = format!("{}/run-steps.sh", steps::WORK_DIR);
+    let runner = format!("{}/run-steps.sh", provision::WORK_DIR);
     write_files.push(WriteFile {
         path: runner.clone(),
-        content: steps::runner_script(&step_paths),
+        content: provision::runner_script(&step_paths),
         encoding: None,
         permissions: "0700".to_owned(),
         owner: "root:root".to_owned(),
@@ -400,11 +400,11 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
     // 6. Bake: seal files and the boot-time watcher.
     let mut bootcmd = Vec::new();
     if opts.mode == Mode::Bake {
-        let seal_path = format!("{}/seal.sh", steps::WORK_DIR);
-        let finisher_path = format!("{}/seal.py", steps::WORK_DIR);
+        let seal_path = format!("{}/seal.sh", provision::WORK_DIR);
+        let finisher_path = format!("{}/seal.py", provision::WORK_DIR);
         write_files.push(WriteFile {
             path: seal_path.clone(),
-            content: steps::seal_clean().script,
+            content: provision::seal_clean().script,
             encoding: None,
             permissions: "0700".to_owned(),
             owner: "root:root".to_owned(),
@@ -417,7 +417,7 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         });
         write_files.push(WriteFile {
             path: finisher_path.clone(),
-            content: steps::seal_finisher(
+            content: provision::seal_finisher(
                 opts.report_url.as_deref(),
                 &seal_path,
                 &baked.to_string(),
@@ -427,7 +427,7 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
             owner: "root:root".to_owned(),
             defer: false,
         });
-        bootcmd.push(steps::seal_watcher_command(
+        bootcmd.push(provision::seal_watcher_command(
             &finisher_path,
             spec.bake.timeout.0,
         ));

@@ -246,7 +246,7 @@ pub struct Artifact {
     #[serde(default)]
     pub endpoint: Option<String>,
     /// S3 region (Spaces: the region slug, e.g. `nyc3`).
-    #[serde(default = "default_s3_region")]
+    #[serde(default = "agent_config::default_region")]
     pub region: String,
     /// Use path-style addressing (needed by most self-hosted S3 servers).
     #[serde(default)]
@@ -399,9 +399,6 @@ fn default_no_job() -> Limit {
 }
 fn default_ephemeral_tag() -> DoTag {
     "ephemeral".parse().expect("constant is a valid tag")
-}
-fn default_s3_region() -> String {
-    "us-east-1".to_owned()
 }
 fn default_snapshot_name_str() -> String {
     "{name}-{timestamp}".to_owned()

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use image_builder::artifact::s3::{S3Credentials, S3Settings};
+use artifact_store::s3::{S3Credentials, S3Settings};
 pub use s3_test_server::{BUCKET, pseudo_random, write_file};
 
 /// The keys of every server in these suites (throwaway, loopback only).

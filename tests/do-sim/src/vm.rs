@@ -1,7 +1,7 @@
 //! The VM player: the in-VM part of an `image-builder bake`, played by the
 //! simulator so a bake (or a benchmark) runs end to end without a real VM.
 //!
-//! A bake's user-data carries two presigned URLs (see `image_builder::steps`):
+//! A bake's user-data carries two presigned URLs (see `provision`):
 //! the agent download (`url = "..."` in the agent-install step) and the seal
 //! report upload (`REPORT_URL = "..."` in the finisher). The player reads them,
 //! GETs the agent (recording its sha256), PUTs a seal report, and then lets the
@@ -50,7 +50,7 @@ fn python_string_after(text: &str, prefix: &str) -> Option<String> {
     })
 }
 
-/// The seal report the player sends (same shape as `image_builder::steps::SealReport`).
+/// The seal report the player sends (same shape as `provision::SealReport`).
 fn report(result: ProvisionResult) -> serde_json::Value {
     match result {
         ProvisionResult::Ok => json!({

@@ -12,8 +12,8 @@
 //! The protocol is private to one binary (parent and child are always the same build), but it
 //! is still one definition: [`PullJob`] and [`Line`], used by both sides.
 
-use image_builder::artifact::s3::HickoryDns;
-use image_builder::artifact::{PullConfig, PullReport, S3Credentials, S3Settings, pull};
+use artifact_store::s3::HickoryDns;
+use artifact_store::{PullConfig, PullReport, S3Credentials, S3Settings, pull};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;

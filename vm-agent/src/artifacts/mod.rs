@@ -3,7 +3,7 @@
 //!
 //! The daemon talks to an [`ArtifactFetcher`]: [`NoArtifacts`] when the config has no
 //! `[artifacts]` table, else [`S3Fetcher`] (module [`s3`]), which pulls with
-//! `image_builder::artifact::pull` into `<state_dir>/artifacts/<sha>/` (verified, installed by
+//! `artifact_store::pull` into `<state_dir>/artifacts/<sha>/` (verified, installed by
 //! rename, never half-visible). The fetcher owns the artifact part of the readiness report
 //! ([`ArtifactReport`]); the daemon only asks it for the boot outcome, on-demand pulls and the
 //! report.

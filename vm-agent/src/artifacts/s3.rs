@@ -1,5 +1,5 @@
 //! [`S3Fetcher`]: pulls builds from the `[artifacts]` store with
-//! `image_builder::artifact::pull`.
+//! `artifact_store::pull`.
 //!
 //! Each pull runs in a child process (module [`child`]: `vm-agent pull-worker`, on its own
 //! short-lived multi-thread runtime): the daemon's runtime is single-threaded (small idle RSS),
@@ -7,15 +7,15 @@
 //! buffers, threads) is left in the daemon once it ends. A hidden [`ProgressBar`] carries the
 //! byte count the child reports, which `status` shows while a pull runs.
 //!
-//! Names are resolved with hickory (`image_builder::artifact::s3::HickoryDns`: reads
+//! Names are resolved with hickory (`artifact_store::s3::HickoryDns`: reads
 //! `/etc/resolv.conf` and `/etc/hosts` itself), not with glibc's `getaddrinfo`, so the
 //! statically linked agent never enters NSS.
 
 use super::child;
 use super::{ArtifactFetcher, ArtifactItem, ArtifactOutcome, ArtifactReport, PullRefused};
 use crate::config::{ArtifactsConfig, Secrets};
+use artifact_store::{S3Credentials, S3Settings};
 use futures::future::BoxFuture;
-use image_builder::artifact::{S3Credentials, S3Settings};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -220,7 +220,7 @@ impl ArtifactFetcher for S3Fetcher {
 
     fn pull(&self, sha: String) -> BoxFuture<'_, Result<ArtifactItem, PullRefused>> {
         Box::pin(async move {
-            if let Err(e) = image_builder::artifact::manifest::validate_sha(&sha) {
+            if let Err(e) = artifact_store::manifest::validate_sha(&sha) {
                 return Err(PullRefused::InvalidSha {
                     sha,
                     reason: e.to_string(),
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn hickory_resolves_localhost_without_nss() {
-        use image_builder::artifact::s3::{HickoryDns, ResolveDns};
+        use artifact_store::s3::{HickoryDns, ResolveDns};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -1,15 +1,15 @@
 //! DigitalOcean provider: delete this droplet, found by its own id from the metadata service,
 //! only if it carries the ephemeral tag, and never while a guard objects (re-checked right
-//! before the DELETE). HTTP goes through the shared client `image_builder::do_api`, whose
+//! before the DELETE). HTTP goes through the shared client `do_api`, whose
 //! [`RetryPolicy`] retries 429 (honouring `retry-after`) and 5xx with backoff. If the delete
 //! still fails, the machine is powered off instead, and the outcome says loudly that a
 //! powered-off droplet is still billed.
 
 use super::local::Local;
 use super::{Destroyer, Guard, Outcome};
+use do_api::metadata::MetadataClient;
+use do_api::{Client, Deleted, RetryPolicy, Token};
 use futures::future::BoxFuture;
-use image_builder::do_api::metadata::MetadataClient;
-use image_builder::do_api::{Client, Deleted, RetryPolicy, Token};
 use std::time::Duration;
 
 /// The DigitalOcean calls self-destroy needs (a seam for unit tests of the provider logic).
@@ -24,7 +24,7 @@ pub trait DropletApi: Send + Sync {
     fn token_problem(&self) -> Option<String>;
 }
 
-/// [`DropletApi`] over the shared `image_builder::do_api` clients.
+/// [`DropletApi`] over the shared `do_api` clients.
 pub struct SharedDoApi {
     metadata: Result<MetadataClient, String>,
     api: Result<Client, String>,

@@ -4,8 +4,8 @@
 //! CLI runs).
 #![allow(dead_code)]
 
-use image_builder::artifact::publish::{PublishOptions, PublishReport, publish};
-use image_builder::artifact::s3::{self, S3Credentials, S3Settings};
+use artifact_store::publish::{PublishOptions, PublishReport, publish};
+use artifact_store::s3::{self, S3Credentials, S3Settings};
 pub use s3_test_server::{BUCKET, S3Server, pseudo_random, write_file};
 use std::path::PathBuf;
 

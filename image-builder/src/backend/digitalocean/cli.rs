@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::artifact::s3::{S3Credentials, S3Settings};
 use crate::bake::BakeError;
 use crate::cli::CliError;
-use crate::do_api::Poll;
+use artifact_store::s3::{S3Credentials, S3Settings};
+use do_api::Poll;
 
 use super::{Connection, DoBakeError, DoBakeOptions, images, reap};
 
@@ -116,7 +116,7 @@ impl DoBakeArgs {
                 region: self
                     .space_region
                     .clone()
-                    .unwrap_or_else(crate::artifact::s3::default_region),
+                    .unwrap_or_else(artifact_store::s3::default_region),
                 bucket: bucket.clone(),
                 path_style: self.space_path_style,
             }),
@@ -215,7 +215,7 @@ fn confirm(yes: bool, what: &str) -> Result<bool, CliError> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
-fn client(conn: &ConnArgs) -> Result<crate::do_api::Client, CliError> {
+fn client(conn: &ConnArgs) -> Result<do_api::Client, CliError> {
     conn.connection().client().map_err(|source| {
         err(DoBakeError::Api {
             during: "connecting",
@@ -224,7 +224,7 @@ fn client(conn: &ConnArgs) -> Result<crate::do_api::Client, CliError> {
     })
 }
 
-fn api(during: &'static str) -> impl FnOnce(crate::do_api::DoError) -> CliError {
+fn api(during: &'static str) -> impl FnOnce(do_api::DoError) -> CliError {
     move |source| {
         err(DoBakeError::Api {
             during,

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::do_api::{Client, DoError, Image};
+use do_api::{Client, DoError, Image};
 
 /// An image as `images ls` shows it.
 #[derive(Clone, Debug, Serialize)]

@@ -1,5 +1,4 @@
 //! The DigitalOcean backend: a spec becomes a private snapshot image.
-//! Needs the cargo features `do-api` and `artifact`.
 //!
 //! 1. **Pre-flight** ([`preflight`]): the token works, the droplet limit is not
 //!    reached, the size is offered in the region, the base image exists (a
@@ -36,15 +35,15 @@ pub mod state;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::artifact::s3::{S3Credentials, S3Settings};
 use crate::backend::{AgentArtifact, BakeResult};
-use crate::do_api::{
+use crate::render::{self, AgentBinary, Mode, RenderOptions};
+use crate::spec::LoadedSpec;
+use artifact_store::s3::{S3Credentials, S3Settings};
+use do_api::{
     ActionStatus, Client, DoError, DropletCreate, DropletStatus, ImageUpdate, Poll, RetryPolicy,
     TagTarget, Token,
 };
-use crate::render::{self, AgentBinary, Mode, RenderOptions};
-use crate::spec::LoadedSpec;
-use crate::steps::{AgentSource, SealReport};
+use provision::{AgentSource, SealReport};
 
 use self::preflight::Plan;
 use self::space::Space;
@@ -70,6 +69,7 @@ pub struct Connection {
 
 impl Connection {
     /// Build the client.
+    #[allow(clippy::result_large_err)] // DoError is the do-api crate's one error type, as everywhere else.
     pub fn client(&self) -> Result<Client, DoError> {
         let token = match &self.token_file {
             Some(p) => Token::from_file(p)?,
@@ -79,11 +79,11 @@ impl Connection {
             .api_url
             .clone()
             .or_else(|| {
-                std::env::var(crate::do_api::API_URL_ENV)
+                std::env::var(do_api::API_URL_ENV)
                     .ok()
                     .filter(|v| !v.trim().is_empty())
             })
-            .unwrap_or_else(|| crate::do_api::DEFAULT_API_URL.to_owned());
+            .unwrap_or_else(|| do_api::DEFAULT_API_URL.to_owned());
         let mut policy = RetryPolicy::default();
         if let Some(b) = self.api_backoff {
             policy = policy.with_backoff(b, (b * 16).max(b));

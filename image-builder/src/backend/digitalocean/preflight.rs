@@ -10,8 +10,8 @@
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use crate::do_api::{Client, DoError, ImageSpec, Size};
 use crate::spec::DigitalOcean;
+use do_api::{Client, DoError, ImageSpec, Size};
 
 use super::DoBakeError;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::do_api::{Client, DoError, Poll};
+use do_api::{Client, DoError, Poll};
 
 use super::{BAKE_TAG_PREFIX, TAG};
 

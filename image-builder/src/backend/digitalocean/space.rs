@@ -14,8 +14,8 @@ use std::time::Duration;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::artifact::s3::{self, RemoteError, RemoteKind, S3Credentials, S3Settings};
-use crate::steps::SealReport;
+use artifact_store::s3::{self, RemoteError, RemoteKind, S3Credentials, S3Settings};
+use provision::SealReport;
 
 /// Longest validity S3 allows for a presigned URL (SigV4: 7 days).
 pub const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -77,7 +77,7 @@ pub struct Space {
 }
 
 impl Space {
-    /// A client for `settings` with the Spaces-safe settings of [`crate::artifact::s3::client`].
+    /// A client for `settings` with the Spaces-safe settings of [`artifact_store::s3::client`].
     pub fn new(settings: &S3Settings, creds: &S3Credentials) -> Self {
         Space {
             client: s3::client(settings, creds, None),
@@ -132,7 +132,7 @@ impl Space {
             .put_object()
             .bucket(&self.bucket)
             .key(&key)
-            .metadata(crate::artifact::META_SHA256, sha256)
+            .metadata(artifact_store::META_SHA256, sha256)
             .content_type("application/octet-stream")
             .body(ByteStream::from(bytes))
             .send()

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::steps::SealReport;
+use provision::SealReport;
 
 /// Version of the state file format.
 pub const STATE_VERSION: u32 = 1;
@@ -193,7 +193,7 @@ impl StateFile {
         };
         let text =
             serde_json::to_vec_pretty(&self.state).map_err(|e| io(std::io::Error::other(e)))?;
-        crate::fsutil::write_atomic(&self.path, &text, 0o600).map_err(io)
+        artifact_store::fsutil::write_atomic(&self.path, &text, 0o600).map_err(io)
     }
 
     /// Change the state and write it.

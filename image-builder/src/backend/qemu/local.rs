@@ -157,7 +157,7 @@ fn start(opts: &RunLocal, dir: &Path) -> Result<LocalWorker, QemuError> {
         running: true,
     };
     let info = serde_json::to_vec_pretty(&w).map_err(|e| QemuError::Other(e.to_string()))?;
-    crate::fsutil::write_atomic(&dir.join("info.json"), &info, 0o644)
+    artifact_store::fsutil::write_atomic(&dir.join("info.json"), &info, 0o644)
         .map_err(|e| QemuError::io(dir, e))?;
     Ok(w)
 }

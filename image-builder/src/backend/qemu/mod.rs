@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::steps::SealReport;
+use provision::SealReport;
 
 /// Errors of the local backend.
 #[derive(Debug, thiserror::Error)]
@@ -477,14 +477,14 @@ pub async fn bake(
     let mut _file_server = None;
     let agent_source = match (way, agent) {
         (_, None) => None,
-        (Way::Container, Some(_)) => Some(crate::steps::AgentSource::Path(
+        (Way::Container, Some(_)) => Some(provision::AgentSource::Path(
             container::AGENT_STAGING.to_owned(),
         )),
         (_, Some(a)) => {
             let server = vm::FileServer::start(a.path.clone(), "vm-agent".into()).await?;
             let url = format!("http://{}:{}/vm-agent", local::HOST_FROM_GUEST, server.port);
             _file_server = Some(server);
-            Some(crate::steps::AgentSource::Url(url))
+            Some(provision::AgentSource::Url(url))
         }
     };
     let mut ropts = RenderOptions::new(Mode::Bake);

@@ -1,4 +1,4 @@
-//! DigitalOcean API client (feature `do-api`), shared by the bake and by
+//! DigitalOcean API client, shared by the bake and by
 //! vm-agent's self-destroy. Async (tokio), reqwest with rustls (no OpenSSL).
 //!
 //! # Building a client

@@ -146,11 +146,7 @@ fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 /// Check a build sha: 7 to 64 lowercase hex digits (a git sha-1 or sha-256,
 /// possibly abbreviated). It becomes an object-key and a directory name.
 pub fn validate_sha(sha: &str) -> Result<(), ManifestError> {
-    let ok = (7..=64).contains(&sha.len())
-        && sha
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok {
+    if agent_config::is_build_sha(sha) {
         Ok(())
     } else {
         Err(ManifestError::InvalidSha(sha.to_string()))

@@ -34,7 +34,7 @@ pub const AGENT_BIN: &str = "/usr/local/bin/vm-agent";
 pub const AGENT_UNIT: &str = "/etc/systemd/system/vm-agent.service";
 /// The vm-agent systemd unit itself (`templates/systemd/vm-agent.service`), one
 /// definition for every route into an image (cloud-init bakes and Packer).
-pub const AGENT_UNIT_FILE: &str = include_str!("../../templates/systemd/vm-agent.service");
+pub const AGENT_UNIT_FILE: &str = include_str!("../../../../templates/systemd/vm-agent.service");
 /// vm-agent's config file (vm-agent's default `--config`).
 pub const AGENT_CONFIG_PATH: &str = "/etc/vm-agent/config.toml";
 /// vm-agent's secrets file (vm-agent's default `paths.secrets_file`; mode 0600).

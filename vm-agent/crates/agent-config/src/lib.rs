@@ -8,8 +8,9 @@
 //!   mode 0600 (no group/other bits) and owned by the user the daemon runs as (root in
 //!   production).
 //!
-//! This module depends on `serde`, `toml` and `humantime`, plus the artifact contract's sha
-//! rule (`image_builder::artifact::manifest::validate_sha`).
+//! One definition for both sides: image-builder, `run-local` and the Packer plugin build a
+//! [`Config`] and serialize it with serde; the agent parses it with [`Config::from_toml`].
+//! This crate depends only on `serde`, `toml`, `humantime` and `thiserror`.
 //! Durations are strings parsed with `humantime` (`"30m"`, `"1h 30m"`); timers (`Limit`) also
 //! accept `"never"`, and a zero duration is refused: `0` never means "disabled".
 
@@ -20,8 +21,21 @@ use std::time::Duration;
 
 /// Version of the config/secrets contract written by the renderer.
 pub const CONFIG_VERSION: u32 = 1;
-/// Default config path.
+/// Default config path (where the renderer writes the config on a worker).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vm-agent/config.toml";
+/// Default secrets path (`paths.secrets_file`; where the renderer writes the secrets).
+pub const DEFAULT_SECRETS_PATH: &str = "/etc/vm-agent/secrets.toml";
+/// Default signing region of an S3-compatible store (`us-east-1` works for Spaces).
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+
+/// The artifact contract's rule for a build sha (`builds/<sha>/` in the bucket): 7 to 64
+/// lowercase hex digits. Shared by this config's `artifacts.sha` and artifact-store's manifest.
+pub fn is_build_sha(sha: &str) -> bool {
+    (7..=64).contains(&sha.len())
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
 /// Environment variable overriding the config path.
 pub const CONFIG_ENV: &str = "VM_AGENT_CONFIG";
 
@@ -287,20 +301,42 @@ pub struct ArtifactsConfig {
     pub timeout: Limit,
 }
 
-fn default_region() -> String {
-    "us-east-1".into()
+/// [`DEFAULT_S3_REGION`] as an owned string (serde default).
+pub fn default_region() -> String {
+    DEFAULT_S3_REGION.into()
 }
 fn default_min_free_bytes() -> u64 {
-    image_builder::artifact::PullConfig::DEFAULT_MIN_FREE_BYTES
+    ArtifactsConfig::DEFAULT_MIN_FREE_BYTES
 }
 fn default_concurrency() -> u32 {
-    image_builder::artifact::PullConfig::DEFAULT_MAX_REQUESTS as u32
+    ArtifactsConfig::DEFAULT_CONCURRENCY
 }
 fn default_pull_timeout() -> Limit {
     Limit::After(Duration::from_secs(3600))
 }
 
 impl ArtifactsConfig {
+    /// GET requests in flight at most (the pull engine's default too).
+    pub const DEFAULT_CONCURRENCY: u32 = 64;
+    /// Free space left on the state filesystem after a download (the pull engine's default too).
+    pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+
+    /// A section with every optional field at its default.
+    pub fn new(bucket: String, endpoint: String) -> ArtifactsConfig {
+        ArtifactsConfig {
+            bucket,
+            endpoint,
+            region: default_region(),
+            path_style: false,
+            sha: None,
+            required: false,
+            cache_max_bytes: None,
+            min_free_bytes: default_min_free_bytes(),
+            concurrency: default_concurrency(),
+            timeout: default_pull_timeout(),
+        }
+    }
+
     /// An example section (documentation and tests).
     pub fn example() -> ArtifactsConfig {
         ArtifactsConfig {
@@ -340,7 +376,7 @@ impl Default for Paths {
         Paths {
             runtime_dir: "/run/vm-agent".into(),
             state_dir: "/var/lib/vm-agent".into(),
-            secrets_file: "/etc/vm-agent/secrets.toml".into(),
+            secrets_file: DEFAULT_SECRETS_PATH.into(),
             passwd_file: "/etc/passwd".into(),
             group_file: "/etc/group".into(),
             ssh_host_key_dir: "/etc/ssh".into(),
@@ -685,9 +721,13 @@ impl Config {
                     format!("`{}` is not an http(s) URL", a.endpoint),
                 ));
             }
-            if let Some(sha) = &a.sha {
-                image_builder::artifact::manifest::validate_sha(sha)
-                    .map_err(|e| field("artifacts.sha", e.to_string()))?;
+            if let Some(sha) = &a.sha
+                && !is_build_sha(sha)
+            {
+                return Err(field(
+                    "artifacts.sha",
+                    format!("invalid sha {sha:?}: expected 7 to 64 lowercase hex digits"),
+                ));
             }
             if a.concurrency == 0 {
                 return Err(field("artifacts.concurrency", "must be at least 1".into()));

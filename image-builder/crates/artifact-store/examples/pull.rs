@@ -1,16 +1,15 @@
 //! Minimal pull client: what vm-agent links for artifacts (used to measure the
-//! binary size of the `artifact` feature without `host`).
+//! binary size of the pull on its own).
 //!
 //! ```text
 //! IMAGE_BUILDER_S3_ENDPOINT=http://127.0.0.1:9000 IMAGE_BUILDER_S3_BUCKET=b \
 //! SPACES_ACCESS_KEY_ID=… SPACES_SECRET_ACCESS_KEY=… \
-//!   cargo run --release --example pull --no-default-features --features artifact -- SHA ROOT
+//!   cargo run --release -p artifact-store --example pull -- SHA ROOT
 //! ```
 
-#[cfg(feature = "artifact")]
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    use image_builder::artifact::{PullConfig, S3Credentials, S3Settings, pull};
+    use artifact_store::{PullConfig, S3Credentials, S3Settings, pull};
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [sha, root] = args.as_slice() else {
         eprintln!("usage: pull SHA ROOT");
@@ -54,10 +53,4 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(if e.is_unavailable() { 3 } else { 1 })
         }
     }
-}
-
-#[cfg(not(feature = "artifact"))]
-fn main() {
-    eprintln!("build with --features artifact");
-    std::process::exit(2);
 }

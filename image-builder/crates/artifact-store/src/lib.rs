@@ -1,8 +1,5 @@
 //! Sha-keyed build artifacts in an S3-compatible store ("build once, load many").
 //!
-//! Enabled by the `artifact` cargo feature (without `host`, so vm-agent can take it
-//! with `default-features = false, features = ["artifact"]`).
-//!
 //! # Layout (the contract)
 //! ```text
 //! s3://<bucket>/builds/<sha>/<path>          one object per file, user metadata sha256=<hex>
@@ -14,7 +11,7 @@
 //!
 //! # Pull API (for vm-agent)
 //! ```ignore
-//! use image_builder::artifact::{pull, PullConfig, PullError, S3Settings, S3Credentials};
+//! use artifact_store::{pull, PullConfig, PullError, S3Settings, S3Credentials};
 //!
 //! let mut cfg = PullConfig::new(
 //!     S3Settings { endpoint, region, bucket, path_style },
@@ -44,7 +41,7 @@
 //!
 //! # Publish, ls, gc (host)
 //! [`publish::publish`], [`remote::list_builds`], [`remote::gc`]; the CLI is
-//! `image-builder artifact {publish,ls,gc,pull}` (module `cli`, feature `host`).
+//! `image-builder artifact {publish,ls,gc,pull}`.
 
 pub mod manifest;
 pub mod progress;
@@ -53,15 +50,8 @@ pub mod pull;
 pub mod remote;
 pub mod s3;
 
-#[cfg(feature = "host")]
-pub mod cli;
-
-// `crate::fsutil` is compiled only with `host`; share the same source file here.
-#[cfg(feature = "host")]
-pub(crate) use crate::fsutil;
-#[cfg(not(feature = "host"))]
-#[path = "../fsutil.rs"]
-pub(crate) mod fsutil;
+pub mod digest;
+pub mod fsutil;
 
 pub use manifest::{FileEntry, MANIFEST_NAME, Manifest, ManifestError};
 pub use pull::{PullConfig, PullError, PullReport, pull};

@@ -1,6 +1,6 @@
 //! Pull a published build into `<root>/artifacts/<sha>/` (the vm-agent side).
 //!
-//! See the module docs of [`crate::artifact`] for the API contract. How:
+//! See the module docs of the crate for the API contract. How:
 //! 1. validate the sha, take `<root>/artifacts/.locks/<sha>` (flock), return at
 //!    once if `<root>/artifacts/<sha>/manifest.json` exists;
 //! 2. GET and strictly parse `builds/<sha>/manifest.json`;
@@ -81,13 +81,14 @@ pub struct PullConfig {
 impl PullConfig {
     /// Default of [`PullConfig::max_requests`] (also `artifact pull --concurrency` and
     /// vm-agent's `artifacts.concurrency`).
-    pub const DEFAULT_MAX_REQUESTS: usize = 64;
+    pub const DEFAULT_MAX_REQUESTS: usize =
+        agent_config::ArtifactsConfig::DEFAULT_CONCURRENCY as usize;
     /// Default of [`PullConfig::chunk_size`].
     pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
     /// Default of [`PullConfig::chunks_in_flight`].
     pub const DEFAULT_CHUNKS_IN_FLIGHT: usize = 4;
     /// Default of [`PullConfig::min_free_bytes`] (also vm-agent's `artifacts.min_free_bytes`).
-    pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+    pub const DEFAULT_MIN_FREE_BYTES: u64 = agent_config::ArtifactsConfig::DEFAULT_MIN_FREE_BYTES;
 
     /// Defaults for everything but the store and the keys.
     pub fn new(s3: S3Settings, credentials: Option<S3Credentials>) -> Self {

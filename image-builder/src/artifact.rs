@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::progress::{Progress, mib};
-use super::publish::{self, PublishError, PublishOptions};
-use super::pull::{self, PullConfig, PullError};
-use super::remote::{self, GcOptions};
-use super::s3::{self, CredentialsError, RemoteError, S3Credentials, S3Settings};
 use crate::cli::CliError;
+use artifact_store::progress::{Progress, mib};
+use artifact_store::publish::{self, PublishError, PublishOptions};
+use artifact_store::pull::{self, PullConfig, PullError};
+use artifact_store::remote::{self, GcOptions};
+use artifact_store::s3::{self, CredentialsError, RemoteError, S3Credentials, S3Settings};
 
 /// `image-builder artifact`: sha-keyed build artifacts in an S3-compatible store.
 #[derive(Debug, Args)]
@@ -286,7 +286,8 @@ async fn publish_cmd(store: &StoreArgs, a: &PublishArgs) -> Result<(), ArtifactC
 async fn ls_cmd(store: &StoreArgs, a: &LsArgs) -> Result<(), ArtifactCliError> {
     let (client, settings) = store.client()?;
     if let Some(sha) = &a.sha {
-        super::manifest::validate_sha(sha).map_err(|e| ArtifactCliError::Config(e.to_string()))?;
+        artifact_store::manifest::validate_sha(sha)
+            .map_err(|e| ArtifactCliError::Config(e.to_string()))?;
         let m = publish::fetch_manifest(&client, &settings.bucket, sha)
             .await?
             .ok_or_else(|| ArtifactCliError::NotPublished(sha.clone()))?

@@ -45,10 +45,7 @@ pub struct S3Settings {
     pub path_style: bool,
 }
 
-/// The default signing region.
-pub fn default_region() -> String {
-    "us-east-1".to_string()
-}
+pub use agent_config::default_region;
 
 /// An access key pair. `Debug` never prints the values.
 #[derive(Clone, PartialEq, Eq)]
