@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use agent_config::{ArtifactsConfig, Config as AgentConfig, Provider};
+
 use crate::backend::{AgentArtifact, BakeResult, qemu};
 use crate::spec::{self, LoadedSpec};
 
@@ -25,6 +27,9 @@ pub enum BakeError {
     /// DigitalOcean backend problems.
     #[error(transparent)]
     Digitalocean(#[from] crate::backend::digitalocean::DoBakeError),
+    /// The agent config built from the spec is one the agent would refuse.
+    #[error("the agent config built from the spec is invalid: {0}")]
+    AgentConfig(agent_config::ConfigError),
     /// The agent binary is missing or unreadable.
     #[error("{0}")]
     Agent(String),
@@ -53,71 +58,53 @@ pub fn find_agent_binary(explicit: Option<&Path>) -> Option<PathBuf> {
 
 pub use artifact_store::digest::sha256_file;
 
-/// The agent settings written as vm-agent's config file (`vm-agent/src/config.rs`;
-/// a workspace test parses this output with vm-agent's own parser).
-#[derive(Clone, Debug)]
-pub struct AgentSettings {
-    /// The build user jobs run as (its group may use the agent's socket).
-    pub user: String,
-    /// Idle timer.
-    pub idle_timeout: spec::Limit,
-    /// Lifetime timer.
-    pub max_lifetime: spec::Limit,
-    /// No-job timer.
-    pub no_job_timeout: spec::Limit,
-    /// Ephemeral tag.
-    pub ephemeral_tag: String,
-    /// `local`, `digitalocean` or `dry-run`.
-    pub provider: String,
-    /// Extra TOML sections appended verbatim (e.g. `[artifacts]`).
-    pub extra_toml: String,
+/// vm-agent's config for a machine of this spec: [`agent_config::Config`], the type the agent
+/// itself parses, filled from the spec's `build_user` and `agent` sections (timers, ephemeral
+/// tag, `[artifacts]` from `agent.artifact`). `sha` overrides `agent.artifact.sha` (a flag).
+pub fn agent_config(
+    user: &str,
+    agent: &spec::Agent,
+    provider: Provider,
+    sha: Option<&str>,
+) -> AgentConfig {
+    let mut config = AgentConfig::default();
+    config.socket.group = Some(user.to_owned());
+    config.jobs.user = Some(user.to_owned());
+    config.timers.idle_timeout = agent.idle_timeout;
+    config.timers.max_lifetime = agent.max_lifetime;
+    config.timers.no_job_timeout = agent.no_job_timeout;
+    config.destroy.provider = provider;
+    config.destroy.ephemeral_tag = agent.ephemeral_tag.to_string();
+    config.artifacts = agent.artifact.as_ref().map(|a| {
+        let mut artifacts = ArtifactsConfig::new(a.bucket.clone(), a.endpoint_url());
+        artifacts.region = a.region.clone();
+        artifacts.path_style = a.path_style;
+        artifacts.required = a.required;
+        artifacts.sha = sha
+            .map(str::to_owned)
+            .or_else(|| a.sha.as_ref().map(|s| s.value.clone()));
+        artifacts
+    });
+    config
 }
 
-impl AgentSettings {
-    /// The spec's agent settings.
-    pub fn from_spec(loaded: &LoadedSpec, provider: &str) -> Self {
-        Self::new(
-            &loaded.spec.build_user.name.to_string(),
-            &loaded.spec.agent,
-            provider,
-        )
-    }
-
-    /// The spec's default agent settings, for a worker booted without its spec.
-    pub fn defaults(user: &str, provider: &str) -> Self {
-        Self::new(user, &spec::Agent::default(), provider)
-    }
-
-    fn new(user: &str, a: &spec::Agent, provider: &str) -> Self {
-        AgentSettings {
-            user: user.to_owned(),
-            idle_timeout: a.idle_timeout,
-            max_lifetime: a.max_lifetime,
-            no_job_timeout: a.no_job_timeout,
-            ephemeral_tag: a.ephemeral_tag.to_string(),
-            provider: provider.to_owned(),
-            extra_toml: String::new(),
-        }
-    }
-
-    /// vm-agent's config file.
-    pub fn to_toml(&self) -> String {
-        format!(
-            "# vm-agent config written by image-builder.\nversion = 1\n\n[socket]\ngroup = \"{user}\"\n\n[jobs]\nuser = \"{user}\"\n\n[timers]\nidle_timeout = \"{idle}\"\nmax_lifetime = \"{life}\"\nno_job_timeout = \"{nojob}\"\n\n[destroy]\nprovider = \"{provider}\"\nephemeral_tag = \"{tag}\"\n{extra}",
-            user = self.user,
-            idle = self.idle_timeout,
-            life = self.max_lifetime,
-            nojob = self.no_job_timeout,
-            provider = self.provider,
-            tag = self.ephemeral_tag,
-            extra = self.extra_toml,
-        )
-    }
+/// The agent config of a spec, for its build user.
+pub fn agent_config_for(loaded: &LoadedSpec, provider: Provider, sha: Option<&str>) -> AgentConfig {
+    agent_config(
+        &loaded.spec.build_user.name.to_string(),
+        &loaded.spec.agent,
+        provider,
+        sha,
+    )
 }
 
-/// The agent config baked into an image from the spec.
-pub fn agent_config_toml(loaded: &LoadedSpec, provider: &str) -> String {
-    AgentSettings::from_spec(loaded, provider).to_toml()
+/// The config file's text: serialized with serde and read back with the agent's own parser
+/// (what the agent would refuse is refused here, naming the key, before anything is written).
+pub fn agent_config_toml(config: &AgentConfig) -> Result<String, BakeError> {
+    let text = config.to_toml();
+    AgentConfig::from_toml(&text, Path::new(provision::AGENT_CONFIG_PATH))
+        .map_err(BakeError::AgentConfig)?;
+    Ok(text)
 }
 
 /// `git rev-parse HEAD` in `dir`, if it is a git checkout.
@@ -173,6 +160,8 @@ pub struct BakeRequest {
     pub out_dir: PathBuf,
     /// The agent binary (None: look next to this executable).
     pub agent_bin: Option<PathBuf>,
+    /// The build sha the agent pulls at boot (overrides the spec's `agent.artifact.sha`).
+    pub artifact_sha: Option<String>,
     /// Local backend options.
     pub qemu: qemu::QemuBakeOptions,
     /// DigitalOcean backend options.
@@ -230,8 +219,8 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
     #[allow(unused_mut)] // a DigitalOcean --resume keeps the recorded name
     let mut name = image_name(&loaded, git.as_deref());
     let provider = match kind {
-        BackendKind::Qemu => "local",
-        BackendKind::Digitalocean => "digitalocean",
+        BackendKind::Qemu => Provider::Local,
+        BackendKind::Digitalocean => Provider::Digitalocean,
     };
     let agent = if loaded.spec.agent.install {
         let path = find_agent_binary(req.agent_bin.as_deref()).ok_or_else(|| {
@@ -246,7 +235,11 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
         Some(AgentArtifact {
             path,
             sha256,
-            config_toml: agent_config_toml(&loaded, provider),
+            config_toml: agent_config_toml(&agent_config_for(
+                &loaded,
+                provider,
+                req.artifact_sha.as_deref(),
+            ))?,
             unit: provision::AGENT_UNIT_FILE.to_owned(),
         })
     } else {

@@ -61,6 +61,9 @@ pub struct BakeArgs {
     /// The static vm-agent binary to install (default: next to this executable).
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
+    /// The build sha the baked agent pulls at boot (overrides the spec's `agent.artifact.sha`).
+    #[arg(long, value_parser = parse_build_sha)]
+    pub sha: Option<String>,
     /// Local backend: provision in a container (fast) or a full VM.
     #[arg(long, value_enum, default_value_t = crate::backend::qemu::Way::Auto)]
     pub way: crate::backend::qemu::Way,
@@ -95,12 +98,16 @@ pub struct RunLocalArgs {
     /// Forward this 127.0.0.1 port to the worker's SSH (default: a free port).
     #[arg(long)]
     pub ssh_port: Option<u16>,
-    /// Override the agent's idle timeout (e.g. `2m`).
+    /// Override the agent's idle timeout (e.g. `2m`, or `never`).
     #[arg(long)]
-    pub idle_timeout: Option<String>,
-    /// Extra TOML appended to the agent config (e.g. an `[artifacts]` section).
-    #[arg(long)]
-    pub agent_config_extra: Option<PathBuf>,
+    pub idle_timeout: Option<agent_config::Limit>,
+    /// The build sha the agent pulls at boot (overrides the spec's `agent.artifact.sha`).
+    #[arg(long, value_parser = parse_build_sha)]
+    pub sha: Option<String>,
+    /// A complete vm-agent config file to use instead of the one built from the spec
+    /// (checked with the agent's own parser; errors name the key).
+    #[arg(long, conflicts_with_all = ["idle_timeout", "sha"])]
+    pub agent_config: Option<PathBuf>,
     /// The agent's secrets file (must be mode 0600); written to /etc/vm-agent/secrets.toml.
     #[arg(long)]
     pub agent_secrets: Option<PathBuf>,
@@ -392,6 +399,17 @@ fn print_human(r: &ValidateReport) {
     println!("{}: {}", r.spec, if r.valid { "valid" } else { "INVALID" });
 }
 
+/// `--sha`: the artifact contract's rule for a build sha.
+fn parse_build_sha(s: &str) -> Result<String, String> {
+    if agent_config::is_build_sha(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid sha {s:?}: expected 7 to 64 lowercase hex digits (a git sha)"
+        ))
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -408,6 +426,7 @@ pub fn bake_cmd(args: &BakeArgs) -> Result<(), CliError> {
         spec: args.spec.clone(),
         out_dir: args.out.clone(),
         agent_bin: args.agent_bin.clone(),
+        artifact_sha: args.sha.clone(),
         qemu: crate::backend::qemu::QemuBakeOptions {
             way: args.way,
             no_boot_check: args.no_boot_check,
@@ -484,33 +503,34 @@ fn local_err(e: crate::backend::qemu::QemuError) -> CliError {
 /// `run-local`.
 pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
     use crate::backend::qemu::{QemuError, local};
-    use crate::bake::AgentSettings;
     use crate::render::ExtraFile;
+    use agent_config::{Config as AgentConfig, Provider};
     use std::os::unix::fs::PermissionsExt as _;
 
     local::preflight().map_err(local_err)?;
     let loaded = args.spec.as_deref().map(spec::load).transpose()?;
-    let mut agent = match &loaded {
-        Some(l) => AgentSettings::from_spec(l, "local"),
-        None => AgentSettings::defaults("builder", "local"),
-    };
-    if let Some(t) = &args.idle_timeout {
-        let d = humantime::parse_duration(t)
-            .map_err(|e| local_err(QemuError::Other(format!("--idle-timeout {t:?}: {e}"))))?;
-        if d.is_zero() {
-            return Err(local_err(QemuError::Other(
-                "--idle-timeout 0 is not allowed".into(),
-            )));
+    let agent = match &args.agent_config {
+        Some(path) => AgentConfig::load(path).map_err(crate::bake::BakeError::AgentConfig)?,
+        None => {
+            let mut config = match &loaded {
+                Some(l) => crate::bake::agent_config_for(l, Provider::Local, args.sha.as_deref()),
+                None => crate::bake::agent_config(
+                    "builder",
+                    &spec::Agent::default(),
+                    Provider::Local,
+                    args.sha.as_deref(),
+                ),
+            };
+            if let Some(idle) = args.idle_timeout {
+                config.timers.idle_timeout = idle;
+            }
+            config
         }
-        agent.idle_timeout = spec::Limit::After(d);
-    }
-    if let Some(p) = &args.agent_config_extra {
-        agent.extra_toml =
-            std::fs::read_to_string(p).map_err(|e| local_err(QemuError::io(p, e)))?;
-    }
+    };
+    let user = agent.jobs.user.clone().unwrap_or_else(|| "builder".into());
     let mut files = vec![ExtraFile {
         path: provision::AGENT_CONFIG_PATH.into(),
-        content: agent.to_toml().into_bytes(),
+        content: crate::bake::agent_config_toml(&agent)?.into_bytes(),
         mode: 0o644,
     }];
     if let Some(p) = &args.agent_secrets {
@@ -538,7 +558,7 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
             .map_err(|m: String| local_err(QemuError::Other(format!("{}: {m}", k.display()))))?;
         keys.push(key.to_string());
     }
-    let user_data = render::worker_boot(&agent.user, &keys, &files)?;
+    let user_data = render::worker_boot(&user, &keys, &files)?;
     let q = loaded.as_ref().map(|l| &l.spec.qemu);
     let opts = local::RunLocal {
         image: args.image.clone(),
@@ -554,7 +574,7 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
         println!("{}", serde_json::to_string_pretty(&w).unwrap_or_default());
     } else {
         println!("worker {} started (qemu pid {})", w.name, w.pid);
-        println!("  ssh:     ssh -p {} {}@127.0.0.1", w.ssh_port, agent.user);
+        println!("  ssh:     ssh -p {} {user}@127.0.0.1", w.ssh_port);
         println!("  console: {}", w.console.display());
         println!("  stop:    image-builder stop-local {}", w.name);
     }

@@ -286,11 +286,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 .map(|u| local_file("agent_unit", u, &mut errors)),
         }),
     };
+    // The agent config is checked with vm-agent's own parser (the agent-config crate) here,
+    // in Prepare, so a typo fails the build before any machine is touched, naming the key.
     if let Some(a) = &agent
-        && let Ok(text) = std::fs::read(&a.config)
-        && std::str::from_utf8(&text).is_err()
+        && a.config.is_file()
+        && let Err(e) = agent_config::Config::load(&a.config)
     {
-        errors.push(format!("agent_config: {:?} is not UTF-8 text", a.config));
+        errors.push(format!("agent_config: {e}"));
     }
 
     let build_user = raw.build_user.filter(|u| !u.is_empty());
@@ -482,7 +484,30 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("is not a regular file"), "{err}");
         let toml = dir.path().join("config.toml");
-        std::fs::write(&toml, "x = 1\n").unwrap();
+        // The agent config is parsed by vm-agent's own parser: a bad key is named.
+        std::fs::write(&toml, "[timers]\nidle_timout = \"3m\"\n").unwrap();
+        let err = prepare(&[user_map(&[
+            ("agent_path", Value::str(bin.to_str().unwrap())),
+            ("agent_config", Value::str(toml.to_str().unwrap())),
+        ])])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("agent_config: invalid config") && err.contains("idle_timout"),
+            "{err}"
+        );
+        std::fs::write(&toml, "[timers]\nidle_timeout = \"0s\"\n").unwrap();
+        let err = prepare(&[user_map(&[
+            ("agent_path", Value::str(bin.to_str().unwrap())),
+            ("agent_config", Value::str(toml.to_str().unwrap())),
+        ])])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("idle_timeout") && err.contains("never"),
+            "{err}"
+        );
+        std::fs::write(&toml, "[timers]\nidle_timeout = \"3m\"\n").unwrap();
         let cfg = prepare(&[user_map(&[
             ("agent_path", Value::str(bin.to_str().unwrap())),
             ("agent_config", Value::str(toml.to_str().unwrap())),

@@ -247,7 +247,7 @@ fn provision_error_fails_the_build_with_our_text() {
     // build with our message naming the step and Packer's reason.
     let b = Build::new();
     let agent = b.file("vm-agent", "#!/bin/sh\necho fake agent\n");
-    let cfg = b.file("agent.toml", "stage = \"test\"\n");
+    let cfg = b.file("agent.toml", "[timers]\nidle_timeout = \"5m\"\n");
     b.file(
         "t.pkr.hcl",
         &format!(
@@ -445,7 +445,7 @@ fn ssh_runs_the_shared_steps_uploads_the_agent_and_seals() {
     let b = Build::new();
     let agent_bytes = "#!/bin/sh\necho fake vm-agent\n";
     let agent = b.file("vm-agent", agent_bytes);
-    let cfg = b.file("agent.toml", "stage = \"golden\"\n");
+    let cfg = b.file("agent.toml", "[destroy]\nephemeral_tag = \"golden\"\n");
     b.file(
         "t.json",
         &template(
@@ -477,7 +477,7 @@ fn ssh_runs_the_shared_steps_uploads_the_agent_and_seals() {
     assert_eq!(installed, agent_bytes);
     assert_eq!(
         std::fs::read_to_string(sshd.upper("/etc/vm-agent/config.toml")).expect("config"),
-        "stage = \"golden\"\n"
+        "[destroy]\nephemeral_tag = \"golden\"\n"
     );
     let unit =
         std::fs::read_to_string(sshd.upper("/etc/systemd/system/vm-agent.service")).expect("unit");

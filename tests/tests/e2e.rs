@@ -191,7 +191,13 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         t0.elapsed().as_secs_f64()
     );
 
-    // The example spec, with a canary secret in a bake command.
+    // The worker's artifact store: a real S3 server on 127.0.0.1 (the guest reaches it
+    // as 10.0.2.2). The build sha is published below, after the bake.
+    let s3 = S3Server::start_with_keys(S3_KEY, S3_SECRET);
+    let sha = "e2e0c0ffee0000000000000000000000000000aa";
+
+    // The example spec, with a canary secret in a bake command, and its `agent.artifact`
+    // pointed at that store: the worker pulls the build because the spec says so.
     let dir = tempfile::tempdir().unwrap();
     let example =
         std::fs::read_to_string(workspace().join("templates/examples/worker.yaml")).unwrap();
@@ -199,9 +205,18 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         "  - git --version\n",
         &format!("  - git --version\n  - echo {CANARY} > /dev/null\n"),
     );
-    assert_ne!(
-        with_canary, example,
-        "the example spec changed: update the canary insertion"
+    let example_artifact = "  artifact:\n    bucket: ci-artifacts\n    endpoint: https://nyc3.digitaloceanspaces.com\n    region: nyc3\n    required: false      # if unavailable, become ready anyway and build on the worker\n";
+    let with_canary = with_canary.replacen(
+        example_artifact,
+        &format!(
+            "  artifact:\n    bucket: {BUCKET}\n    endpoint: http://10.0.2.2:{}\n    region: us-east-1\n    path_style: true\n    sha: {sha}\n    required: true\n",
+            s3.port
+        ),
+        1,
+    );
+    assert!(
+        with_canary.contains(CANARY) && with_canary.contains(&format!("sha: {sha}")),
+        "the example spec changed: update the canary and artifact insertions"
     );
     std::fs::create_dir_all(dir.path().join("files")).unwrap();
     std::fs::copy(
@@ -236,9 +251,7 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
     );
     let golden = PathBuf::from(build["artifact_id"].as_str().unwrap());
 
-    // Build once: publish an artifact to a real S3 server on 127.0.0.1 (the guest
-    // reaches it as 10.0.2.2), keyed by a git sha.
-    let s3 = S3Server::start_with_keys(S3_KEY, S3_SECRET);
+    // Build once: publish an artifact to that store, keyed by the spec's git sha.
     let art = dir.path().join("build");
     std::fs::create_dir_all(art.join("bin")).unwrap();
     std::fs::write(
@@ -253,7 +266,6 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
     )
     .unwrap();
     std::fs::write(art.join("data.txt"), "prebuilt-data-0123\n").unwrap();
-    let sha = "e2e0c0ffee0000000000000000000000000000aa";
     let publish = run(Command::new(&ib)
         .args(["artifact", "publish", "--sha", sha, "bin", "data.txt"])
         .current_dir(&art)
@@ -271,15 +283,6 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         "artifact publish failed:\n{}",
         String::from_utf8_lossy(&publish.stderr)
     );
-    let extra = dir.path().join("artifacts.toml");
-    std::fs::write(
-        &extra,
-        format!(
-            "\n[artifacts]\nbucket = \"{BUCKET}\"\nendpoint = \"http://10.0.2.2:{}\"\nregion = \"us-east-1\"\npath_style = true\nsha = \"{sha}\"\nrequired = true\n",
-            s3.port
-        ),
-    )
-    .unwrap();
     let secrets = dir.path().join("secrets.toml");
     std::fs::write(
         &secrets,
@@ -314,8 +317,6 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
             "--ssh-key",
         ])
         .arg(key.with_extension("pub"))
-        .arg("--agent-config-extra")
-        .arg(&extra)
         .arg("--agent-secrets")
         .arg(&secrets));
     assert!(
@@ -453,6 +454,19 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         wants.contains("vm-agent.service"),
         "the agent unit is not enabled:\n{wants}"
     );
+    // The baked agent config, read back with vm-agent's own parser: its `[artifacts]` table
+    // is the spec's `agent.artifact`.
+    let baked = debugfs(&raw, "cat /etc/vm-agent/config.toml");
+    let baked = vm_agent::config::Config::from_toml(&baked, Path::new("config.toml"))
+        .unwrap_or_else(|e| panic!("the baked agent config does not parse: {e}\n{baked}"));
+    let baked_art = baked
+        .artifacts
+        .expect("the spec's agent.artifact is baked as [artifacts]");
+    assert_eq!(baked_art.bucket, BUCKET);
+    assert_eq!(baked_art.endpoint, format!("http://10.0.2.2:{}", s3.port));
+    assert_eq!(baked_art.sha.as_deref(), Some(sha));
+    assert!(baked_art.required && baked_art.path_style);
+    assert_eq!(baked.destroy.provider, vm_agent::config::Provider::Local);
     let resolv = debugfs(&raw, "stat /etc/resolv.conf");
     assert!(
         resolv.contains("Type: symlink"),

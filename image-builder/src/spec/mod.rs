@@ -242,9 +242,10 @@ pub struct Artifact {
     pub sha: Option<Spanned<String>>,
     /// Bucket (Space) name.
     pub bucket: String,
-    /// S3 endpoint URL, e.g. `https://nyc3.digitaloceanspaces.com`.
+    /// S3 endpoint URL, e.g. `https://nyc3.digitaloceanspaces.com`; default: the
+    /// DigitalOcean Space of `region` (`https://<region>.digitaloceanspaces.com`).
     #[serde(default)]
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Spanned<String>>,
     /// S3 region (Spaces: the region slug, e.g. `nyc3`).
     #[serde(default = "agent_config::default_region")]
     pub region: String,
@@ -254,6 +255,16 @@ pub struct Artifact {
     /// Fail readiness (`degraded`) when the artifact can't be had; otherwise continue.
     #[serde(default)]
     pub required: bool,
+}
+
+impl Artifact {
+    /// The endpoint URL: as given, else the DigitalOcean Space of `region`.
+    pub fn endpoint_url(&self) -> String {
+        match &self.endpoint {
+            Some(e) => e.value.clone(),
+            None => format!("https://{}.digitaloceanspaces.com", self.region),
+        }
+    }
 }
 
 /// Naming of the resulting image.
@@ -658,6 +669,38 @@ fn check(path: &Path, spec: &ImageSpec, base_dir: &Path) -> Result<Vec<Vec<u8>>,
             "qemu.cpus".into(),
             format!("{} is out of range: expected 1 to 64", spec.qemu.cpus),
         ));
+    }
+
+    // The artifact the agent pulls: the same rules vm-agent's config applies.
+    if let Some(a) = &spec.agent.artifact {
+        if let Some(sha) = &a.sha
+            && !agent_config::is_build_sha(&sha.value)
+        {
+            return Err(invalid(
+                pos_of(path, sha),
+                "agent.artifact.sha".into(),
+                format!(
+                    "invalid sha {:?}: expected 7 to 64 lowercase hex digits (a git sha)",
+                    sha.value
+                ),
+            ));
+        }
+        if let Some(e) = &a.endpoint
+            && !(e.value.starts_with("http://") || e.value.starts_with("https://"))
+        {
+            return Err(invalid(
+                pos_of(path, e),
+                "agent.artifact.endpoint".into(),
+                format!("{:?} is not an http(s) URL", e.value),
+            ));
+        }
+        if a.bucket.trim().is_empty() {
+            return Err(invalid(
+                top.clone(),
+                "agent.artifact.bucket".into(),
+                "must not be empty".into(),
+            ));
+        }
     }
 
     // Files: exactly one of content/source, unique paths, owner syntax.

@@ -359,29 +359,6 @@ impl<'de> Deserialize<'de> for Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeout(pub Duration);
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if t.chars().all(|c| c.is_ascii_digit()) && !t.is_empty() {
-        if t.chars().all(|c| c == '0') {
-            return Err(format!(
-                "invalid duration {s:?}: 0 is not allowed (write \"never\" where that is meant and allowed)"
-            ));
-        }
-        return Err(format!(
-            "invalid duration {s:?}: a unit is required, e.g. \"{t}s\" or \"{t}m\""
-        ));
-    }
-    let d = humantime::parse_duration(t).map_err(|e| {
-        format!("invalid duration {s:?}: {e} (expected e.g. \"90s\", \"30m\", \"1h30m\")")
-    })?;
-    if d.is_zero() {
-        return Err(format!(
-            "invalid duration {s:?}: 0 is not allowed (write \"never\" where that is meant and allowed)"
-        ));
-    }
-    Ok(d)
-}
-
 impl<'de> Deserialize<'de> for Timeout {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = string_or_number(d)?;
@@ -390,7 +367,9 @@ impl<'de> Deserialize<'de> for Timeout {
                 "\"never\" is not allowed here: expected a duration such as \"30m\"",
             ));
         }
-        parse_duration(&s).map(Timeout).map_err(de::Error::custom)
+        agent_config::parse_positive_duration(&s)
+            .map(Timeout)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -400,41 +379,9 @@ impl Serialize for Timeout {
     }
 }
 
-/// A duration or the explicit word `never`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Limit {
-    /// The timer never fires.
-    Never,
-    /// The timer fires after this long.
-    After(Duration),
-}
-
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Limit::Never => f.write_str("never"),
-            Limit::After(d) => write!(f, "{}", humantime::format_duration(*d)),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Limit {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = string_or_number(d)?;
-        if s == "never" {
-            return Ok(Limit::Never);
-        }
-        parse_duration(&s)
-            .map(Limit::After)
-            .map_err(de::Error::custom)
-    }
-}
-
-impl Serialize for Limit {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+/// A timer: a positive duration or `never`. One type and one parsing rule with vm-agent's
+/// config (the `agent-config` crate), so the spec and the agent cannot disagree.
+pub use agent_config::Limit;
 
 /// A byte size such as `8G`, `512M` or `20GiB` (binary units).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -571,21 +518,24 @@ mod tests {
     #[test]
     fn durations_reject_zero_and_bare_numbers() {
         assert!(
-            parse_duration("0")
+            agent_config::parse_positive_duration("0")
                 .unwrap_err()
                 .contains("0 is not allowed")
         );
         assert!(
-            parse_duration("0s")
+            agent_config::parse_positive_duration("0s")
                 .unwrap_err()
                 .contains("0 is not allowed")
         );
         assert!(
-            parse_duration("30")
+            agent_config::parse_positive_duration("30")
                 .unwrap_err()
                 .contains("unit is required")
         );
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            agent_config::parse_positive_duration("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
     }
 
     #[test]

@@ -122,6 +122,7 @@ impl Env {
             spec: self.spec.clone(),
             out_dir: self.out.clone(),
             agent_bin: Some(self.agent.clone()),
+            artifact_sha: None,
             qemu: Default::default(),
             digitalocean: self.options(),
         }

@@ -35,10 +35,10 @@ pub const AGENT_UNIT: &str = "/etc/systemd/system/vm-agent.service";
 /// The vm-agent systemd unit itself (`templates/systemd/vm-agent.service`), one
 /// definition for every route into an image (cloud-init bakes and Packer).
 pub const AGENT_UNIT_FILE: &str = include_str!("../../../../templates/systemd/vm-agent.service");
-/// vm-agent's config file (vm-agent's default `--config`).
-pub const AGENT_CONFIG_PATH: &str = "/etc/vm-agent/config.toml";
+/// vm-agent's config file (vm-agent's default `--config`; one definition, in agent-config).
+pub use agent_config::DEFAULT_CONFIG_PATH as AGENT_CONFIG_PATH;
 /// vm-agent's secrets file (vm-agent's default `paths.secrets_file`; mode 0600).
-pub const AGENT_SECRETS_PATH: &str = "/etc/vm-agent/secrets.toml";
+pub use agent_config::DEFAULT_SECRETS_PATH as AGENT_SECRETS_PATH;
 /// Non-secret record of the bake, kept in the image.
 pub const BAKED_INFO: &str = "/etc/image-builder/baked.json";
 

@@ -354,8 +354,8 @@ fn open_space(loaded: &LoadedSpec, opts: &DoBakeOptions) -> Result<Space, DoBake
     let settings = match &opts.space {
         Some(s) => s.clone(),
         None => match loaded.spec.agent.artifact.as_ref() {
-            Some(a) if a.endpoint.is_some() => S3Settings {
-                endpoint: a.endpoint.clone().unwrap_or_default(),
+            Some(a) => S3Settings {
+                endpoint: a.endpoint_url(),
                 region: a.region.clone(),
                 bucket: a.bucket.clone(),
                 path_style: a.path_style,
@@ -363,7 +363,7 @@ fn open_space(loaded: &LoadedSpec, opts: &DoBakeOptions) -> Result<Space, DoBake
             _ => {
                 return Err(DoBakeError::Config(format!(
                     "{}: the DigitalOcean bake needs a Space for the agent binary and the seal report: give \
-                     --space-endpoint and --space-bucket, or set agent.artifact.bucket and agent.artifact.endpoint in the spec",
+                     --space-endpoint and --space-bucket, or set agent.artifact.bucket (and agent.artifact.endpoint unless it is the region's Space) in the spec",
                     loaded.path.display()
                 )));
             }

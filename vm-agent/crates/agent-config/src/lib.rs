@@ -95,30 +95,70 @@ impl fmt::Display for Limit {
     }
 }
 
-/// Parse a limit: `never` or a non-zero humantime duration.
+/// Parse a limit: `never` or a positive duration ([`parse_positive_duration`]). This is the
+/// one rule for every timer: the image spec's `agent.*` timers, vm-agent's config and the
+/// command-line flags that override them all parse with it.
 pub fn parse_limit(s: &str) -> Result<Limit, String> {
     let t = s.trim();
     if t.eq_ignore_ascii_case("never") {
         return Ok(Limit::Never);
     }
-    let d = parse_duration(t)?;
-    if d.is_zero() {
-        return Err(format!(
-            "`{t}` is a zero duration, which is refused: write \"never\" to disable this timer"
-        ));
-    }
-    Ok(Limit::After(d))
+    parse_positive_duration(t).map(Limit::After)
 }
 
-/// Parse a humantime duration (`"30m"`, `"1h 30m"`, `"500ms"`). A bare number is refused
-/// because its unit would be a guess.
+impl std::str::FromStr for Limit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Limit, String> {
+        parse_limit(s)
+    }
+}
+
+/// Parse a positive duration with a unit (`"90s"`, `"30m"`, `"1h30m"`). Zero is refused (a
+/// zero timeout is a classic way to say "never" by accident), and so is a bare number, whose
+/// unit would be a guess.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let zero = || {
+        format!(
+            "invalid duration {s:?}: 0 is not allowed (write \"never\" where that is meant and allowed)"
+        )
+    };
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        if t.chars().all(|c| c == '0') {
+            return Err(zero());
+        }
+        return Err(format!(
+            "invalid duration {s:?}: no unit: a unit is required, e.g. \"{t}s\" or \"{t}m\""
+        ));
+    }
+    let d = humantime::parse_duration(t).map_err(|e| {
+        format!(
+            "invalid duration {s:?}: not a duration: {e} (expected e.g. \"90s\", \"30m\", \"1h30m\")"
+        )
+    })?;
+    if d.is_zero() {
+        return Err(zero());
+    }
+    Ok(d)
+}
+
+/// Parse a duration where zero is allowed (`"0"`, `"0s"`, `"500ms"`, `"10s"`); a bare number
+/// other than 0 is refused because its unit would be a guess.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if t == "0" {
+    if !t.is_empty() && t.chars().all(|c| c == '0') {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("`{t}` is not a duration like \"30m\" or \"1h 30m\": {e}"))
+    if t.eq_ignore_ascii_case("never") {
+        return Err(format!(
+            "invalid duration {s:?}: \"never\" is not allowed here: expected a duration such as \"30m\""
+        ));
+    }
+    match parse_positive_duration(t) {
+        Ok(d) => Ok(d),
+        Err(_) if humantime::parse_duration(t).is_ok_and(|d| d.is_zero()) => Ok(Duration::ZERO),
+        Err(e) => Err(e),
+    }
 }
 
 struct DurationVisitor {
@@ -147,15 +187,12 @@ impl serde::de::Visitor<'_> for DurationVisitor {
             parse_duration(v).map(Parsed::Duration).map_err(E::custom)
         }
     }
+    // YAML and TOML hand unquoted numbers over as integers: the same rules as for the text.
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Parsed, E> {
-        if v == 0 && self.limit {
-            return Err(E::custom(
-                "0 is refused (it does not mean \"disabled\"): write \"never\" to disable this timer",
-            ));
-        }
-        Err(E::custom(format!(
-            "bare number {v} has no unit: write a string like \"{v}s\" or \"{v}m\""
-        )))
+        self.visit_str(&v.to_string())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Parsed, E> {
+        self.visit_str(&v.to_string())
     }
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Parsed, E> {
         self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
