@@ -31,7 +31,7 @@ command -v rclone >/dev/null || { echo "bench: rclone missing (apt-get install r
 SERVER="${SERVER:-garage}"
 case "$SERVER" in garage|s3s-fs) ;; *) echo "bench: SERVER must be garage or s3s-fs, got '$SERVER'" >&2; exit 2;; esac
 echo "bench: building image-builder (release, artifact feature)" >&2
-cargo build -q --release -p image-builder --features artifact
+cargo build -q --release -p image-builder
 IB="$CARGO_TARGET_DIR/release/image-builder"
 if [[ "$SERVER" == garage ]]; then SERVER_BIN="$(bash bench/setup-garage.sh)"; else SERVER_BIN="$(bash .ci/setup-s3.sh)"; fi
 

@@ -33,7 +33,7 @@ S3S_FS=$("$ROOT/.ci/setup-s3.sh" | tail -n1)
 prof_flag=()
 [[ "$PROFILE" == release ]] && prof_flag=(--release)
 echo "building do-sim and image-builder ($PROFILE)..." >&2
-(cd "$ROOT" && cargo build -q "${prof_flag[@]}" -p do-sim && cargo build -q "${prof_flag[@]}" -p image-builder --features do-api,artifact)
+(cd "$ROOT" && cargo build -q "${prof_flag[@]}" -p do-sim && cargo build -q "${prof_flag[@]}" -p image-builder)
 SIM="$TARGET/$PROFILE/do-sim"
 IB="$TARGET/$PROFILE/image-builder"
 

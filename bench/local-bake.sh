@@ -5,7 +5,7 @@
 #   (a) image-builder bake --backend qemu --way container   (systemd-nspawn + boot check)
 #   (b) image-builder bake --backend qemu --way vm          (full QEMU boot under TCG)
 #   (c) packer build templates/packer/qemu-bake.pkr.hcl     (Packer 1.6.6 QEMU builder +
-#       the vmagent provisioner running the same image_builder::steps)
+#       the vmagent provisioner running the same provision)
 #
 # Prints each wall time, the container way's boot check time (from its manifest), and
 # the ratios container/packer and vm/packer (medians over RUNS runs). Goal: container

@@ -17,7 +17,7 @@ fi
 
 # Profile overrides for this binary only (the workspace's release profile stays as it is):
 # - panic=abort: a panic in the daemon ends it and systemd restarts it (Restart=on-failure),
-#   instead of tokio swallowing a panicked task and leaving a half-working agent; the lead's
+#   instead of tokio swallowing a panicked task and leaving a half-working agent; the workspace's
 #   release profile unwinds for image-builder's bake cleanup guards, which the agent has none of;
 # - fat LTO + one codegen unit: smaller binary (the S3 SDK and aws-lc are most of it).
 # Each can be overridden from the environment.

@@ -265,7 +265,7 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
             result
         }
     };
-    let run_uuid = uuid_v4();
+    let run_uuid = uuid::Uuid::new_v4().to_string();
     let mut custom = BTreeMap::new();
     custom.insert("spec_sha256".into(), loaded.spec_hash());
     custom.insert("image_name".into(), name.clone());
@@ -305,23 +305,4 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
     artifact_store::fsutil::write_atomic(&path, &text, 0o644)
         .map_err(|source| BakeError::Manifest { path, source })?;
     Ok(manifest)
-}
-
-fn uuid_v4() -> String {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read as _;
-        let _ = f.read_exact(&mut b);
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }

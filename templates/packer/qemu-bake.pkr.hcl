@@ -1,5 +1,5 @@
 # Bake a local golden qcow2 with Packer's QEMU builder and the `vmagent` provisioner:
-# the same provisioning steps as `image-builder bake --backend qemu` (image_builder::steps:
+# the same provisioning steps as `image-builder bake --backend qemu` (provision:
 # wait for cloud-init, apt lock drop-in + apt-idle wait, sudoers drop-in checked with
 # `visudo -cf`, vm-agent upload + sha256 check + install + enable, extra commands, seal)
 # on the same base (`image-builder base build`: base.raw + vmlinuz + initrd.img).

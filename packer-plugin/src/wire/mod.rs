@@ -1,4 +1,4 @@
-//! Packer's plugin wire protocol, layer by layer (see `shared/reference/packer-plugin-protocol.md`):
+//! Packer's plugin wire protocol, layer by layer (the facts, with their sources in the Go SDK, are in `packer-plugin/README.md`):
 //!
 //! - [`handshake`]: the line the plugin prints on stdout (format differs between
 //!   Packer 1.6.6 and 1.7+), the magic cookie, `describe` output and naming.

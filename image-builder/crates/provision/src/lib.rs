@@ -1,8 +1,9 @@
 //! In-VM provisioning steps, shared by the cloud-init renderer and the Packer plugin.
 //!
 //! Every step is a complete POSIX `sh` script meant to run as root with `sh -eu`
-//! (a child shell, so `set -e` really applies; see the note in
-//! `shared/reference/local-vm-notes.md` about `set -e` inside functions). The
+//! (a child shell, so `set -e` really applies: POSIX shells ignore `set -e` inside a
+//! function called from an `if`/`||` context, which a runner calling steps as functions would
+//! be). The
 //! renderer writes them to files and runs them from `runcmd`; the Packer plugin
 //! sends them through Packer's communicator. Nothing here depends on the host.
 //!

@@ -315,19 +315,9 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// 8 random hex digits naming one bake (its droplet name and reconcile tag).
 fn new_bake_id() -> String {
-    let mut b = [0u8; 4];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read as _;
-        let _ = f.read_exact(&mut b);
-    }
-    if b == [0; 4] {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        b = (t.subsec_nanos() ^ std::process::id()).to_be_bytes();
-    }
-    hex::encode(b)
+    hex::encode(rand::random::<[u8; 4]>())
 }
 
 /// A droplet name from the image name: `ib-<name>-<id>`, valid for DigitalOcean.

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use image_builder::render::{self, Mode, RenderOptions};
 use image_builder::spec;
 use image_builder::validate::{self, CheckStatus};
@@ -25,7 +23,7 @@ fn assert_schema_ok(text: &str, what: &str) {
     }
 }
 
-/// Golden files: `UPDATE_GOLDEN=1 cargo test -p image-builder --test spec_render` rewrites them.
+/// Golden files: `UPDATE_GOLDEN=1 cargo test -p image-builder --test it spec_render::` rewrites them.
 #[test]
 fn example_spec_matches_golden_files_in_both_modes() {
     let loaded = spec::load(&example()).unwrap();

@@ -5,13 +5,11 @@
 //!
 //! Needs s3s-fs (`.ci/setup-s3.sh`); FAILS naming the script without it.
 
-mod do_bake_support;
-
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::do_bake_support::{Env, S3Server, TOKEN, fast_sim, spec_text};
 use do_api::{Client, DropletCreate, ImageSpec, RetryPolicy, Token};
-use do_bake_support::{Env, S3Server, TOKEN, fast_sim, spec_text};
 use do_sim::{Fault, FaultRule, SeedImage, Sim, SimConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_image-builder");

@@ -4,14 +4,12 @@
 // Test helpers panic on setup failures by design.
 #![allow(clippy::unwrap_used)]
 
-mod artifact_support;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
+use crate::artifact_support::*;
 use artifact_store::publish::{self, PublishError, PublishOptions};
 use artifact_store::{PullConfig, pull, s3};
-use artifact_support::*;
 
 const SHA_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 

@@ -5,11 +5,9 @@
 //!
 //! Needs s3s-fs (`.ci/setup-s3.sh`); FAILS naming the script without it.
 
-mod do_bake_support;
-
 use std::time::{Duration, Instant};
 
-use do_bake_support::{Env, S3Server, fast_sim, spec_text};
+use crate::do_bake_support::{Env, S3Server, fast_sim, spec_text};
 use do_sim::{Fault, FaultRule};
 use futures::StreamExt as _;
 use image_builder::bake::{BackendKind, bake};

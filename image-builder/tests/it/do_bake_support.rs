@@ -12,9 +12,7 @@ use do_sim::{PlayVm, ProvisionResult, Sim, SimConfig};
 use image_builder::backend::digitalocean::{Connection, DoBakeOptions};
 use image_builder::bake::BakeRequest;
 
-#[path = "../artifact_support/mod.rs"]
-pub mod artifact_support;
-pub use artifact_support::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, creds};
+pub use crate::artifact_support::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, creds};
 
 pub const TOKEN: &str = "dop_v1_test_token_for_the_simulator";
 
@@ -108,7 +106,7 @@ impl Env {
             },
             yes: true,
             resume: None,
-            space: Some(artifact_support::settings_for(self.s3_port)),
+            space: Some(crate::artifact_support::settings_for(self.s3_port)),
             space_credentials: Some(creds()),
             state_dir: Some(self.state_dir.clone()),
             poll: Duration::from_millis(30),

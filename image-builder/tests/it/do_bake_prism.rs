@@ -6,9 +6,7 @@
 //! Needs prism (`.ci/setup-prism.sh`, node + npm) and s3s-fs (`.ci/setup-s3.sh`);
 //! FAILS naming the script when either is missing.
 
-mod do_bake_support;
-
-use do_bake_support::{Env, S3Server, fast_sim, spec_text};
+use crate::do_bake_support::{Env, S3Server, fast_sim, spec_text};
 use do_sim::prism::Prism;
 use do_sim::{Fault, FaultRule};
 use image_builder::bake::{BackendKind, bake};

@@ -3,11 +3,9 @@
 //!
 //! Needs s3s-fs: run `.ci/setup-s3.sh`. Without it these tests FAIL naming the script.
 
-mod do_bake_support;
-
 use std::time::{Duration, Instant};
 
-use do_bake_support::{Env, S3Server, fast_sim, spec_text};
+use crate::do_bake_support::{Env, S3Server, fast_sim, spec_text};
 use do_sim::{OTHER_PROJECT_ID, ProvisionResult, SeedImage};
 use image_builder::backend::digitalocean::DoBakeError;
 use image_builder::bake::{BackendKind, BakeError, bake};
@@ -176,11 +174,11 @@ async fn the_builder_fetches_the_agent_through_a_presigned_url_and_user_data_has
     );
     assert!(ud.len() <= 64 * 1024);
     assert!(
-        !ud.contains(do_bake_support::SECRET_KEY),
+        !ud.contains(crate::do_bake_support::SECRET_KEY),
         "the Space secret is in the user-data"
     );
     assert!(
-        !ud.contains(do_bake_support::TOKEN),
+        !ud.contains(crate::do_bake_support::TOKEN),
         "the DO token is in the user-data"
     );
     let (agent_url, report_url) = do_sim::bake_urls(&ud);

@@ -4,16 +4,14 @@
 // Test helpers panic on setup failures by design.
 #![allow(clippy::unwrap_used)]
 
-mod artifact_support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::artifact_support::*;
 use artifact_store::publish::{self, PublishOptions};
 use artifact_store::pull::PullErrorKind;
 use artifact_store::s3::{RemoteKind, S3Credentials};
 use artifact_store::{PullConfig, PullError, pull, s3};
-use artifact_support::*;
 use indicatif::ProgressBar;
 
 async fn publish_files(
