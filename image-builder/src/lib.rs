@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod backend;
 pub mod bake;
 pub mod cli;
+pub mod fleet;
 pub mod render;
 pub mod spec;
 pub mod validate;

@@ -15,6 +15,7 @@ pub mod yaml11;
 
 use base64::Engine as _;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use crate::spec::{LoadedSpec, Timeout};
@@ -112,8 +113,14 @@ pub struct CloudConfig {
     pub bootcmd: Vec<Vec<String>>,
     /// Files.
     pub write_files: Vec<WriteFile>,
-    /// Late commands (the step runner).
+    /// Late commands (the step runner). Left out when empty: cloud-init's schema
+    /// refuses `runcmd: []`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub runcmd: Vec<Vec<String>>,
+    /// SSH host keys to install instead of generating new ones (cloud-init's `ssh_keys`:
+    /// `ed25519_private`, `ed25519_public`), so the host key is known before first contact.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ssh_keys: BTreeMap<String, String>,
 }
 
 /// A cloud-init user.
@@ -457,6 +464,7 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         bootcmd,
         write_files,
         runcmd: vec![vec!["/bin/sh".to_owned(), runner]],
+        ssh_keys: BTreeMap::new(),
     };
 
     let file_name = loaded
@@ -509,6 +517,19 @@ fn json_len<T: Serialize>(v: &T) -> usize {
     serde_json::to_string(v).map(|s| s.len()).unwrap_or(0)
 }
 
+/// What a worker's user-data carries on top of its golden image.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerBoot<'a> {
+    /// The build user (its SSH keys are authorised).
+    pub user: &'a str,
+    /// Public keys authorised for the build user.
+    pub keys: &'a [String],
+    /// Files (the agent's config and secrets).
+    pub files: &'a [ExtraFile],
+    /// The worker's ed25519 host key (private, public), pinned by the caller.
+    pub host_key: Option<(&'a str, &'a str)>,
+}
+
 /// Minimal user-data for a worker booted from a golden image that already carries
 /// the provisioning: authorize extra SSH keys for the build user and write the
 /// given files (the agent's config and secrets). Checked like any rendering.
@@ -517,6 +538,22 @@ pub fn worker_boot(
     keys: &[String],
     files: &[ExtraFile],
 ) -> Result<String, RenderError> {
+    worker(&WorkerBoot {
+        user,
+        keys,
+        files,
+        host_key: None,
+    })
+}
+
+/// A worker's user-data: [`worker_boot`] plus, when given, the host key it must use.
+pub fn worker(boot: &WorkerBoot<'_>) -> Result<String, RenderError> {
+    let (user, keys, files) = (boot.user, boot.keys, boot.files);
+    let mut ssh_keys = BTreeMap::new();
+    if let Some((private, public)) = boot.host_key {
+        ssh_keys.insert("ed25519_private".to_owned(), private.to_owned());
+        ssh_keys.insert("ed25519_public".to_owned(), public.to_owned());
+    }
     let config = CloudConfig {
         hostname: None,
         users: vec![User {
@@ -544,6 +581,7 @@ pub fn worker_boot(
             })
             .collect(),
         runcmd: Vec::new(),
+        ssh_keys,
     };
     emit(
         &config,

@@ -46,7 +46,7 @@ mod retry;
 mod token;
 
 pub use client::{API_URL_ENV, Client, DEFAULT_API_URL, DEFAULT_PAGE_SIZE};
-pub use droplets::{Deleted, Poll};
+pub use droplets::{Deleted, MAX_NAMES_PER_CREATE, Poll};
 pub use error::{DoError, TokenError};
 pub use models::*;
 pub use retry::{RetryPolicy, parse_retry_after};

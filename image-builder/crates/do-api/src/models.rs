@@ -22,6 +22,18 @@ pub enum DropletStatus {
     Unknown,
 }
 
+impl std::fmt::Display for DropletStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropletStatus::New => "new",
+            DropletStatus::Active => "active",
+            DropletStatus::Off => "off",
+            DropletStatus::Archive => "archive",
+            DropletStatus::Unknown => "unknown",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RegionRef {
     pub slug: String,

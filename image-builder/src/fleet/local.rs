@@ -1,0 +1,144 @@
+//! Fleets on this machine: N QEMU workers from a golden qcow2 (each `run-local` worker
+//! with its own SSH port on 127.0.0.1), given the same worker user-data as droplets —
+//! pinned host key, the fleet's identity, the agent config and secrets — with the `local`
+//! destroy provider (an idle worker powers its VM off).
+
+use std::path::PathBuf;
+
+use agent_config::Provider;
+use serde::Serialize;
+
+use super::keys;
+use super::ssh::Pinned;
+use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord};
+use super::userdata::{self, WorkerInput, WorkerSecrets};
+use super::{FleetError, FleetName};
+use crate::backend::qemu::local;
+use crate::spec::LoadedSpec;
+
+/// What `fleet up --backend qemu` is asked for.
+#[derive(Debug)]
+pub struct LocalUp<'a> {
+    /// The spec the golden image was baked from.
+    pub spec: &'a LoadedSpec,
+    /// The fleet.
+    pub name: FleetName,
+    /// Workers wanted in all.
+    pub count: usize,
+    /// The golden qcow2.
+    pub image: PathBuf,
+    /// The build sha the workers pull.
+    pub sha: Option<String>,
+    /// The workers' secrets (Space key, callback token).
+    pub secrets: WorkerSecrets,
+}
+
+/// A local worker of a fleet.
+#[derive(Clone, Debug, Serialize)]
+pub struct LocalWorkerInfo {
+    /// `<fleet>-<n>`.
+    pub name: String,
+    /// QEMU's pid.
+    pub pid: u32,
+    /// SSH on 127.0.0.1.
+    pub ssh_port: u16,
+    /// Whether QEMU runs.
+    pub running: bool,
+    /// The serial console log.
+    pub console: PathBuf,
+}
+
+/// `fleet up --backend qemu`: start the missing workers (idempotent like the cloud one).
+pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, FleetError> {
+    local::preflight()?;
+    let mut state = match states.load(&req.name)? {
+        Some(s) => s,
+        None => FleetState {
+            version: STATE_VERSION,
+            name: req.name.clone(),
+            backend: FleetBackend::Qemu,
+            user: req.spec.spec.build_user.name.to_string(),
+            spec_sha256: req.spec.spec_hash(),
+            image: req.image.display().to_string(),
+            sha: req.sha.clone(),
+            region: None,
+            size: None,
+            workers: Vec::new(),
+            shared_host_key: None,
+        },
+    };
+    let pinned = Pinned::paths(states, &state)?;
+    let identity = pinned.ensure_identity(&format!("image-builder fleet {}", req.name))?;
+    let running: Vec<String> = local::list()
+        .into_iter()
+        .filter(|w| w.running)
+        .map(|w| w.name)
+        .collect();
+    let q = &req.spec.spec.qemu;
+    for n in 1..=req.count {
+        let name = req.name.worker(n);
+        if running.contains(&name) && state.workers.iter().any(|w| w.name == name) {
+            continue;
+        }
+        // Each local worker has its own user-data, so its own host key.
+        let host_key = keys::generate(&format!("image-builder fleet {} host {name}", req.name))?;
+        let user_data = userdata::render(&WorkerInput {
+            spec: req.spec,
+            provider: Provider::Local,
+            sha: req.sha.as_deref(),
+            api_url: None,
+            metadata_url: None,
+            callback_url: None,
+            secrets: &req.secrets,
+            authorized_key: &identity,
+            host_key: &host_key,
+        })?;
+        let w = local::run(&local::RunLocal {
+            image: req.image.clone(),
+            name: name.clone(),
+            user_data,
+            memory_mib: q.memory.0 >> 20,
+            cpus: q.cpus,
+            accel: q.accel,
+            ssh_port: None,
+        })?;
+        state.workers.retain(|r| r.name != name);
+        state.workers.push(WorkerRecord {
+            name,
+            id: None,
+            address: "127.0.0.1".into(),
+            port: w.ssh_port,
+            host_key: host_key.public_key_only(),
+            created_at: w.started_at.clone(),
+        });
+        states.save(&state)?;
+        pinned.write(&state)?;
+    }
+    Ok(ls(&req.name))
+}
+
+/// The fleet's local workers.
+pub fn ls(name: &FleetName) -> Vec<LocalWorkerInfo> {
+    local::list()
+        .into_iter()
+        .filter(|w| name.worker_number(&w.name).is_some())
+        .map(|w| LocalWorkerInfo {
+            name: w.name,
+            pid: w.pid,
+            ssh_port: w.ssh_port,
+            running: w.running,
+            console: w.console,
+        })
+        .collect()
+}
+
+/// `fleet down --backend qemu`: stop every worker of the fleet and forget it.
+pub fn down(states: &StateDir, name: &FleetName) -> Result<Vec<String>, FleetError> {
+    let mut stopped = Vec::new();
+    for w in ls(name) {
+        local::stop(&w.name, std::time::Duration::from_secs(10))?;
+        stopped.push(w.name);
+    }
+    states.remove(name)?;
+    Ok(stopped)
+}
