@@ -21,5 +21,6 @@ mod do_bake_faults;
 mod do_bake_kill;
 mod do_bake_prism;
 mod fleet;
+mod fleet_ssh;
 mod local_bake;
 mod spec_render;

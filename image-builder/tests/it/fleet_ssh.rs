@@ -1,0 +1,162 @@
+//! Pinned SSH with the real `ssh` and `sshd`: a worker whose host key is the one the
+//! fleet generated is reached by name; the same address with another host key is
+//! refused (never trust on first use), and nothing is ever added to known_hosts.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use image_builder::fleet::keys::{self, KeyPair};
+use image_builder::fleet::ssh::Pinned;
+use image_builder::fleet::state::{
+    FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord,
+};
+
+struct Sshd {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd_binary() -> PathBuf {
+    let p = PathBuf::from("/usr/sbin/sshd");
+    assert!(
+        p.is_file(),
+        "/usr/sbin/sshd is required by this test: apt-get install openssh-server (or run .ci/setup.sh)"
+    );
+    p
+}
+
+/// An sshd on 127.0.0.1 with `host` as its host key, letting `authorized` in as the
+/// current user; it answers every command with `pinned-ok`.
+fn start_sshd(dir: &Path, host: &KeyPair, authorized: &str) -> Sshd {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = dir.join("host_key");
+    std::fs::write(&key, &host.private).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("authorized_keys"), format!("{authorized}\n")).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {key}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
+             StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nForceCommand echo pinned-ok\n",
+            key = key.display(),
+            ak = dir.join("authorized_keys").display(),
+            pid = dir.join("sshd.pid").display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+    let child = Command::new(sshd_binary())
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start sshd");
+    // sshd is listening once its log says so.
+    let log_path = dir.join("sshd.log");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("listening on")) {
+            return Sshd { child, port };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!(
+        "sshd did not start:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+}
+
+#[test]
+fn pinned_host_key_is_accepted_and_a_changed_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let states = StateDir::at(dir.path().join("state"));
+    let user = nix_user();
+    let mut state = FleetState {
+        version: STATE_VERSION,
+        name: "pin".parse().unwrap(),
+        backend: FleetBackend::Qemu,
+        user,
+        spec_sha256: String::new(),
+        image: String::new(),
+        sha: None,
+        region: None,
+        size: None,
+        workers: Vec::new(),
+        shared_host_key: None,
+    };
+    let pinned = Pinned::paths(&states, &state).unwrap();
+    let identity = pinned.ensure_identity("fleet pin").unwrap();
+    let host = keys::generate("pin-1 host").unwrap();
+
+    let sshd_dir = dir.path().join("sshd");
+    std::fs::create_dir_all(&sshd_dir).unwrap();
+    let sshd = start_sshd(&sshd_dir, &host, &identity);
+    state.workers.push(WorkerRecord {
+        name: "pin-1".into(),
+        id: None,
+        address: "127.0.0.1".into(),
+        port: sshd.port,
+        host_key: host.public_key_only(),
+        created_at: String::new(),
+    });
+    pinned.write(&state).unwrap();
+    let known_before = std::fs::read_to_string(&pinned.known_hosts).unwrap();
+
+    let ok = pinned.ssh("pin-1").arg("true").output().unwrap();
+    assert!(
+        ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("pinned-ok"),
+        "the pinned worker is reached: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // Same address and port, another host key: refused, and known_hosts unchanged.
+    drop(sshd);
+    let impostor = keys::generate("impostor").unwrap();
+    let sshd_dir2 = dir.path().join("sshd2");
+    std::fs::create_dir_all(&sshd_dir2).unwrap();
+    let sshd2 = start_sshd(&sshd_dir2, &impostor, &identity);
+    state.workers[0].port = sshd2.port;
+    pinned.write(&state).unwrap();
+    let refused = pinned.ssh("pin-1").arg("true").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(255), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&refused.stdout).contains("pinned-ok"),
+        "a changed host key must not get through"
+    );
+    assert!(
+        stderr.contains("HOST IDENTIFICATION HAS CHANGED")
+            || stderr.contains("Host key verification failed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pinned.known_hosts).unwrap(),
+        known_before,
+        "nothing is learned on first use"
+    );
+}
+
+fn nix_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            let out = Command::new("id").arg("-un").output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+}
