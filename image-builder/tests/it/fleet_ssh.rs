@@ -60,18 +60,21 @@ fn start_sshd(dir: &Path, host: &KeyPair, authorized: &str) -> Sshd {
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-    let child = Command::new(sshd_binary())
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start sshd");
-    // sshd is listening once its log says so.
+    let sshd = Sshd {
+        child: Command::new(sshd_binary())
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd"),
+        port,
+    };
+    // sshd is listening once its log says so (on failure, Drop kills it).
     let log_path = dir.join("sshd.log");
     for _ in 0..200 {
         if std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("listening on")) {
-            return Sshd { child, port };
+            return sshd;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
