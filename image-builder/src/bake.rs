@@ -75,6 +75,8 @@ pub fn agent_config(
     config.timers.no_job_timeout = agent.no_job_timeout;
     config.destroy.provider = provider;
     config.destroy.ephemeral_tag = agent.ephemeral_tag.to_string();
+    // Why a worker ended, on its serial console (the kernel log), after it is gone.
+    config.destroy.record_file = Some("/dev/kmsg".into());
     config.artifacts = agent.artifact.as_ref().map(|a| {
         let mut artifacts = ArtifactsConfig::new(a.bucket.clone(), a.endpoint_url());
         artifacts.region = a.region.clone();

@@ -426,6 +426,29 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         idle.elapsed().as_secs_f64()
     );
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    // It was the agent's idle timer, with no job running, that ended the machine (not a
+    // crash, a panic or another timer): the agent's own record, on the serial console.
+    let record = console_text
+        .lines()
+        .find(|l| l.contains("vm-agent: destroying this machine"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the agent left no destroy record on the console: the VM ended for another reason\n{}",
+                console_text
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+    assert!(
+        record.contains("(local): idle timer fired") && record.contains("jobs running 0, queued 0"),
+        "{record}"
+    );
     assert!(
         !console_text.contains("ordering cycle"),
         "systemd reported an ordering cycle:\n{console_text}"

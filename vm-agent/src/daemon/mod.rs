@@ -506,7 +506,35 @@ impl Agent {
             }
         }
         tokio::time::sleep(grace).await;
-        self.lock().destroy.state = "destroying".into();
+        let record = {
+            let mut i = self.lock();
+            i.destroy.state = "destroying".into();
+            format!(
+                "vm-agent: destroying this machine ({}): {reason}; jobs running {}, queued {}\n",
+                self.cfg.destroy.provider,
+                i.jobs_in(JobState::Running),
+                i.jobs_in(JobState::Queued)
+            )
+        };
+        // The agent's own record of why the machine ends, where an operator (or a test)
+        // reads it after the machine is gone: e.g. /dev/kmsg, which the serial console
+        // shows. There the line gets priority 3 (error), which consoles booted with
+        // `quiet` (loglevel 4) still print.
+        if let Some(path) = &self.cfg.destroy.record_file
+            && let Err(e) = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .and_then(|mut f| {
+                    let priority = if path == std::path::Path::new("/dev/kmsg") {
+                        "<3>"
+                    } else {
+                        ""
+                    };
+                    std::io::Write::write_all(&mut f, format!("{priority}{record}").as_bytes())
+                })
+        {
+            tracing::warn!("cannot write the destroy record to {}: {e}", path.display());
+        }
         let guard = AgentGuard { agent: &self };
         let outcome = self.parts.destroyer.destroy(&guard, &reason).await;
         let mut i = self.lock();

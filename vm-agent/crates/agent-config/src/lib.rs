@@ -622,6 +622,11 @@ pub struct DestroyConfig {
     pub retry_max_wait: Dur,
     /// Command run by the `local` provider and as DigitalOcean's last resort (argv, no shell).
     pub poweroff_command: Vec<String>,
+    /// A file (opened for appending, not created) the agent writes one line to just before
+    /// it destroys the machine: which timer fired, why, and the jobs running and queued.
+    /// image-builder's workers use `/dev/kmsg`, so the reason is on the serial console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_file: Option<PathBuf>,
 }
 
 impl Default for DestroyConfig {
@@ -635,6 +640,7 @@ impl Default for DestroyConfig {
             retry_base_wait: secs(1),
             retry_max_wait: secs(30),
             poweroff_command: vec!["systemctl".into(), "poweroff".into()],
+            record_file: None,
         }
     }
 }
