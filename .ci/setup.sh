@@ -5,13 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: real cloud-init (schema checks), PyYAML, visudo, packer, sshd,
-# QEMU/nspawn/mmdebstrap for local images, rclone/hyperfine for benchmarks, node for Prism.
+# Debian packages: every tool the build and the test suite run, by name (a test,
+# tests/tests/ci_setup.rs, holds this list against the tools the code runs). Benchmark-only
+# tools (hyperfine, rclone) are in bench/setup.sh.
+#   cloud-init, python3-yaml: schema checks and PyYAML read-backs of every rendering
+#   sudo: visudo;  packer: the Packer plugin's tests;  openssh-*: ssh, scp, sshd, ssh-keygen
+#   qemu-*, systemd-container, mmdebstrap, e2fsprogs, genisoimage: local images and workers
+#   systemd: systemd-analyze (unit checks);  git: artifact tests and `git rev-parse`
+#   binutils: readelf/strings (vm-agent/build-static.sh);  curl, ca-certificates: setup scripts
+#   util-linux: unshare, umount;  procps: kill;  python3
 PACKAGES=(
-  cloud-init python3-yaml sudo
+  cloud-init python3-yaml python3 sudo
   packer openssh-server openssh-client
   qemu-system-x86 qemu-utils systemd-container mmdebstrap e2fsprogs genisoimage
-  rclone hyperfine curl ca-certificates
+  systemd git binutils util-linux procps curl ca-certificates
 )
 
 # node/npm may come from elsewhere (e.g. NodeSource, whose nodejs conflicts with
