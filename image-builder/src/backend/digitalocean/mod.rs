@@ -43,7 +43,7 @@ use do_api::{
     ActionStatus, Client, DoError, DropletCreate, DropletStatus, ImageUpdate, Poll, RetryPolicy,
     TagTarget, Token,
 };
-use provision::{AgentSource, SealReport};
+use provision::{AgentSource, SealReport, SealStatus};
 
 use self::preflight::Plan;
 use self::space::Space;
@@ -847,7 +847,7 @@ impl Bake<'_> {
     }
 
     fn got_report(&mut self, id: u64, r: SealReport) -> Result<(), DoBakeError> {
-        let ok = r.status == "ok";
+        let ok = r.status == SealStatus::Ok;
         let failure = (!ok).then(|| DoBakeError::ProvisioningFailed {
             droplet: id,
             reason: r.reason.clone().unwrap_or_else(|| "unknown".into()),
@@ -1274,17 +1274,10 @@ impl Bake<'_> {
             builder_type: BUILDER_TYPE.to_owned(),
             files: Vec::new(),
             timings: st.timings.clone(),
-            report: st.report.clone().unwrap_or_else(|| SealReport {
-                version: 1,
-                status: "ok".into(),
-                reason: None,
-                failed_step: None,
-                cloud_init_errors: Vec::new(),
-                steps: Vec::new(),
-                log_tail: Vec::new(),
-                versions: Default::default(),
-                finished_at: None,
-            }),
+            report: st
+                .report
+                .clone()
+                .unwrap_or_else(|| SealReport::new(SealStatus::Ok)),
             details: serde_json::json!({
                 "bake_id": st.bake_id,
                 "image_id": image,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use provision::SealReport;
+use provision::{SealReport, SealStatus};
 
 /// Errors of the local backend.
 #[derive(Debug, thiserror::Error)]
@@ -159,9 +159,7 @@ pub fn run_logged(
 }
 
 /// Markers around the seal report on the console.
-pub const REPORT_BEGIN: &str = "IMAGE-BUILDER-SEAL-REPORT-BEGIN";
-/// See [`REPORT_BEGIN`].
-pub const REPORT_END: &str = "IMAGE-BUILDER-SEAL-REPORT-END";
+pub use provision::{REPORT_BEGIN, REPORT_END};
 
 /// What a supervised run saw.
 #[derive(Debug)]
@@ -352,7 +350,7 @@ pub fn check_report(
     console_tail: &str,
 ) -> Result<SealReport, QemuError> {
     match report {
-        Some(r) if r.status == "ok" => Ok(r),
+        Some(r) if r.status == SealStatus::Ok => Ok(r),
         Some(r) => Err(QemuError::ProvisioningFailed {
             reason: r.reason.clone().unwrap_or_else(|| "unknown".into()),
             step: r.failed_step.clone(),
