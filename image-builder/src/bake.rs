@@ -187,6 +187,9 @@ pub struct ManifestBuild {
     pub packer_run_uuid: String,
     /// String map, as Packer has it.
     pub custom_data: BTreeMap<String, String>,
+    /// How long each phase took (also in `image_builder` and, as strings, in `custom_data`).
+    #[serde(skip)]
+    pub timings: crate::backend::Timings,
     /// Per-step timings, the seal report and backend details.
     pub image_builder: serde_json::Value,
 }
@@ -275,8 +278,9 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
     if let Some(a) = &agent {
         custom.insert("agent_sha256".into(), a.sha256.clone());
     }
-    for (k, v) in &result.timings {
-        custom.insert(format!("time_{k}_s"), format!("{v:.1}"));
+    // For Packer users; our own code reads the typed `ManifestBuild::timings`.
+    for (step, seconds) in result.timings.iter() {
+        custom.insert(format!("time_{step}_s"), format!("{seconds:.1}"));
     }
     let manifest = Manifest {
         builds: vec![ManifestBuild {
@@ -294,8 +298,9 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
             artifact_id: result.artifact_id.clone(),
             packer_run_uuid: run_uuid.clone(),
             custom_data: custom,
+            timings: result.timings.clone(),
             image_builder: serde_json::json!({
-                "timings": result.timings.iter().map(|(k, v)| serde_json::json!({"step": k, "seconds": v})).collect::<Vec<_>>(),
+                "timings": result.timings.iter().map(|(step, seconds)| serde_json::json!({"step": step, "seconds": seconds})).collect::<Vec<_>>(),
                 "seal_report": result.report,
                 "details": result.details,
             }),

@@ -407,37 +407,42 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
     // 6. Bake: seal files and the boot-time watcher.
     let mut bootcmd = Vec::new();
     if opts.mode == Mode::Bake {
-        let seal_path = format!("{}/seal.sh", provision::WORK_DIR);
-        let finisher_path = format!("{}/seal.py", provision::WORK_DIR);
-        write_files.push(WriteFile {
-            path: seal_path.clone(),
-            content: provision::seal_clean().script,
-            encoding: None,
-            permissions: "0700".to_owned(),
-            owner: "root:root".to_owned(),
-            defer: false,
-        });
-        let baked = serde_json::json!({
-            "image": spec.name.value,
-            "spec_sha256": loaded.spec_hash(),
-            "image_builder_version": env!("CARGO_PKG_VERSION"),
-        });
-        write_files.push(WriteFile {
-            path: finisher_path.clone(),
-            content: provision::seal_finisher(
-                opts.report_url.as_deref(),
-                &seal_path,
-                &baked.to_string(),
+        let finisher_config = provision::FinisherConfig::new(
+            opts.report_url.clone(),
+            provision::BakedInfo {
+                image: spec.name.value.clone(),
+                spec_sha256: loaded.spec_hash(),
+                image_builder_version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        );
+        for (path, content, permissions) in [
+            (
+                provision::SEAL_CLEAN_PATH,
+                provision::seal_clean().script,
+                "0700",
             ),
-            encoding: None,
-            permissions: "0700".to_owned(),
-            owner: "root:root".to_owned(),
-            defer: false,
-        });
-        bootcmd.push(provision::seal_watcher_command(
-            &finisher_path,
-            spec.bake.timeout.0,
-        ));
+            (
+                provision::FINISHER_PATH,
+                provision::FINISHER.to_owned(),
+                "0700",
+            ),
+            // 0600: it holds the presigned report URL.
+            (
+                provision::FINISHER_CONFIG_PATH,
+                finisher_config.to_json(),
+                "0600",
+            ),
+        ] {
+            write_files.push(WriteFile {
+                path: path.to_owned(),
+                content,
+                encoding: None,
+                permissions: permissions.to_owned(),
+                owner: "root:root".to_owned(),
+                defer: false,
+            });
+        }
+        bootcmd.push(provision::seal_watcher_command(spec.bake.timeout.0));
     }
 
     let config = CloudConfig {

@@ -8,7 +8,7 @@ pub mod server;
 use crate::artifacts::{ArtifactFetcher, ArtifactItem, PullRefused};
 use crate::cloud_init::{self, CloudInitState, CloudInitStatus};
 use crate::config::{Config, ConfigError, Secrets};
-use crate::destroy::{self, Destroyer, Guard, Outcome};
+use crate::destroy::{self, DestroyState, Destroyer, Guard, Outcome};
 use crate::hostkeys;
 use crate::jobs::{JobRecord, JobState, JobStore};
 use crate::report::{
@@ -230,7 +230,7 @@ impl Agent {
                 draining: None,
                 destroy: DestroyStatus {
                     provider,
-                    state: "armed".into(),
+                    state: DestroyState::Armed,
                     ..Default::default()
                 },
                 destroy_done: false,
@@ -476,8 +476,8 @@ impl Agent {
                 {
                     i.destroying = true;
                     i.draining = Some(format!("{} timer fired: {}", f.timer, f.reason));
-                    i.destroy.state = "draining".into();
-                    i.destroy.timer = Some(f.timer.clone());
+                    i.destroy.state = DestroyState::Draining;
+                    i.destroy.timer = Some(f.timer);
                     i.destroy.at = Some(now);
                     Some(f)
                 }
@@ -508,7 +508,7 @@ impl Agent {
         tokio::time::sleep(grace).await;
         let record = {
             let mut i = self.lock();
-            i.destroy.state = "destroying".into();
+            i.destroy.state = DestroyState::Destroying;
             format!(
                 "vm-agent: destroying this machine ({}): {reason}; jobs running {}, queued {}\n",
                 self.cfg.destroy.provider,
@@ -538,7 +538,7 @@ impl Agent {
         let guard = AgentGuard { agent: &self };
         let outcome = self.parts.destroyer.destroy(&guard, &reason).await;
         let mut i = self.lock();
-        i.destroy.state = outcome.state().into();
+        i.destroy.state = outcome.state();
         i.destroy.detail = Some(outcome.detail().to_string());
         i.destroy.at = Some(SystemTime::now());
         i.destroying = false;

@@ -69,7 +69,7 @@ pub enum DoError {
     #[error("DigitalOcean action {action_id} ({kind}) on {resource} errored")]
     ActionErrored {
         action_id: u64,
-        kind: String,
+        kind: crate::models::ActionType,
         resource: String,
     },
     #[error("timed out after {after:?} waiting for {what}")]

@@ -35,15 +35,15 @@ pub mod state;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::backend::{AgentArtifact, BakeResult};
+use crate::backend::{AgentArtifact, BakeResult, BakeStep, Timings};
 use crate::render::{self, AgentBinary, Mode, RenderOptions};
 use crate::spec::LoadedSpec;
 use artifact_store::s3::{S3Credentials, S3Settings};
 use do_api::{
-    ActionStatus, Client, DoError, DropletCreate, DropletStatus, ImageUpdate, Poll, RetryPolicy,
-    TagTarget, Token,
+    ActionStatus, ActionType, Client, DoError, DropletAction, DropletCreate, DropletStatus,
+    ImageUpdate, Poll, RetryPolicy, TagTarget, Token,
 };
-use provision::{AgentSource, SealReport};
+use provision::{AgentSource, SealReport, SealStatus};
 
 use self::preflight::Plan;
 use self::space::Space;
@@ -202,7 +202,7 @@ pub enum DoBakeError {
         /// The bound.
         timeout: Duration,
         /// Its last status.
-        status: String,
+        status: DropletStatus,
     },
     /// The droplet disappeared under the bake.
     #[error("droplet {droplet} no longer exists (deleted by someone else?)")]
@@ -467,7 +467,7 @@ pub async fn bake(
                 image_id: None,
                 agent_key: None,
                 report: None,
-                timings: Vec::new(),
+                timings: Timings::default(),
                 error: None,
                 droplet_destroyed: false,
             };
@@ -524,7 +524,7 @@ pub async fn bake(
         let project = plan.project_id.clone();
         bake.sf.update(|s| s.project_id = Some(project))?;
         bake.plan = Some(plan);
-        bake.mark("preflight")?;
+        bake.mark(BakeStep::Preflight)?;
     }
 
     // From here on the builder may exist: every exit path destroys it.
@@ -574,11 +574,10 @@ impl Bake<'_> {
         format!("{BAKE_TAG_PREFIX}{}", self.sf.state.bake_id)
     }
 
-    fn mark(&mut self, step: &str) -> Result<(), DoBakeError> {
-        let t = self.lap.elapsed().as_secs_f64();
+    fn mark(&mut self, step: BakeStep) -> Result<(), DoBakeError> {
+        let seconds = self.lap.elapsed().as_secs_f64();
         self.lap = Instant::now();
-        let step = step.to_owned();
-        self.sf.update(|s| s.timings.push((step, t)))?;
+        self.sf.update(|s| s.timings.push(step, seconds))?;
         Ok(())
     }
 
@@ -734,7 +733,7 @@ impl Bake<'_> {
                 ""
             }
         );
-        self.mark("create")?;
+        self.mark(BakeStep::Create)?;
         Ok(())
     }
 
@@ -775,7 +774,7 @@ impl Bake<'_> {
         let poll = self.opts.poll;
         let key = self.sf.state.report_key.clone();
         let mut store_errors = 0u32;
-        let mut last_status = "new".to_owned();
+        let mut last_status = DropletStatus::New;
         let mut last_progress = Instant::now();
         tracing::info!(
             "[{}] waiting for droplet {id} to provision and report (timeout {})",
@@ -800,7 +799,7 @@ impl Bake<'_> {
             if i % 6 == 0 {
                 match self.client.get_droplet(id).await {
                     Ok(d) => {
-                        last_status = format!("{:?}", d.status).to_lowercase();
+                        last_status = d.status;
                         if d.status == DropletStatus::Off && !d.locked {
                             // The report may have landed just before the power-off.
                             if let Ok(Some(r)) = self.space.read_report(&key).await {
@@ -837,7 +836,7 @@ impl Bake<'_> {
     }
 
     fn got_report(&mut self, id: u64, r: SealReport) -> Result<(), DoBakeError> {
-        let ok = r.status == "ok";
+        let ok = r.status == SealStatus::Ok;
         let failure = (!ok).then(|| DoBakeError::ProvisioningFailed {
             droplet: id,
             reason: r.reason.clone().unwrap_or_else(|| "unknown".into()),
@@ -856,7 +855,7 @@ impl Bake<'_> {
             "[{}] droplet {id} reported: provisioning ok",
             self.elapsed()
         );
-        self.mark("provision")?;
+        self.mark(BakeStep::Provision)?;
         Ok(())
     }
 
@@ -881,17 +880,18 @@ impl Bake<'_> {
 
     /// Send a power action; retry 422 "pending event" while the droplet is
     /// locked (for at most `bound`). An unknown outcome is left to the wait.
-    async fn power_action(&self, id: u64, kind: &str, bound: Duration) -> Result<(), DoBakeError> {
+    async fn power_action(
+        &self,
+        id: u64,
+        action: DropletAction,
+        bound: Duration,
+    ) -> Result<(), DoBakeError> {
         let start = Instant::now();
         loop {
-            let r = match kind {
-                "shutdown" => self.client.shutdown(id).await,
-                _ => self.client.power_off(id).await,
-            };
-            match r {
+            match self.client.droplet_action(id, &action).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_unprocessable() && start.elapsed() < bound => {
-                    tracing::info!("{kind} of droplet {id} refused ({e}); retrying");
+                    tracing::info!("{action} of droplet {id} refused ({e}); retrying");
                 }
                 Err(e) if e.is_not_found() => {
                     return Err(DoBakeError::DropletVanished { droplet: id });
@@ -900,7 +900,7 @@ impl Bake<'_> {
                     if e.status().is_none_or(|s| s >= 500) =>
                 {
                     tracing::warn!(
-                        "{kind} of droplet {id}: outcome unknown ({e}); waiting for the droplet"
+                        "{action} of droplet {id}: outcome unknown ({e}); waiting for the droplet"
                     );
                     return Ok(());
                 }
@@ -920,13 +920,15 @@ impl Bake<'_> {
                 "droplet {id} is not off {} after its report: sending shutdown",
                 secs(bound)
             );
-            self.power_action(id, "shutdown", bound).await?;
+            self.power_action(id, DropletAction::Shutdown, bound)
+                .await?;
             if !self.wait_off(id, bound).await? {
                 tracing::warn!(
                     "droplet {id} did not shut down within {}: sending power_off",
                     secs(bound)
                 );
-                self.power_action(id, "power_off", bound).await?;
+                self.power_action(id, DropletAction::PowerOff, bound)
+                    .await?;
                 if !self.wait_off(id, bound).await? {
                     return Err(DoBakeError::Api {
                         during: "powering off the builder",
@@ -938,7 +940,7 @@ impl Bake<'_> {
                 }
             }
         }
-        self.mark("power_off")?;
+        self.mark(BakeStep::PowerOff)?;
         Ok(())
     }
 
@@ -968,7 +970,7 @@ impl Bake<'_> {
         let image = self.find_image(id, &name).await?;
         self.sf.update(|s| s.image_id = Some(image))?;
         tracing::info!("[{}] snapshot done: image {image}", self.elapsed());
-        self.mark("snapshot")?;
+        self.mark(BakeStep::Snapshot)?;
         Ok(())
     }
 
@@ -1063,7 +1065,7 @@ impl Bake<'_> {
                         .map_err(api("checking whether the snapshot started"))?;
                     if let Some(a) = actions
                         .iter()
-                        .filter(|a| a.kind == "snapshot")
+                        .filter(|a| a.kind == ActionType::Snapshot)
                         .max_by_key(|a| a.id)
                     {
                         tracing::warn!(
@@ -1180,7 +1182,7 @@ impl Bake<'_> {
             }
         }
         self.phase(Phase::Destroying)?;
-        self.mark("finish")?;
+        self.mark(BakeStep::Finish)?;
         Ok(())
     }
 
@@ -1252,7 +1254,7 @@ impl Bake<'_> {
         {
             tracing::warn!("could not delete the seal report from the Space: {e}");
         }
-        self.mark("destroy")?;
+        self.mark(BakeStep::Destroy)?;
         Ok(())
     }
 
@@ -1264,17 +1266,10 @@ impl Bake<'_> {
             builder_type: BUILDER_TYPE.to_owned(),
             files: Vec::new(),
             timings: st.timings.clone(),
-            report: st.report.clone().unwrap_or_else(|| SealReport {
-                version: 1,
-                status: "ok".into(),
-                reason: None,
-                failed_step: None,
-                cloud_init_errors: Vec::new(),
-                steps: Vec::new(),
-                log_tail: Vec::new(),
-                versions: Default::default(),
-                finished_at: None,
-            }),
+            report: st
+                .report
+                .clone()
+                .unwrap_or_else(|| SealReport::new(SealStatus::Ok)),
             details: serde_json::json!({
                 "bake_id": st.bake_id,
                 "image_id": image,

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use provision::SealReport;
+use provision::{SealReport, SealStatus};
+
+use crate::backend::{BakeStep, Timings};
 
 /// Errors of the local backend.
 #[derive(Debug, thiserror::Error)]
@@ -159,9 +161,7 @@ pub fn run_logged(
 }
 
 /// Markers around the seal report on the console.
-pub const REPORT_BEGIN: &str = "IMAGE-BUILDER-SEAL-REPORT-BEGIN";
-/// See [`REPORT_BEGIN`].
-pub const REPORT_END: &str = "IMAGE-BUILDER-SEAL-REPORT-END";
+pub use provision::{REPORT_BEGIN, REPORT_END};
 
 /// What a supervised run saw.
 #[derive(Debug)]
@@ -352,7 +352,7 @@ pub fn check_report(
     console_tail: &str,
 ) -> Result<SealReport, QemuError> {
     match report {
-        Some(r) if r.status == "ok" => Ok(r),
+        Some(r) if r.status == SealStatus::Ok => Ok(r),
         Some(r) => Err(QemuError::ProvisioningFailed {
             reason: r.reason.clone().unwrap_or_else(|| "unknown".into()),
             step: r.failed_step.clone(),
@@ -371,7 +371,8 @@ pub fn check_report(
 }
 
 /// How the local backend provisions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Way {
     /// `container` for bases built by `base build`, `vm` for other images.
     #[default]
@@ -408,10 +409,10 @@ pub async fn bake(
     use crate::render::{self, AgentBinary, Mode, RenderOptions};
 
     let spec = &loaded.spec;
-    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut timings = Timings::default();
     let mut lap = Instant::now();
-    let mut mark = |timings: &mut Vec<(String, f64)>, what: &str| {
-        timings.push((what.to_owned(), lap.elapsed().as_secs_f64()));
+    let mut mark = |timings: &mut Timings, step: BakeStep| {
+        timings.push(step, lap.elapsed().as_secs_f64());
         lap = Instant::now();
     };
 
@@ -460,7 +461,11 @@ pub async fn bake(
     };
     mark(
         &mut timings,
-        if base_cached { "base_cached" } else { "base" },
+        if base_cached {
+            BakeStep::BaseCached
+        } else {
+            BakeStep::Base
+        },
     );
 
     let work_parent = base::cache_root().join("work");
@@ -544,7 +549,7 @@ pub async fn bake(
             &instance,
             agent.map(|a| a.path.as_path()),
         )?;
-        mark(&mut timings, "prepare");
+        mark(&mut timings, BakeStep::Prepare);
         tracing::info!(
             "provisioning {name} in a container (timeout {})",
             humantime::format_duration(timeout)
@@ -558,7 +563,7 @@ pub async fn bake(
         )
         .await?;
         let report = check_report(seen.report, &seen.tail)?;
-        mark(&mut timings, "provision");
+        mark(&mut timings, BakeStep::Provision);
         let raw = work.join("golden.raw");
         base::make_ext4(&prepared.rootfs, &raw, spec.qemu.disk_size.0)?;
         convert(&raw, &work.join("convert.log"))?;
@@ -569,7 +574,7 @@ pub async fn bake(
         }
         has_kernel = true;
         let _ = std::fs::remove_file(&raw);
-        mark(&mut timings, "image");
+        mark(&mut timings, BakeStep::Image);
         report
     } else {
         tracing::info!(
@@ -579,25 +584,20 @@ pub async fn bake(
         let vm = vm_spec(base_disk.clone(), base_kernel.clone());
         let (overlay, seen) = vm::provision(&vm, &work, &rendered.text, &instance, timeout).await?;
         let report = check_report(seen.report, &seen.tail)?;
-        mark(&mut timings, "provision");
+        mark(&mut timings, BakeStep::Provision);
         convert(&overlay, &work.join("convert.log"))?;
         if let Some((k, i)) = &base_kernel {
             std::fs::copy(k, &kernel).map_err(|e| io_err(k, e))?;
             std::fs::copy(i, &initrd).map_err(|e| io_err(i, e))?;
             has_kernel = true;
         }
-        mark(&mut timings, "image");
+        mark(&mut timings, BakeStep::Image);
         report
     };
     let boot_kernel = has_kernel.then(|| (kernel.clone(), initrd.clone()));
 
-    let way_name = if way == Way::Container {
-        "container"
-    } else {
-        "vm"
-    };
     let mut details =
-        serde_json::json!({"way": way_name, "base": base_disk, "base_cache_hit": base_cached});
+        serde_json::json!({"way": way, "base": base_disk, "base_cache_hit": base_cached});
     // The vm way booted the image for real already; the container way gets a boot check.
     if way == Way::Container && !opts.no_boot_check {
         tracing::info!("boot check: booting {} under QEMU", qcow.display());
@@ -607,20 +607,20 @@ pub async fn bake(
             Duration::from_secs(300),
         )
         .await?;
-        if agent.is_some() && check.agent_enabled != "enabled" {
+        if agent.is_some() && check.agent_enabled != vm::UnitEnabled::Enabled {
             return Err(QemuError::Other(format!(
-                "boot check: vm-agent.service is {:?} in the booted image, expected \"enabled\"",
+                "boot check: vm-agent.service is {} in the booted image, expected enabled",
                 check.agent_enabled
             )));
         }
-        if check.sudoers != "ok" {
+        if check.sudoers != vm::SudoersCheck::Ok {
             return Err(QemuError::Other(format!(
-                "boot check: visudo -c in the booted image says {:?}",
+                "boot check: visudo -c in the booted image says {}",
                 check.sudoers
             )));
         }
         details["boot_check"] = serde_json::to_value(&check).unwrap_or_default();
-        mark(&mut timings, "boot_check");
+        mark(&mut timings, BakeStep::BootCheck);
     }
     if opts.keep_work {
         let kept = work_dir.keep();
