@@ -2,6 +2,7 @@
 mod artifacts;
 mod common;
 mod config_errors;
+mod exit_codes;
 mod jobs;
 mod readiness;
 mod s3;
