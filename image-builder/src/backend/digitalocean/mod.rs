@@ -133,7 +133,7 @@ impl Default for DoBakeOptions {
 /// Errors of a DigitalOcean bake.
 #[derive(Debug, thiserror::Error)]
 pub enum DoBakeError {
-    /// A required setting is missing or flags conflict (the Space and its keys).
+    /// A required setting is missing (the Space, its keys).
     #[error("{0}")]
     Config(String),
     /// The spec lacks what the DigitalOcean backend needs.
