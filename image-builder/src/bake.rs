@@ -308,8 +308,9 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
         last_run_uuid: run_uuid,
     };
     let path = req.out_dir.join("manifest.json");
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| BakeError::Agent(e.to_string()))?;
-    artifact_store::fsutil::write_atomic(&path, &text, 0o644)
+    serde_json::to_vec_pretty(&manifest)
+        .map_err(std::io::Error::from)
+        .and_then(|text| artifact_store::fsutil::write_atomic(&path, &text, 0o644))
         .map_err(|source| BakeError::Manifest { path, source })?;
     Ok(manifest)
 }

@@ -370,12 +370,20 @@ pub async fn up(
         life = req.spec.spec.agent.max_lifetime,
         limit = account.droplet_limit,
     );
-    crate::backend::digitalocean::preflight::confirm(req.yes)
-        .await
-        .map_err(|e| match e {
-            crate::backend::digitalocean::DoBakeError::Declined => FleetError::Declined,
-            _ => FleetError::NeedsConfirmation,
-        })?;
+    let yes = req.yes;
+    tokio::task::spawn_blocking(move || {
+        crate::backend::digitalocean::confirm(
+            yes,
+            "Create these workers?",
+            "create the workers shown above",
+        )
+    })
+    .await
+    .map_err(|e| FleetError::Tool {
+        tool: "stdin",
+        message: e.to_string(),
+    })?
+    .map_err(FleetError::from_confirm)?;
 
     // The fleet's identity and state (written before the POST: a killed `up` leaves a
     // record; `down` works from tags alone either way).

@@ -17,8 +17,6 @@
 //! the human-only policy), [`state`], [`digitalocean`] (up/ls/down/reap on DigitalOcean),
 //! [`local`] (QEMU workers on this machine).
 
-pub mod args;
-pub mod commands;
 pub mod digitalocean;
 pub mod keys;
 pub mod local;
@@ -216,9 +214,25 @@ pub enum FleetError {
     /// The local backend.
     #[error(transparent)]
     Qemu(#[from] crate::backend::qemu::QemuError),
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 impl FleetError {
+    /// The shared confirmation's refusals, as fleet errors.
+    pub(crate) fn from_confirm(e: crate::backend::digitalocean::DoBakeError) -> FleetError {
+        use crate::backend::digitalocean::DoBakeError;
+        match e {
+            DoBakeError::NeedsConfirmation { .. } => FleetError::NeedsConfirmation,
+            DoBakeError::Declined { .. } => FleetError::Declined,
+            other => FleetError::Tool {
+                tool: "stdin",
+                message: other.to_string(),
+            },
+        }
+    }
+
     pub(crate) fn api(during: impl Into<String>) -> impl FnOnce(do_api::DoError) -> FleetError {
         let during = during.into();
         move |source| FleetError::Api {

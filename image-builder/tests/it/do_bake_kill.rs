@@ -267,7 +267,8 @@ async fn spending_needs_yes_when_stdin_is_not_a_terminal() {
     let s3 = S3Server::start();
     let env = Env::new(fast_sim(), &spec_text("30m", ""), s3.port).await;
     let out = run(&env.bake_args());
-    assert!(!out.status.success(), "{}", text(&out));
+    // 2: not confirmed (README.md, "Exit codes").
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pass --yes"), "{err}");
     assert!(
@@ -323,9 +324,11 @@ async fn reap_takes_only_old_bake_builders_and_asks_first() {
     );
 
     let out = run(&reap_args(&env, "0s", false));
-    assert!(
-        !out.status.success(),
-        "without --yes and no terminal nothing is deleted"
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "without --yes and no terminal nothing is deleted: {}",
+        text(&out)
     );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&builder.to_string()),
@@ -399,7 +402,12 @@ async fn images_ls_and_prune_by_prefix() {
     ];
     prune.extend(env.conn_args());
     let out = run(&prune);
-    assert!(!out.status.success(), "no --yes, no terminal: refuse");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no --yes, no terminal: refuse: {}",
+        text(&out)
+    );
     assert_eq!(ls("ci-worker").len(), 4);
     prune.push("--yes".into());
     let out = run(&prune);

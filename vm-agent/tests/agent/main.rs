@@ -3,6 +3,7 @@ mod artifacts;
 mod common;
 mod config_errors;
 mod destroy_record;
+mod exit_codes;
 mod jobs;
 mod readiness;
 mod s3;

@@ -25,7 +25,6 @@
 //!    error, Ctrl-C, SIGTERM. A SIGKILL (or a power cut) cannot be caught: the
 //!    [`state`] file and the tags make `bake --resume STATE` and [`reap`] work.
 
-pub mod cli;
 pub mod images;
 pub mod preflight;
 pub mod reap;
@@ -38,7 +37,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{AgentArtifact, BakeResult, BakeStep, Timings};
 use crate::render::{self, AgentBinary, Mode, RenderOptions};
 use crate::spec::LoadedSpec;
-use artifact_store::s3::{S3Credentials, S3Settings};
+use artifact_store::s3::{CredentialsError, S3Credentials, S3Settings};
 use do_api::{
     ActionStatus, ActionType, Client, DoError, DropletAction, DropletCreate, DropletStatus,
     ImageUpdate, Poll, RetryPolicy, TagTarget, Token,
@@ -134,9 +133,15 @@ impl Default for DoBakeOptions {
 /// Errors of a DigitalOcean bake.
 #[derive(Debug, thiserror::Error)]
 pub enum DoBakeError {
-    /// The spec or the options lack something.
+    /// A required setting is missing (the Space, its keys).
     #[error("{0}")]
     Config(String),
+    /// The spec lacks what the DigitalOcean backend needs.
+    #[error("{0}")]
+    Spec(String),
+    /// The Space's keys cannot be had.
+    #[error("Space credentials: {0}")]
+    SpaceCredentials(#[source] CredentialsError),
     /// An API call failed.
     #[error("{during}: {source}")]
     Api {
@@ -166,11 +171,17 @@ pub enum DoBakeError {
     #[error("{0}")]
     Refused(String),
     /// Not confirmed, and no terminal to ask on.
-    #[error("stdin is not a terminal: pass --yes to confirm the resources shown above")]
-    NeedsConfirmation,
+    #[error("stdin is not a terminal: pass --yes to {action}")]
+    NeedsConfirmation {
+        /// What `--yes` confirms, e.g. "create the resources shown above".
+        action: &'static str,
+    },
     /// The user said no.
-    #[error("not confirmed: nothing was created")]
-    Declined,
+    #[error("not confirmed: did not {action}")]
+    Declined {
+        /// What was not done.
+        action: &'static str,
+    },
     /// The builder reported a failed provisioning.
     #[error(
         "provisioning of droplet {droplet} failed: {reason}{step}\n--- cloud-init log tail ---\n{tail}"
@@ -267,10 +278,33 @@ pub enum DoBakeError {
     Internal(String),
 }
 
-fn api(during: &'static str) -> impl FnOnce(DoError) -> DoBakeError {
+/// Wrap an API error with what was being done.
+pub(crate) fn api(during: &'static str) -> impl FnOnce(DoError) -> DoBakeError {
     move |source| DoBakeError::Api {
         during,
         source: Box::new(source),
+    }
+}
+
+/// Spending or deleting must be explicit: `yes` (the `--yes` flag), or a "y" typed
+/// on a terminal. `action` completes "pass --yes to …" and "did not …".
+pub fn confirm(yes: bool, question: &str, action: &'static str) -> Result<(), DoBakeError> {
+    use std::io::IsTerminal as _;
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(DoBakeError::NeedsConfirmation { action });
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| DoBakeError::Internal(format!("reading the answer: {e}")))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(DoBakeError::Declined { action })
     }
 }
 
@@ -362,7 +396,7 @@ fn open_space(loaded: &LoadedSpec, opts: &DoBakeOptions) -> Result<Space, DoBake
     let creds = match &opts.space_credentials {
         Some(c) => c.clone(),
         None => S3Credentials::from_env()
-            .map_err(|e| DoBakeError::Config(format!("Space credentials: {e}")))?
+            .map_err(DoBakeError::SpaceCredentials)?
             .ok_or_else(|| {
                 DoBakeError::Config(
                     "no Space credentials: set SPACES_ACCESS_KEY_ID and SPACES_SECRET_ACCESS_KEY (or give --space-credentials-file, mode 0600)"
@@ -396,13 +430,13 @@ pub async fn bake(
     opts: &DoBakeOptions,
 ) -> Result<(BakeResult, String), DoBakeError> {
     let do_spec = loaded.spec.digitalocean.as_ref().ok_or_else(|| {
-        DoBakeError::Config(format!(
+        DoBakeError::Spec(format!(
             "{}: the spec has no `digitalocean` section (region, size): the DigitalOcean backend needs it",
             loaded.path.display()
         ))
     })?;
     let base = loaded.spec.base.digitalocean.clone().ok_or_else(|| {
-        DoBakeError::Config(format!(
+        DoBakeError::Spec(format!(
             "{}: base.digitalocean is not set: the DigitalOcean backend needs a base image (slug, id or image name)",
             loaded.path.display()
         ))

@@ -7,13 +7,12 @@
 //! the private images when a name is given), and `GET /v2/projects` only when
 //! the project is given by name.
 
-use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use crate::spec::DigitalOcean;
 use do_api::{Client, DoError, ImageSpec, Size};
 
-use super::DoBakeError;
+use super::{DoBakeError, api};
 
 /// What a bake will create, resolved against the account.
 #[derive(Clone, Debug)]
@@ -32,13 +31,6 @@ pub struct Plan {
     pub project_label: String,
     /// Droplets that exist now, and the account's limit.
     pub droplets: (usize, u64),
-}
-
-fn api(during: &'static str) -> impl FnOnce(DoError) -> DoBakeError {
-    move |source| DoBakeError::Api {
-        during,
-        source: Box::new(source),
-    }
 }
 
 /// Run the pre-flight checks for `spec` with base image `base`.
@@ -247,25 +239,15 @@ pub fn describe(
 
 /// Spending must be explicit: `--yes`, or a "y" typed on a terminal.
 pub async fn confirm(yes: bool) -> Result<(), DoBakeError> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(DoBakeError::NeedsConfirmation);
-    }
-    eprint!("Create these resources? [y/N] ");
-    let answer = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
+    tokio::task::spawn_blocking(move || {
+        super::confirm(
+            yes,
+            "Create these resources?",
+            "create the resources shown above",
+        )
     })
     .await
     .map_err(|e| DoBakeError::Internal(e.to_string()))?
-    .map_err(|e| DoBakeError::Internal(format!("reading the answer: {e}")))?;
-    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-        Ok(())
-    } else {
-        Err(DoBakeError::Declined)
-    }
 }
 
 /// Turn DigitalOcean's 422 refusals of a droplet create into advice.

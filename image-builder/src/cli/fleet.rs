@@ -1,12 +1,12 @@
-//! `image-builder fleet …`: argument types only (the commands are in `commands`).
+//! `image-builder fleet …`: argument types only (the commands are in `commands::fleet`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::FleetName;
-use super::state::FleetBackend;
+use crate::fleet::FleetName;
+use crate::fleet::state::FleetBackend;
 
 /// `image-builder fleet`.
 #[derive(Debug, Args)]

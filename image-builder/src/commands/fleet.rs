@@ -1,27 +1,28 @@
 //! `image-builder fleet …`: the commands behind [`super::args`].
 
-use std::io::{BufRead as _, BufReader, IsTerminal as _};
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use do_api::{Client, Poll, Token};
 
-use super::args::{
+use crate::cli::fleet::{
     Api, DownArgs, FleetArgs, FleetCommand, LsArgs, ReapArgs, RunArgs, SecretArgs, SshArgs,
     SshConfigArgs, UpArgs, UserDataArgs,
 };
-use super::digitalocean::{self, AgentSummary, UpRequest, agent_status};
-use super::policy::UserConfig;
-use super::ssh::Pinned;
-use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir};
-use super::userdata::{self, WorkerInput, WorkerSecrets};
-use super::{FleetError, FleetName, keys, local};
+use crate::error::Error;
+use crate::fleet::digitalocean::{self, AgentSummary, UpRequest, agent_status};
+use crate::fleet::policy::UserConfig;
+use crate::fleet::ssh::Pinned;
+use crate::fleet::state::{FleetBackend, FleetState, STATE_VERSION, StateDir};
+use crate::fleet::userdata::{self, WorkerInput, WorkerSecrets};
+use crate::fleet::{FleetError, FleetName, keys, local};
 use crate::spec::{self, LoadedSpec};
 
-/// Run a fleet command; `Ok(code)` is the process's exit code (a job's, for `run`).
-pub fn run(args: &FleetArgs) -> Result<i32, FleetError> {
+/// Run a fleet command; `Ok(code)` is the process's exit code (a job's, for `run`/`ssh`).
+pub fn run(args: &FleetArgs) -> Result<u8, Error> {
     let states = StateDir::from_env();
-    match &args.command {
+    let code = match &args.command {
         FleetCommand::Up(a) => up(&states, a).map(|()| 0),
         FleetCommand::Ls(a) => ls(a).map(|()| 0),
         FleetCommand::Run(a) => run_job(&states, a),
@@ -31,16 +32,16 @@ pub fn run(args: &FleetArgs) -> Result<i32, FleetError> {
         FleetCommand::Reap(a) => reap(&states, a).map(|()| 0),
         FleetCommand::UserData(a) => user_data(&states, a).map(|()| 0),
     }
+    .map_err(Error::Fleet)?;
+    // A remote exit status is 0-255 (ssh's own failure is 255).
+    Ok(u8::try_from(code).unwrap_or(255))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, FleetError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| FleetError::Tool {
-            tool: "tokio",
-            message: format!("cannot start the async runtime: {e}"),
-        })
+        .map_err(FleetError::Runtime)
 }
 
 fn client(api: &Api) -> Result<Client, FleetError> {
@@ -516,32 +517,15 @@ fn ssh_config(states: &StateDir, a: &SshConfigArgs) -> Result<(), FleetError> {
     Ok(())
 }
 
-fn confirm_off_terminal(yes: bool, what: &str) -> Result<(), FleetError> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(FleetError::NeedsConfirmation);
-    }
-    eprint!("{what}? [y/N] ");
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| FleetError::Tool {
-            tool: "stdin",
-            message: e.to_string(),
-        })?;
-    if matches!(line.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(FleetError::Declined)
-    }
+fn confirm_off_terminal(yes: bool, question: &str) -> Result<(), FleetError> {
+    crate::backend::digitalocean::confirm(yes, question, "delete the workers")
+        .map_err(FleetError::from_confirm)
 }
 
 fn down(states: &StateDir, a: &DownArgs) -> Result<(), FleetError> {
     let what = match &a.fleet {
-        Some(f) => format!("Delete every worker of fleet {f}"),
-        None => "Delete every worker of every fleet".to_owned(),
+        Some(f) => format!("Delete every worker of fleet {f}?"),
+        None => "Delete every worker of every fleet?".to_owned(),
     };
     confirm_off_terminal(a.yes, &what)?;
     let report = match a.backend {

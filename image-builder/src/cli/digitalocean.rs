@@ -1,0 +1,124 @@
+//! Arguments of the DigitalOcean backend: its flags of `bake` (flattened into
+//! `BakeArgs`), `reap`, and `images ls|prune`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+/// How to reach the DigitalOcean API.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ConnArgs {
+    /// DigitalOcean API base URL [default: $DIGITALOCEAN_API_URL, else https://api.digitalocean.com].
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// File with the DigitalOcean token, mode 0600 [default: $DIGITALOCEAN_TOKEN or $DIGITALOCEAN_ACCESS_TOKEN].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// First retry backoff of API calls (tests).
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub api_backoff: Option<Duration>,
+}
+
+/// The DigitalOcean flags of `image-builder bake`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct DoBakeArgs {
+    /// API access.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// DigitalOcean: create the builder droplet without asking (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// DigitalOcean: continue the bake recorded in this state file (after the process was killed).
+    #[arg(long, value_name = "STATE")]
+    pub resume: Option<PathBuf>,
+    /// DigitalOcean: S3 endpoint of the Space for the agent and the seal report
+    /// [default: the spec's agent.artifact endpoint].
+    #[arg(long, value_name = "URL")]
+    pub space_endpoint: Option<String>,
+    /// DigitalOcean: the Space (bucket) [default: the spec's agent.artifact bucket].
+    #[arg(long, value_name = "NAME")]
+    pub space_bucket: Option<String>,
+    /// DigitalOcean: signing region of the Space.
+    #[arg(long, value_name = "REGION")]
+    pub space_region: Option<String>,
+    /// DigitalOcean: path-style Space URLs (self-hosted S3 servers).
+    #[arg(long)]
+    pub space_path_style: bool,
+    /// DigitalOcean: KEY=VALUE file (mode 0600) with SPACES_ACCESS_KEY_ID and SPACES_SECRET_ACCESS_KEY
+    /// [default: those environment variables].
+    #[arg(long, value_name = "FILE")]
+    pub space_credentials_file: Option<PathBuf>,
+    /// DigitalOcean: directory of bake state files [default: ~/.cache/image-builder/bakes].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// DigitalOcean: how often to poll [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// DigitalOcean: wait this long for `off` before shutdown, and again before power_off [default: 2m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub power_off_after: Option<Duration>,
+}
+
+/// `image-builder reap`.
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// API access.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Only builders older than this (a running bake's builder is younger).
+    #[arg(long, value_name = "DURATION", default_value = "3h", value_parser = humantime::parse_duration)]
+    pub older_than: Duration,
+    /// Delete without asking (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// How often to poll for the 404 that confirms a delete.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+}
+
+/// `image-builder images ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List private images by name prefix, newest first.
+    Ls(ImagesLsArgs),
+    /// Delete all but the newest N images with a name prefix.
+    Prune(ImagesPruneArgs),
+}
+
+/// `image-builder images ls`.
+#[derive(Debug, Args)]
+pub struct ImagesLsArgs {
+    /// API access.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Name prefix (e.g. the spec's name) [default: every private image].
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `image-builder images prune`.
+#[derive(Debug, Args)]
+pub struct ImagesPruneArgs {
+    /// API access.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Name prefix of the images to prune (required: never everything).
+    #[arg(long)]
+    pub prefix: String,
+    /// How many of the newest to keep.
+    #[arg(long)]
+    pub keep: usize,
+    /// Delete without asking (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
