@@ -336,7 +336,13 @@ async fn refusals_are_explained_and_create_nothing() {
             .expect_err("restricted"),
     );
     assert!(matches!(e, DoBakeError::Refused(_)), "{e}");
-    assert!(e.to_string().contains("support ticket"), "{e}");
+    assert!(
+        e.to_string().contains("support ticket")
+            && e.to_string().contains(
+                "This size is currently restricted please send an additional payment to unlock."
+            ),
+        "the advice, and DigitalOcean's words as they came: {e}"
+    );
     assert_eq!(env.sim.droplets_ever_created(), 0);
 
     // Droplet limit reached: refused in pre-flight.
