@@ -21,14 +21,16 @@ use sha2::{Digest, Sha256};
 use crate::catalog;
 use crate::config::{FaultRule, ProvisionPlan, SimConfig};
 use crate::state::{
-    DEFAULT_PROJECT_ID, Droplet, DropletStatus, Image, LoggedRequest, OWNER_UUID, SshKey, World,
-    rfc3339,
+    DEFAULT_PROJECT_ID, Droplet, DropletRecord, DropletStatus, Image, LoggedRequest, OWNER_UUID,
+    SshKey, World, rfc3339,
 };
 
 /// State shared by the API listener, the metadata listener and the [`crate::Sim`] handle.
 #[derive(Debug)]
 pub struct Shared {
     pub world: Mutex<World>,
+    /// Gates of the `hold` fault (outside the world's lock: holding must not block it).
+    pub gates: crate::gates::Gates,
 }
 
 impl Shared {
@@ -112,6 +114,8 @@ pub fn router(state: AppState) -> Router {
                 .post(sim_faults_set)
                 .delete(sim_faults_clear),
         )
+        .route("/_sim/gates", get(sim_gates))
+        .route("/_sim/gates/{gate}/release", post(sim_gate_release))
         .route("/_sim/droplets/{id}/provision", post(sim_provision))
         .route("/_sim/droplets/{id}/user-data", get(sim_user_data))
         .route("/_sim/metadata", post(sim_metadata))
@@ -550,6 +554,17 @@ async fn droplets_create(
     let mut created = Vec::new();
     for name in names {
         let id = w.alloc_droplet_id();
+        w.records.insert(
+            id,
+            DropletRecord {
+                name: name.clone(),
+                image_id,
+                region: region.slug.to_owned(),
+                size: size.slug.to_owned(),
+                tags: tags.clone(),
+                projects: Vec::new(),
+            },
+        );
         w.droplets.insert(
             id,
             Droplet {
@@ -1083,6 +1098,14 @@ fn assign(s: &AppState, rid: &ReqId, headers: &HeaderMap, project: &str, body: &
             p.resources.remove(&urn);
         }
         w.projects[idx].resources.insert(urn.clone(), now.clone());
+        let project_id = w.projects[idx].id.clone();
+        if let Some(r) = urn
+            .strip_prefix("do:droplet:")
+            .and_then(parse_id)
+            .and_then(|id| w.records.get_mut(&id))
+        {
+            r.projects.push(project_id);
+        }
         out.push(resource_json(headers, &urn, &now, "ok"));
     }
     json_response(StatusCode::OK, &json!({"resources": out}))
@@ -1396,6 +1419,15 @@ async fn sim_faults_set(State(s): State<AppState>, body: Bytes) -> Response {
 async fn sim_faults_clear(State(s): State<AppState>) -> Response {
     let mut w = s.lock();
     w.install_faults(Vec::new());
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn sim_gates(State(s): State<AppState>) -> Response {
+    Json(s.gates.snapshot()).into_response()
+}
+
+async fn sim_gate_release(State(s): State<AppState>, Path(gate): Path<String>) -> Response {
+    s.gates.release(&gate);
     StatusCode::NO_CONTENT.into_response()
 }
 

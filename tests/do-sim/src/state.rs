@@ -65,6 +65,19 @@ pub struct Droplet {
     pub pending_plan: Option<ProvisionPlan>,
 }
 
+/// What a droplet was created as and where it went, kept after it is deleted
+/// (a bake destroys its builder before a test can look at it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DropletRecord {
+    pub name: String,
+    pub image_id: u64,
+    pub region: String,
+    pub size: String,
+    pub tags: Vec<String>,
+    /// Ids of the projects it was assigned to, in order.
+    pub projects: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ActionStatus {
     #[serde(rename = "in-progress")]
@@ -170,6 +183,8 @@ pub struct World {
     next_key_id: u64,
     pub droplets: BTreeMap<u64, Droplet>,
     pub deleted_droplets: BTreeSet<u64>,
+    /// Every droplet ever created (existing and deleted).
+    pub records: BTreeMap<u64, DropletRecord>,
     pub actions: BTreeMap<u64, Action>,
     pub images: BTreeMap<u64, Image>,
     pub projects: Vec<Project>,
@@ -241,6 +256,7 @@ impl World {
             next_key_id: 5_000_001,
             droplets: BTreeMap::new(),
             deleted_droplets: BTreeSet::new(),
+            records: BTreeMap::new(),
             actions: BTreeMap::new(),
             images,
             projects: vec![

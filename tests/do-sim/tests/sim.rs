@@ -500,6 +500,50 @@ async fn faults_and_request_log() {
 }
 
 #[tokio::test]
+async fn a_held_response_waits_for_its_gate_and_the_request_is_processed_first() {
+    let sim = Sim::start(fast()).await.expect("sim starts");
+    sim.set_faults(vec![FaultRule {
+        route: "POST /v2/droplets".into(),
+        nth: 1,
+        times: 1,
+        fault: Fault::Hold {
+            gate: "create".into(),
+        },
+    }]);
+    let api = Api::new(&sim);
+    let create = tokio::spawn(async move { api.create("held").await });
+    tokio::time::timeout(Duration::from_secs(30), sim.wait_held("create", 1))
+        .await
+        .expect("the create is held at its gate");
+    // Held: processed (the droplet exists), not answered, not yet logged.
+    assert_eq!(sim.droplet_ids().len(), 1);
+    assert!(
+        !create.is_finished(),
+        "the response went out before the release"
+    );
+    assert_eq!(sim.requests().entries.len(), 0);
+    assert_eq!(
+        sim.gates().get("create").map(|g| (g.held, g.released)),
+        Some((1, false))
+    );
+    sim.release("create");
+    let id = create.await.expect("the create answers once released");
+    assert_eq!(sim.droplet_ids(), vec![id]);
+    let log = sim.requests();
+    assert_eq!(
+        log.entries
+            .iter()
+            .map(|e| (e.status, e.fault.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![(202, Some("hold"))]
+    );
+    // Only the rule's calls are held: the next create answers at once.
+    let api = Api::new(&sim);
+    api.create("not-held").await;
+    assert_eq!(sim.gates().get("create").map(|g| g.held), Some(1));
+}
+
+#[tokio::test]
 async fn rate_limit_window_runs_out() {
     let mut cfg = fast();
     cfg.ratelimit.remaining = 2;
