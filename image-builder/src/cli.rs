@@ -42,7 +42,7 @@ pub enum Command {
     Artifact(crate::artifact::ArtifactArgs),
     /// Destroy DigitalOcean builder droplets that bakes left behind.
     Reap(crate::backend::digitalocean::cli::ReapArgs),
-    /// DigitalOcean images by name prefix (ls, prune).
+    /// DigitalOcean images: ls by name prefix, prune one spec's images.
     #[command(subcommand)]
     Images(crate::backend::digitalocean::cli::ImagesCommand),
 }

@@ -349,25 +349,39 @@ async fn reap_takes_only_old_bake_builders_and_asks_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn images_ls_and_prune_by_prefix() {
+async fn images_ls_by_prefix_and_prune_only_the_specs_tagged_family() {
     let s3 = S3Server::start();
+    // The spec's snapshot.name is "{name}-{timestamp}-{spec_hash}", name ci-worker.
     let env = Env::new(fast_sim(), &spec_text("30m", ""), s3.port).await;
     let now = time::OffsetDateTime::now_utc();
-    let mut ids = Vec::new();
-    for days in [4i64, 3, 2, 1] {
-        ids.push(env.sim.seed_private_image(SeedImage {
-            name: format!("ci-worker-{days}"),
+    let seed = |name: &str, days: i64, tags: &[&str]| {
+        env.sim.seed_private_image(SeedImage {
+            name: name.to_owned(),
             created_at: Some(now - time::Duration::days(days)),
-            tags: vec![],
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             region: None,
-        }));
-    }
-    let unrelated = env.sim.seed_private_image(SeedImage {
-        name: "web-1".into(),
-        created_at: Some(now - time::Duration::days(9)),
-        tags: vec![],
-        region: None,
-    });
+        })
+    };
+    // Four bakes of this spec (two spec versions), oldest first.
+    let family: Vec<u64> = [
+        ("ci-worker-20260801-100000-aaaaaaaaaaaa", 4),
+        ("ci-worker-20260802-100000-aaaaaaaaaaaa", 3),
+        ("ci-worker-20260803-100000-bbbbbbbbbbbb", 2),
+        ("ci-worker-20260804-100000-bbbbbbbbbbbb", 1),
+    ]
+    .iter()
+    .map(|(name, days)| seed(name, *days, &["image-builder", "ci"]))
+    .collect();
+    // Older than all of them, so a prefix rule with --keep 2 would delete them.
+    let neighbour = seed(
+        "ci-worker-gpu-20260701-100000-cccccccccccc",
+        9,
+        &["image-builder"],
+    );
+    let untagged_same_name = seed("ci-worker-20260702-100000-aaaaaaaaaaaa", 10, &[]);
+    let untagged_prefix = seed("ci-worker-manual-backup", 11, &["ci"]);
+    let unrelated = seed("web-1", 12, &["image-builder"]);
+
     let ls = |prefix: &str| {
         let mut a = vec![
             "images".to_owned(),
@@ -387,25 +401,65 @@ async fn images_ls_and_prune_by_prefix() {
     };
     assert_eq!(
         ls("ci-worker"),
-        vec![ids[3], ids[2], ids[1], ids[0]],
+        vec![
+            family[3],
+            family[2],
+            family[1],
+            family[0],
+            neighbour,
+            untagged_same_name,
+            untagged_prefix
+        ],
         "newest first"
     );
 
     let mut prune = vec![
         "images".to_owned(),
         "prune".into(),
-        "--prefix".into(),
-        "ci-worker".into(),
+        env.spec.display().to_string(),
         "--keep".into(),
         "2".into(),
+        "--json".into(),
     ];
     prune.extend(env.conn_args());
     let out = run(&prune);
     assert!(!out.status.success(), "no --yes, no terminal: refuse");
-    assert_eq!(ls("ci-worker").len(), 4);
+    assert_eq!(ls("").len(), 8, "nothing deleted without --yes");
     prune.push("--yes".into());
     let out = run(&prune);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(ls("ci-worker"), vec![ids[3], ids[2]]);
-    assert_eq!(ls("web"), vec![unrelated]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let ids = |key: &str| {
+        report[key].as_array().map(|a| {
+            a.iter()
+                .filter_map(|i| i["id"].as_u64())
+                .collect::<Vec<u64>>()
+        })
+    };
+    assert_eq!(ids("kept"), Some(vec![family[3], family[2]]), "{report}");
+    assert_eq!(ids("deleted"), Some(vec![family[1], family[0]]), "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("leaving image {untagged_same_name}"))
+            && stderr.contains("not tagged image-builder"),
+        "an untagged image named like the family is left alone, and said so: {stderr}"
+    );
+    // The neighbour family, the untagged images of the same prefix and name
+    // shape, and the unrelated image all survive.
+    let mut left = ls("");
+    left.sort_unstable();
+    let mut want = vec![
+        family[3],
+        family[2],
+        neighbour,
+        untagged_same_name,
+        untagged_prefix,
+        unrelated,
+    ];
+    want.sort_unstable();
+    assert_eq!(left, want);
+    // Pruning again finds nothing more to delete.
+    let out = run(&prune);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(ls("").len(), 6);
 }

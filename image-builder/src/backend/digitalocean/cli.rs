@@ -162,7 +162,7 @@ pub struct ReapArgs {
 pub enum ImagesCommand {
     /// List private images by name prefix, newest first.
     Ls(ImagesLsArgs),
-    /// Delete all but the newest N images with a name prefix.
+    /// Delete all but the newest N images of one spec (tagged `image-builder`, named by its `snapshot.name`).
     Prune(ImagesPruneArgs),
 }
 
@@ -186,9 +186,9 @@ pub struct ImagesPruneArgs {
     /// API access.
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// Name prefix of the images to prune (required: never everything).
-    #[arg(long)]
-    pub prefix: String,
+    /// The spec whose images to prune: only private images tagged `image-builder`
+    /// whose whole name fits its `snapshot.name` template (`{name}` filled in) are candidates.
+    pub spec: PathBuf,
     /// How many of the newest to keep.
     #[arg(long)]
     pub keep: usize,
@@ -317,17 +317,21 @@ pub fn images_cmd(cmd: &ImagesCommand) -> Result<(), CliError> {
             Ok(())
         }
         ImagesCommand::Prune(a) => {
-            if a.prefix.is_empty() {
-                return Err(err(DoBakeError::Config(
-                    "images prune needs a non-empty --prefix".into(),
-                )));
-            }
+            let family = images::Family::of_spec(&crate::spec::load(&a.spec)?.spec);
             let client = client(&a.conn)?;
             let rt = runtime()?;
-            let rows = rt
-                .block_on(images::list(&client, &a.prefix))
+            let found = rt
+                .block_on(images::family(&client, &family))
                 .map_err(api("listing images"))?;
-            let (kept, doomed) = images::split_keep(rows, a.keep);
+            for r in &found.untagged {
+                eprintln!(
+                    "leaving image {} ({}) alone: named like {family} but not tagged {}",
+                    r.id,
+                    r.name,
+                    super::TAG
+                );
+            }
+            let (kept, doomed) = images::split_keep(found.tagged, a.keep);
             if !a.json {
                 for r in &kept {
                     println!("keep    {:>12}  {}  {}", r.id, r.name, r.created_at);
