@@ -649,7 +649,6 @@ async fn droplets_delete_by_tag(
 
 fn remove_droplet(w: &mut World, id: u64) {
     w.droplets.remove(&id);
-    w.deleted_droplets.insert(id);
     let urn = format!("do:droplet:{id}");
     for p in &mut w.projects {
         p.resources.remove(&urn);

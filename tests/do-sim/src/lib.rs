@@ -197,7 +197,7 @@ impl Sim {
 
     /// Every droplet ever created (existing and deleted), for "exactly one droplet" checks.
     pub fn droplets_ever_created(&self) -> usize {
-        self.with(|w| w.droplets.len() + w.deleted_droplets.len())
+        self.with(|w| w.records.len())
     }
 
     /// What droplet `droplet_id` was created as (image, region, size, tags) and

@@ -182,7 +182,6 @@ pub struct World {
     next_image_id: u64,
     next_key_id: u64,
     pub droplets: BTreeMap<u64, Droplet>,
-    pub deleted_droplets: BTreeSet<u64>,
     /// Every droplet ever created (existing and deleted).
     pub records: BTreeMap<u64, DropletRecord>,
     pub actions: BTreeMap<u64, Action>,
@@ -255,7 +254,6 @@ impl World {
             next_image_id: 150_000_001,
             next_key_id: 5_000_001,
             droplets: BTreeMap::new(),
-            deleted_droplets: BTreeSet::new(),
             records: BTreeMap::new(),
             actions: BTreeMap::new(),
             images,
@@ -662,7 +660,11 @@ impl World {
             .collect();
         json!({
             "droplets": droplets,
-            "deleted_droplets": self.deleted_droplets,
+            "deleted_droplets": self
+                .records
+                .keys()
+                .filter(|id| !self.droplets.contains_key(id))
+                .collect::<Vec<_>>(),
             "actions": actions,
             "images": images,
             "projects": self.projects,
