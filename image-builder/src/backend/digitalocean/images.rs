@@ -274,11 +274,19 @@ mod tests {
     }
 
     #[test]
-    fn the_default_template_and_the_bakes_own_names_match() {
-        let f = Family::new("{name}-{timestamp}", "ci-worker");
-        let mut vars = std::collections::BTreeMap::new();
-        vars.insert("name", "ci-worker".to_owned());
-        vars.insert("timestamp", "20260807-235959".to_owned());
-        assert!(f.matches(&crate::spec::fill_template("{name}-{timestamp}", &vars)));
+    fn the_names_a_bake_gives_are_in_its_family() {
+        let text = "name: ci-worker\nbase:\n  digitalocean: debian-12-x64\nbuild_user:\n  name: builder\n\
+                    snapshot:\n  name: \"{name}-{timestamp}.{date}.{git_sha}.{spec_hash}\"\n";
+        let loaded = crate::spec::load_str(
+            std::path::Path::new("spec.yaml"),
+            text,
+            std::path::Path::new("."),
+        )
+        .expect("spec");
+        let family = Family::of_spec(&loaded.spec);
+        for git in [Some("0123456789abcdef0123456789abcdef01234567"), None] {
+            let name = crate::bake::image_name(&loaded, git);
+            assert!(family.matches(&name), "{name} is not in {family}");
+        }
     }
 }
