@@ -85,7 +85,7 @@ pub struct ReapArgs {
 pub enum ImagesCommand {
     /// List private images by name prefix, newest first.
     Ls(ImagesLsArgs),
-    /// Delete all but the newest N images with a name prefix.
+    /// Delete all but the newest N images of one spec (tagged `image-builder`, named by its `snapshot.name`).
     Prune(ImagesPruneArgs),
 }
 
@@ -109,9 +109,9 @@ pub struct ImagesPruneArgs {
     /// API access.
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// Name prefix of the images to prune (required: never everything).
-    #[arg(long)]
-    pub prefix: String,
+    /// The spec whose images to prune: only private images tagged `image-builder`
+    /// whose whole name fits its `snapshot.name` template (`{name}` filled in) are candidates.
+    pub spec: PathBuf,
     /// How many of the newest to keep.
     #[arg(long)]
     pub keep: usize,

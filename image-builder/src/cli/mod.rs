@@ -42,7 +42,7 @@ pub enum Command {
     Artifact(artifact::ArtifactArgs),
     /// Destroy DigitalOcean builder droplets that bakes left behind.
     Reap(digitalocean::ReapArgs),
-    /// DigitalOcean images by name prefix (ls, prune).
+    /// DigitalOcean images: ls by name prefix, prune one spec's images.
     #[command(subcommand)]
     Images(digitalocean::ImagesCommand),
     /// Workers from the golden image: up, ls, run, ssh, ssh-config, down, reap, user-data.

@@ -143,17 +143,21 @@ pub fn images(cmd: &ImagesCommand) -> Result<(), Error> {
             Ok(())
         }
         ImagesCommand::Prune(a) => {
-            if a.prefix.is_empty() {
-                return Err(Error::Usage(
-                    "images prune needs a non-empty --prefix".into(),
-                ));
-            }
+            let family = images::Family::of_spec(&crate::spec::load(&a.spec)?.spec);
             let client = client(&a.conn)?;
             let rt = runtime(tokio::runtime::Builder::new_current_thread())?;
-            let rows = rt
-                .block_on(images::list(&client, &a.prefix))
+            let found = rt
+                .block_on(images::family(&client, &family))
                 .map_err(api("listing images"))?;
-            let (kept, doomed) = images::split_keep(rows, a.keep);
+            for r in &found.untagged {
+                eprintln!(
+                    "leaving image {} ({}) alone: named like {family} but not tagged {}",
+                    r.id,
+                    r.name,
+                    crate::backend::digitalocean::TAG
+                );
+            }
+            let (kept, doomed) = images::split_keep(found.tagged, a.keep);
             if !a.json {
                 for r in &kept {
                     println!("keep    {:>12}  {}  {}", r.id, r.name, r.created_at);

@@ -172,6 +172,12 @@ pub enum Fault {
     DropAfterCommit,
     /// The response is delayed by `ms` (the request is processed normally).
     Delay { ms: u64 },
+    /// The request IS processed, then its response is held until `gate` is
+    /// released ([`crate::Sim::release`], `POST /_sim/gates/{gate}/release`).
+    /// [`crate::Sim::wait_held`] returns once a response is held there: the
+    /// client is then provably inside that call, and a test can act (kill it,
+    /// signal it, look at the state) at that point without guessing timings.
+    Hold { gate: String },
     /// Answer with this status and JSON body instead (nothing is processed).
     /// Used to check that a contract checker catches a bad response.
     Respond {

@@ -26,12 +26,14 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod gates;
 pub mod metadata;
 pub mod prism;
 pub mod server;
 pub mod state;
 pub mod vm;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -43,7 +45,8 @@ pub use api::{RequestLog, SeedImage};
 pub use config::{
     Fault, FaultRule, PlayVm, ProvisionPlan, ProvisionResult, RateLimitConfig, SimConfig,
 };
-pub use state::{DEFAULT_PROJECT_ID, OTHER_PROJECT_ID};
+pub use gates::GateState;
+pub use state::{DEFAULT_PROJECT_ID, DropletRecord, OTHER_PROJECT_ID};
 pub use vm::{Played, bake_urls};
 
 use api::Shared;
@@ -83,6 +86,7 @@ impl Sim {
         let metadata_addr = metadata.local_addr()?;
         let shared = Arc::new(Shared {
             world: Mutex::new(World::new(config)),
+            gates: gates::Gates::default(),
         });
         let api_router = api::router(shared.clone());
         let md_router = metadata::router(shared.clone());
@@ -132,6 +136,24 @@ impl Sim {
         self.set_faults(Vec::new());
     }
 
+    /// Return once `count` responses have been held at `gate` by a
+    /// [`Fault::Hold`] rule (at once if they already were). It has no deadline
+    /// of its own: wrap it in `tokio::time::timeout` to fail a test that never
+    /// gets there.
+    pub async fn wait_held(&self, gate: &str, count: u64) {
+        self.shared.gates.wait_held(gate, count).await;
+    }
+
+    /// Let the responses held at `gate` go, and stop holding there.
+    pub fn release(&self, gate: &str) {
+        self.shared.gates.release(gate);
+    }
+
+    /// Every gate of the `hold` fault and how many responses it held.
+    pub fn gates(&self) -> BTreeMap<String, GateState> {
+        self.shared.gates.snapshot()
+    }
+
     /// Change the configuration in place (timings, limits, errored actions, ...).
     pub fn update_config(&self, f: impl FnOnce(&mut SimConfig)) {
         self.with(|w| f(&mut w.config));
@@ -175,7 +197,13 @@ impl Sim {
 
     /// Every droplet ever created (existing and deleted), for "exactly one droplet" checks.
     pub fn droplets_ever_created(&self) -> usize {
-        self.with(|w| w.droplets.len() + w.deleted_droplets.len())
+        self.with(|w| w.records.len())
+    }
+
+    /// What droplet `droplet_id` was created as (image, region, size, tags) and
+    /// the projects it was assigned to, also after it was deleted.
+    pub fn droplet_record(&self, droplet_id: u64) -> Option<DropletRecord> {
+        self.with(|w| w.records.get(&droplet_id).cloned())
     }
 
     /// Make the metadata service answer as `droplet_id` (`None`: answer 404).

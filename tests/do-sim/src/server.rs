@@ -2,7 +2,8 @@
 //! fault can close a connection without any response, plus everything every
 //! `/v2` response shares: bearer auth (401), the rate-limit window and its
 //! headers (`ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`),
-//! `x-request-id`, injected faults and the request log.
+//! `x-request-id`, injected faults (held responses wait at their gate) and the
+//! request log.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -85,6 +86,7 @@ fn fault_name(f: &Fault) -> String {
         Fault::Drop => "drop",
         Fault::DropAfterCommit => "drop_after_commit",
         Fault::Delay { .. } => "delay",
+        Fault::Hold { .. } => "hold",
         Fault::Respond { .. } => "respond",
     }
     .to_owned()
@@ -174,6 +176,10 @@ async fn handle(
                     }
                     Some(Fault::Delay { ms }) => {
                         tokio::time::sleep(Duration::from_millis(*ms)).await;
+                        resp
+                    }
+                    Some(Fault::Hold { gate }) => {
+                        shared.gates.hold(gate).await;
                         resp
                     }
                     _ => resp,

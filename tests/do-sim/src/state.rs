@@ -65,6 +65,19 @@ pub struct Droplet {
     pub pending_plan: Option<ProvisionPlan>,
 }
 
+/// What a droplet was created as and where it went, kept after it is deleted
+/// (a bake destroys its builder before a test can look at it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DropletRecord {
+    pub name: String,
+    pub image_id: u64,
+    pub region: String,
+    pub size: String,
+    pub tags: Vec<String>,
+    /// Ids of the projects it was assigned to, in order.
+    pub projects: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ActionStatus {
     #[serde(rename = "in-progress")]
@@ -169,7 +182,8 @@ pub struct World {
     next_image_id: u64,
     next_key_id: u64,
     pub droplets: BTreeMap<u64, Droplet>,
-    pub deleted_droplets: BTreeSet<u64>,
+    /// Every droplet ever created (existing and deleted).
+    pub records: BTreeMap<u64, DropletRecord>,
     pub actions: BTreeMap<u64, Action>,
     pub images: BTreeMap<u64, Image>,
     pub projects: Vec<Project>,
@@ -240,7 +254,7 @@ impl World {
             next_image_id: 150_000_001,
             next_key_id: 5_000_001,
             droplets: BTreeMap::new(),
-            deleted_droplets: BTreeSet::new(),
+            records: BTreeMap::new(),
             actions: BTreeMap::new(),
             images,
             projects: vec![
@@ -646,7 +660,11 @@ impl World {
             .collect();
         json!({
             "droplets": droplets,
-            "deleted_droplets": self.deleted_droplets,
+            "deleted_droplets": self
+                .records
+                .keys()
+                .filter(|id| !self.droplets.contains_key(id))
+                .collect::<Vec<_>>(),
             "actions": actions,
             "images": images,
             "projects": self.projects,

@@ -17,7 +17,8 @@
 //!    only every few polls, to notice a builder that powered off without
 //!    reporting). A failed report fails the bake with its reason and log tail.
 //! 5. **Power off** (normally the finisher already did): wait for `off`, else
-//!    `shutdown`, then `power_off` after a bound; 422 "pending event" is retried.
+//!    `shutdown`, then `power_off` after a bound; a 422 that says the droplet
+//!    is busy ("pending event") is retried, no other 422 is.
 //! 6. **Snapshot**: `errored` fails at once; the timeout scales with the disk.
 //!    The image id comes from `GET /v2/droplets/{id}/snapshots`, matched by name.
 //!    The image is described and tagged.
@@ -40,7 +41,7 @@ use crate::spec::LoadedSpec;
 use artifact_store::s3::{CredentialsError, S3Credentials, S3Settings};
 use do_api::{
     ActionStatus, ActionType, Client, DoError, DropletAction, DropletCreate, DropletStatus,
-    ImageUpdate, Poll, RetryPolicy, TagTarget, Token,
+    ImageUpdate, Poll, Refusal, RetryPolicy, TagTarget, Token,
 };
 use provision::{AgentSource, SealReport, SealStatus};
 
@@ -912,8 +913,10 @@ impl Bake<'_> {
         }
     }
 
-    /// Send a power action; retry 422 "pending event" while the droplet is
-    /// locked (for at most `bound`). An unknown outcome is left to the wait.
+    /// Send a power action; retry while DigitalOcean refuses it because the
+    /// droplet is busy (422 "Droplet already has a pending event.", for at most
+    /// `bound`). "Droplet is already powered off" is what the action was for.
+    /// An unknown outcome is left to the wait.
     async fn power_action(
         &self,
         id: u64,
@@ -924,8 +927,14 @@ impl Bake<'_> {
         loop {
             match self.client.droplet_action(id, &action).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_unprocessable() && start.elapsed() < bound => {
-                    tracing::info!("{action} of droplet {id} refused ({e}); retrying");
+                Err(e) if e.refusal() == Some(Refusal::AlreadyPoweredOff) => {
+                    tracing::info!("{action} of droplet {id}: already off ({e})");
+                    return Ok(());
+                }
+                Err(e) if e.refusal().is_some_and(Refusal::is_busy) && start.elapsed() < bound => {
+                    tracing::info!(
+                        "{action} of droplet {id} refused while it is busy ({e}); retrying"
+                    );
                 }
                 Err(e) if e.is_not_found() => {
                     return Err(DoBakeError::DropletVanished { droplet: id });
@@ -1078,9 +1087,9 @@ impl Bake<'_> {
         loop {
             match self.client.snapshot(id, name).await {
                 Ok(a) => return Ok(a.id),
-                Err(e) if e.is_unprocessable() && start.elapsed() < bound => {
+                Err(e) if e.refusal().is_some_and(Refusal::is_busy) && start.elapsed() < bound => {
                     tracing::info!(
-                        "snapshot of droplet {id} refused ({e}); retrying while it is locked"
+                        "snapshot of droplet {id} refused while it is busy ({e}); retrying"
                     );
                 }
                 Err(e) if e.is_not_found() => {
