@@ -25,6 +25,7 @@ use super::ssh::Pinned;
 use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord};
 use super::userdata::{self, WorkerInput, WorkerSecrets};
 use super::{DEADLINE_TAG_PREFIX, FleetError, FleetName, TAG, deadline_of, fleet_of};
+use crate::backend::digitalocean::images::{self, Family};
 use crate::spec::LoadedSpec;
 
 /// What `fleet up` is asked for.
@@ -186,18 +187,6 @@ async fn prices(client: &Client) -> Result<(Vec<Size>, BTreeMap<String, f64>), F
     Ok((sizes, price))
 }
 
-/// The fixed start of the spec's image names (`snapshot.name` up to its first
-/// placeholder, `{name}` filled in): the family `fleet up` takes the newest image of.
-pub fn image_family_prefix(spec: &LoadedSpec) -> String {
-    let tpl = spec
-        .spec
-        .snapshot
-        .name
-        .value
-        .replace("{name}", &spec.spec.name.value);
-    tpl.split('{').next().unwrap_or_default().to_owned()
-}
-
 async fn resolve_image(
     client: &Client,
     req: &UpRequest<'_>,
@@ -219,23 +208,26 @@ async fn resolve_image(
                 FleetError::Preflight(format!("there is no private image named {name:?}"))
             })?,
         None => {
-            let prefix = image_family_prefix(req.spec);
-            let mut found: Vec<_> = client
-                .images_with_prefix(&prefix)
+            // The newest image a bake of this spec made (the same family `images prune` keeps).
+            let family = Family::of_spec(&req.spec.spec);
+            let newest = images::family(client, &family)
                 .await
                 .map_err(FleetError::api("listing golden images"))?
+                .tagged
                 .into_iter()
-                .filter(|i| i.tags.iter().any(|t| t == TAG))
-                .collect();
-            found.sort_by_key(|i| i.created_at_time());
-            found.pop().ok_or_else(|| {
-                FleetError::Preflight(format!(
-                    "no golden image of {}: no private image tagged {TAG} is named {prefix:?}…; bake one \
-                     (`image-builder bake {} --backend digitalocean`) or pass --image",
-                    req.spec.spec.name.value,
-                    req.spec.path.display()
-                ))
-            })?
+                .next()
+                .ok_or_else(|| {
+                    FleetError::Preflight(format!(
+                        "no golden image of {}: no private image tagged {TAG} is named like {family}; bake one \
+                         (`image-builder bake {} --backend digitalocean`) or pass --image",
+                        req.spec.spec.name.value,
+                        req.spec.path.display()
+                    ))
+                })?;
+            client
+                .get_image(newest.id)
+                .await
+                .map_err(FleetError::api(format!("looking up image {}", newest.id)))?
         }
     };
     if !image.regions.iter().any(|r| r == region) {
