@@ -4,6 +4,8 @@
 //!   from readiness (`ready` or `degraded`) or from the end of the last activity.
 //! * `max-lifetime`: `max_lifetime` after the machine booted.
 //! * `no-job`: no job ever submitted, `no_job_timeout` after readiness.
+//! * `one-shot` (`timers.one_shot`): a job has ended and none runs or waits: the worker
+//!   took its one job, so it ends now, whatever the idle timer says (ephemeral CI runners).
 
 use crate::config::{Limit, TimersConfig};
 use crate::util::ts;
@@ -11,13 +13,14 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::SystemTime;
 
-/// The three timers.
+/// The timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TimerName {
     Idle,
     MaxLifetime,
     NoJob,
+    OneShot,
 }
 
 impl fmt::Display for TimerName {
@@ -26,6 +29,7 @@ impl fmt::Display for TimerName {
             TimerName::Idle => "idle",
             TimerName::MaxLifetime => "max-lifetime",
             TimerName::NoJob => "no-job",
+            TimerName::OneShot => "one-shot",
         })
     }
 }
@@ -115,6 +119,10 @@ pub struct TimerInputs {
     /// Why the machine is not idle (job running, hold, session), if it is not.
     pub busy: Option<String>,
     pub jobs_ever: bool,
+    /// A job has ended (succeeded, failed, cancelled, timed out).
+    pub job_ended: bool,
+    /// Jobs running or queued.
+    pub jobs_active: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,7 +183,18 @@ pub fn evaluate(cfg: &TimersConfig, i: &TimerInputs) -> (Vec<TimerStatus>, Optio
             .then(|| TimerState::Satisfied("a job arrived".to_string())),
         i.now,
     );
-    let all = vec![idle, life, nojob];
+    let oneshot = TimerStatus {
+        name: TimerName::OneShot,
+        limit: if cfg.one_shot { "first job" } else { "off" }.to_owned(),
+        fires_at: None,
+        state: match (cfg.one_shot, i.job_ended, i.jobs_active) {
+            (false, _, _) => TimerState::Disabled,
+            (true, true, false) => TimerState::Fired,
+            (true, true, true) => TimerState::Paused("a job runs or waits".to_owned()),
+            (true, false, _) => TimerState::Armed,
+        },
+    };
+    let all = vec![idle, life, nojob, oneshot];
     let fired = all
         .iter()
         .filter(|t| t.state == TimerState::Fired)
@@ -186,6 +205,7 @@ pub fn evaluate(cfg: &TimersConfig, i: &TimerInputs) -> (Vec<TimerStatus>, Optio
                 TimerName::Idle => format!("idle for {}", t.limit),
                 TimerName::MaxLifetime => format!("maximum lifetime {} reached", t.limit),
                 TimerName::NoJob => format!("no job arrived within {} of readiness", t.limit),
+                TimerName::OneShot => "its one job ended (one-shot worker)".to_owned(),
             },
         });
     (all, fired)
@@ -214,6 +234,8 @@ mod tests {
             idle_since: Some(t0),
             busy: None,
             jobs_ever: true,
+            job_ended: false,
+            jobs_active: false,
         }
     }
 
@@ -288,5 +310,26 @@ mod tests {
             assert_eq!(serde_json::to_value(name).unwrap_or_default(), wire);
             assert_eq!(name.to_string(), wire);
         }
+    }
+
+    #[test]
+    fn one_shot_fires_once_the_first_job_ended_and_nothing_else_runs() {
+        let mut c = cfg();
+        let i = inputs(1);
+        assert_eq!(evaluate(&c, &i).1, None, "one-shot is off by default");
+        c.one_shot = true;
+        assert_eq!(evaluate(&c, &i).1, None, "no job has ended yet");
+        let running = TimerInputs {
+            job_ended: true,
+            jobs_active: true,
+            ..i.clone()
+        };
+        assert_eq!(evaluate(&c, &running).1, None, "another job still runs");
+        let done = TimerInputs {
+            job_ended: true,
+            ..i
+        };
+        let fired = evaluate(&c, &done).1.expect("fires");
+        assert_eq!(fired.timer, TimerName::OneShot);
     }
 }

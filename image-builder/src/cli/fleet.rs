@@ -105,6 +105,9 @@ pub struct UpArgs {
     /// Return once the workers are active, without waiting for their agents.
     #[arg(long)]
     pub no_wait: bool,
+    /// Each worker takes one job and then deletes itself (whatever the idle timer says).
+    #[arg(long)]
+    pub one_shot: bool,
     /// How long a worker may take to become ready before it is deleted.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub ready_timeout: Duration,
@@ -235,6 +238,9 @@ pub struct UserDataArgs {
     /// The build sha the workers pull.
     #[arg(long)]
     pub sha: Option<String>,
+    /// Each worker takes one job and then deletes itself.
+    #[arg(long)]
+    pub one_shot: bool,
     #[command(flatten)]
     pub secrets: SecretArgs,
 }

@@ -185,6 +185,7 @@ fn up(states: &StateDir, a: &UpArgs) -> Result<(), FleetError> {
                 sha,
                 secrets,
                 power_off_only: a.secrets.power_off_only,
+                one_shot: a.one_shot,
                 yes: a.yes,
                 wait_ready: (!a.no_wait).then_some(a.ready_timeout),
                 worker_api_url: a.worker_api_url.clone(),
@@ -228,6 +229,7 @@ fn up(states: &StateDir, a: &UpArgs) -> Result<(), FleetError> {
                     image,
                     sha,
                     secrets,
+                    one_shot: a.one_shot,
                 },
             )?;
             if a.json {
@@ -630,6 +632,7 @@ fn user_data(states: &StateDir, a: &UserDataArgs) -> Result<(), FleetError> {
         secrets: &secrets,
         authorized_key: &identity,
         host_key: &host_key,
+        one_shot: a.one_shot,
     })?;
     state.shared_host_key = Some(host_key.public_key_only());
     states.save(&state)?;

@@ -49,6 +49,8 @@ pub struct UpRequest<'a> {
     pub secrets: WorkerSecrets,
     /// Idle workers only power off (no worker token).
     pub power_off_only: bool,
+    /// Each worker takes one job and then deletes itself.
+    pub one_shot: bool,
     /// Confirmed on the command line.
     pub yes: bool,
     /// Wait this long for every worker to be `ready` (None: return once they are active).
@@ -430,6 +432,7 @@ pub async fn up(
             secrets: &req.secrets,
             authorized_key: &identity,
             host_key: &host_key,
+            one_shot: req.one_shot,
         })?;
         for name in batch {
             state.workers.retain(|w| &w.name != name);

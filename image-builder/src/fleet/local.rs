@@ -31,6 +31,8 @@ pub struct LocalUp<'a> {
     pub sha: Option<String>,
     /// The workers' secrets (Space key, callback token).
     pub secrets: WorkerSecrets,
+    /// Each worker takes one job and then powers off.
+    pub one_shot: bool,
 }
 
 /// A local worker of a fleet.
@@ -92,6 +94,7 @@ pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, 
             secrets: &req.secrets,
             authorized_key: &identity,
             host_key: &host_key,
+            one_shot: req.one_shot,
         })?;
         let w = local::run(&local::RunLocal {
             image: req.image.clone(),

@@ -66,6 +66,8 @@ pub struct WorkerInput<'a> {
     pub authorized_key: &'a str,
     /// The host key pinned for the worker.
     pub host_key: &'a KeyPair,
+    /// The worker takes one job and then ends.
+    pub one_shot: bool,
 }
 
 /// The agent config a worker of this fleet runs with.
@@ -78,6 +80,7 @@ pub fn agent_config(input: &WorkerInput<'_>) -> AgentConfig {
         config.destroy.metadata_url = url.to_owned();
     }
     config.readiness.callback_url = input.callback_url.map(str::to_owned);
+    config.timers.one_shot = input.one_shot;
     config
 }
 

@@ -92,6 +92,7 @@ impl Env {
                 callback_token: None,
             },
             power_off_only: false,
+            one_shot: false,
             yes: true,
             wait_ready: None,
             worker_api_url: None,
@@ -454,4 +455,21 @@ async fn guardrails_refuse_before_anything_is_created() {
     let ud = env.sim.user_data(env.workers()[0]).unwrap();
     let config = worker_file(&ud, "/etc/vm-agent/config.toml");
     assert!(config.contains("provider = \"local\""), "{config}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_workers_carry_the_one_shot_timer() {
+    let env = Env::start(SimConfig::default(), "").await;
+    let mut req = env.request(1);
+    req.one_shot = true;
+    digitalocean::up(&env.client(), &env.states(), &UserConfig::default(), &req)
+        .await
+        .unwrap();
+    let ud = env.sim.user_data(env.workers()[0]).unwrap();
+    let config = agent_config::Config::from_toml(
+        &worker_file(&ud, "/etc/vm-agent/config.toml"),
+        std::path::Path::new("config.toml"),
+    )
+    .unwrap();
+    assert!(config.timers.one_shot);
 }

@@ -463,6 +463,13 @@ impl Agent {
                 idle_since: i.idle_since,
                 busy,
                 jobs_ever: !i.jobs.is_empty(),
+                job_ended: i.jobs.values().any(|j| {
+                    !matches!(
+                        j.state,
+                        JobState::Queued | JobState::Running | JobState::Lost
+                    )
+                }),
+                jobs_active: i.jobs_in(JobState::Running) + i.jobs_in(JobState::Queued) > 0,
             };
             let (statuses, fired) = timers::evaluate(&self.cfg.timers, &inputs);
             i.timers = statuses;

@@ -23,3 +23,30 @@ fn the_destroy_record_names_the_timer_and_that_no_job_ran() {
     );
     assert!(text.contains("jobs running 0, queued 0"), "{text}");
 }
+
+#[test]
+fn a_one_shot_worker_ends_after_its_first_job_whatever_the_idle_timer_says() {
+    let mut a = Agent::new();
+    a.cfg.timers.one_shot = true;
+    a.cfg.timers.idle_timeout = Limit::Never;
+    a.cfg.timers.no_job_timeout = Limit::Never;
+    let record = a.path("destroy-record");
+    std::fs::write(&record, "").expect("record file");
+    a.cfg.destroy.record_file = Some(record.clone());
+    a.cloud_init_done();
+    a.start();
+    let ready = a.wait_ready();
+    assert_eq!(
+        ready["destroy"]["state"], "armed",
+        "no job yet: nothing fires"
+    );
+    assert_eq!(code(&a.cli(&["run", "--", "true"])), 0);
+    let s = a.wait_status("one-shot", 15, |s| s["destroy"]["state"] == "dry-run");
+    assert_eq!(s["destroy"]["timer"], "one-shot", "{s:#}");
+    let text = std::fs::read_to_string(&record).expect("read record");
+    assert!(
+        text.contains("one-shot timer fired: its one job ended")
+            && text.contains("jobs running 0, queued 0"),
+        "{text}"
+    );
+}

@@ -545,6 +545,10 @@ pub struct TimersConfig {
     pub warn_grace: Dur,
     /// How often the timers and guards are evaluated.
     pub tick: Dur,
+    /// One-shot worker: once its first job has ended (and no other runs or waits), the
+    /// machine ends, whatever the idle timer says (the shape of ephemeral CI runners).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_shot: bool,
 }
 
 impl Default for TimersConfig {
@@ -555,6 +559,7 @@ impl Default for TimersConfig {
             no_job_timeout: Limit::After(Duration::from_secs(60 * 60)),
             warn_grace: secs(60),
             tick: secs(1),
+            one_shot: false,
         }
     }
 }
