@@ -65,6 +65,14 @@ pub enum Cmd {
         /// Print the job id and return at once.
         #[arg(long)]
         detach: bool,
+        /// Pass this variable of vm-agent's own environment to the job (repeatable). Values
+        /// never go through the command line (use it with `ssh -o SendEnv`).
+        #[arg(long = "env", value_name = "NAME")]
+        env: Vec<String>,
+        /// Pass every variable of vm-agent's own environment whose name starts with PREFIX
+        /// to the job, without the prefix (`image-builder fleet run --env` sends them so).
+        #[arg(long, value_name = "PREFIX")]
+        env_prefix: Option<String>,
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
@@ -269,6 +277,28 @@ fn check_args(cmd: &Cmd) -> Result<(), Error> {
     }
 }
 
+/// The job's environment from vm-agent's own: `--env NAME` and `--env-prefix PREFIX`.
+fn job_env(names: &[String], prefix: Option<&str>) -> Result<crate::protocol::JobEnv, Error> {
+    let mut env = Vec::new();
+    for name in names {
+        if let Some(p) = crate::protocol::JobEnv::name_problem(name) {
+            return Err(Error::Usage(format!("--env: {p}")));
+        }
+        let value = std::env::var(name).map_err(|_| {
+            Error::Usage(format!("--env {name}: not set in vm-agent's environment"))
+        })?;
+        env.push((name.clone(), value));
+    }
+    if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+        for (k, v) in std::env::vars() {
+            if let Some(name) = k.strip_prefix(prefix).filter(|n| !n.is_empty()) {
+                env.push((name.to_owned(), v));
+            }
+        }
+    }
+    Ok(crate::protocol::JobEnv(env))
+}
+
 /// `run`'s command: its arguments without the `--` that may lead them.
 fn command_of(argv: &[String]) -> &[String] {
     match argv.first().map(String::as_str) {
@@ -388,6 +418,8 @@ fn client(cli: &Cli) -> Result<i32, Error> {
             name,
             timeout,
             detach,
+            env,
+            env_prefix,
             argv,
         } => {
             let req = Request::Run {
@@ -395,6 +427,7 @@ fn client(cli: &Cli) -> Result<i32, Error> {
                 name: name.clone(),
                 timeout: timeout.clone(),
                 detach: *detach,
+                env: job_env(env, env_prefix.as_deref())?,
             };
             let Response::Job { job } = conn.one(&req)? else {
                 return Err(unexpected("a job"));

@@ -156,13 +156,12 @@ pub struct RunArgs {
     /// Copy this remote path back after the job (repeatable); with --all into `<worker>/`.
     #[arg(long = "get", value_name = "REMOTE_PATH")]
     pub get: Vec<String>,
+    /// Pass this variable of your environment to the job (repeatable). Its value goes
+    /// through the SSH protocol (`SendEnv`), never on a command line.
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
     /// The command and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        last = true
-    )]
+    #[arg(required = true, allow_hyphen_values = true, last = true)]
     pub argv: Vec<String>,
 }
 
@@ -172,7 +171,7 @@ pub struct SshArgs {
     /// The worker (`<fleet>-<n>`).
     pub worker: String,
     /// A command to run instead of a shell.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, last = true)]
+    #[arg(allow_hyphen_values = true, last = true)]
     pub argv: Vec<String>,
 }
 

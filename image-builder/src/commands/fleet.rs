@@ -340,8 +340,15 @@ fn fleet_of_worker(states: &StateDir, worker: &str) -> Result<FleetState, FleetE
     )))
 }
 
-fn remote_command(argv: &[String]) -> String {
-    let mut cmd = String::from("vm-agent run --");
+/// `vm-agent run` for `argv`; with job variables, vm-agent takes them from the session's
+/// environment (sent with `SendEnv` under [`provision::JOB_ENV_PREFIX`]).
+fn remote_command(argv: &[String], with_env: bool) -> String {
+    let mut cmd = String::from("vm-agent run");
+    if with_env {
+        cmd.push_str(" --env-prefix ");
+        cmd.push_str(provision::JOB_ENV_PREFIX);
+    }
+    cmd.push_str(" --");
     for a in argv {
         cmd.push(' ');
         cmd.push_str(&provision::sh_quote(a));
@@ -389,11 +396,24 @@ fn run_job(states: &StateDir, a: &RunArgs) -> Result<i32, FleetError> {
             state.name
         )));
     }
-    let remote = remote_command(&a.argv);
+    let remote = remote_command(&a.argv, !a.env.is_empty());
+    // Job variables: in ssh's environment under the prefix, sent with SendEnv.
+    let mut env = Vec::new();
+    for name in &a.env {
+        let value = std::env::var(name).map_err(|_| {
+            FleetError::Preflight(format!("--env {name}: not set in this environment"))
+        })?;
+        env.push((format!("{}{name}", provision::JOB_ENV_PREFIX), value));
+    }
+    let with_env = |mut c: std::process::Command| {
+        for (k, v) in &env {
+            c.arg("-o").arg(format!("SendEnv={k}")).env(k, v);
+        }
+        c
+    };
     let codes: Vec<(String, i32)> = if let [one] = workers.as_slice() {
         // One worker: stdin, stdout and stderr are the job's own.
-        let status = pinned
-            .ssh(one)
+        let status = with_env(pinned.ssh(one))
             .arg(&remote)
             .status()
             .map_err(|e| FleetError::Tool {
@@ -402,7 +422,7 @@ fn run_job(states: &StateDir, a: &RunArgs) -> Result<i32, FleetError> {
             })?;
         vec![(one.clone(), status.code().unwrap_or(255))]
     } else {
-        run_prefixed(&pinned, &workers, &remote)?
+        run_prefixed(&pinned, &workers, &remote, &with_env)?
     };
     for (w, _) in &codes {
         for path in &a.get {
@@ -443,11 +463,11 @@ fn run_prefixed(
     pinned: &Pinned,
     workers: &[String],
     remote: &str,
+    with_env: &dyn Fn(std::process::Command) -> std::process::Command,
 ) -> Result<Vec<(String, i32)>, FleetError> {
     let mut children = Vec::new();
     for w in workers {
-        let mut child = pinned
-            .ssh(w)
+        let mut child = with_env(pinned.ssh(w))
             .arg(remote)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -662,8 +682,15 @@ mod tests {
     #[test]
     fn remote_command_quotes_every_argument() {
         assert_eq!(
-            remote_command(&["sh".into(), "-c".into(), "echo 'hi'; exit 3".into()]),
-            "vm-agent run -- 'sh' '-c' 'echo '\\''hi'\\''; exit 3'"
+            remote_command(
+                &["sh".into(), "-c".into(), "echo 'hi'; exit 3".into()],
+                false
+            ),
+            "vm-agent run -- sh -c 'echo '\\''hi'\\''; exit 3'"
+        );
+        assert_eq!(
+            remote_command(&["env".into()], true),
+            "vm-agent run --env-prefix IMAGE_BUILDER_ENV_ -- env"
         );
     }
 }

@@ -279,6 +279,15 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         owner: "root:root".to_owned(),
         defer: false,
     });
+    // sshd accepts the job variables `fleet run --env` sends (never on a command line).
+    write_files.push(WriteFile {
+        path: provision::SSHD_ACCEPT_ENV_DROPIN.to_owned(),
+        content: provision::SSHD_ACCEPT_ENV_CONTENT.to_owned(),
+        encoding: None,
+        permissions: "0644".to_owned(),
+        owner: "root:root".to_owned(),
+        defer: false,
+    });
 
     // 2. The sudoers drop-in is staged, validated by visudo in the VM, then moved.
     let sudoers = spec

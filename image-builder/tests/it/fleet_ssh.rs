@@ -36,6 +36,11 @@ fn sshd_binary() -> PathBuf {
 /// An sshd on 127.0.0.1 with `host` as its host key, letting `authorized` in as the
 /// current user; it answers every command with `pinned-ok`.
 fn start_sshd(dir: &Path, host: &KeyPair, authorized: &str) -> Sshd {
+    start_sshd_with(dir, host, authorized, "echo pinned-ok", "")
+}
+
+/// The same with its own `ForceCommand` and extra configuration lines.
+fn start_sshd_with(dir: &Path, host: &KeyPair, authorized: &str, force: &str, extra: &str) -> Sshd {
     use std::os::unix::fs::PermissionsExt as _;
     let key = dir.join("host_key");
     std::fs::write(&key, &host.private).unwrap();
@@ -52,7 +57,7 @@ fn start_sshd(dir: &Path, host: &KeyPair, authorized: &str) -> Sshd {
         format!(
             "ListenAddress 127.0.0.1\nPort {port}\nHostKey {key}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
              StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nForceCommand echo pinned-ok\n",
+             KbdInteractiveAuthentication no\nForceCommand {force}\n{extra}",
             key = key.display(),
             ak = dir.join("authorized_keys").display(),
             pid = dir.join("sshd.pid").display(),
@@ -162,4 +167,92 @@ fn nix_user() -> String {
             let out = Command::new("id").arg("-un").output().unwrap();
             String::from_utf8_lossy(&out.stdout).trim().to_owned()
         })
+}
+
+/// `fleet run --env NAME` through the real binary: the value reaches the worker through
+/// the SSH protocol (SendEnv, accepted by the images' sshd drop-in), not in the remote
+/// command; the remote command is `vm-agent run` with the prefix; the job's exit code is
+/// `fleet run`'s.
+#[test]
+fn fleet_run_sends_env_by_the_ssh_protocol_and_returns_the_jobs_code() {
+    const SECRET: &str = "fleet-run-env-secret-0c9b";
+    let dir = tempfile::tempdir().unwrap();
+    let states = StateDir::at(dir.path().join("state"));
+    let mut state = FleetState {
+        version: STATE_VERSION,
+        name: "envs".parse().unwrap(),
+        backend: FleetBackend::Qemu,
+        user: nix_user(),
+        spec_sha256: String::new(),
+        image: String::new(),
+        sha: None,
+        region: None,
+        size: None,
+        workers: Vec::new(),
+        shared_host_key: None,
+    };
+    let pinned = Pinned::paths(&states, &state).unwrap();
+    let identity = pinned.ensure_identity("fleet envs").unwrap();
+    let host = keys::generate("envs-1 host").unwrap();
+    let sshd_dir = dir.path().join("sshd");
+    std::fs::create_dir_all(&sshd_dir).unwrap();
+    let script = sshd_dir.join("job.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"token=$IMAGE_BUILDER_ENV_JOB_TOKEN\"\necho \"command=$SSH_ORIGINAL_COMMAND\"\nexit 3\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sshd = start_sshd_with(
+        &sshd_dir,
+        &host,
+        &identity,
+        &script.display().to_string(),
+        provision::SSHD_ACCEPT_ENV_CONTENT,
+    );
+    state.workers.push(WorkerRecord {
+        name: "envs-1".into(),
+        id: None,
+        address: "127.0.0.1".into(),
+        port: sshd.port,
+        host_key: host.public_key_only(),
+        created_at: String::new(),
+    });
+    states.save(&state).unwrap();
+    pinned.write(&state).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_image-builder"))
+        .args([
+            "fleet",
+            "run",
+            "--fleet",
+            "envs",
+            "--worker",
+            "envs-1",
+            "--env",
+            "JOB_TOKEN",
+            "--",
+            "sh",
+            "-c",
+            "env",
+        ])
+        .env("IMAGE_BUILDER_STATE_DIR", dir.path().join("state"))
+        .env("JOB_TOKEN", SECRET)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the job's code: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("token={SECRET}")), "{stdout}");
+    let command = stdout.lines().find(|l| l.starts_with("command=")).unwrap();
+    assert_eq!(
+        command,
+        "command=vm-agent run --env-prefix IMAGE_BUILDER_ENV_ -- sh -c env"
+    );
+    assert!(!command.contains(SECRET));
 }

@@ -228,8 +228,9 @@ async fn handle(agent: Arc<Agent>, stream: UnixStream) -> std::io::Result<()> {
             name,
             timeout,
             detach,
+            env,
         } => {
-            let job = match agent.submit(argv, name, timeout, uid) {
+            let job = match agent.submit(argv, name, timeout, env, uid) {
                 Ok(j) => j,
                 Err((k, m)) => return send(&mut w, &err(k, m)).await,
             };

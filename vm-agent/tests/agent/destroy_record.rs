@@ -50,3 +50,59 @@ fn a_one_shot_worker_ends_after_its_first_job_whatever_the_idle_timer_says() {
         "{text}"
     );
 }
+
+/// `run --env NAME` / `--env-prefix P`: values from the CLI's own environment reach the job
+/// over the socket; they are never in argv, the job record on disk or the daemon's log.
+#[test]
+fn job_environment_travels_outside_argv_and_is_never_stored() {
+    const SECRET: &str = "job-env-secret-4b1d";
+    let mut a = Agent::new();
+    a.cloud_init_done();
+    a.start();
+    a.wait_ready();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vm-agent"))
+        .arg("--config")
+        .arg(a.path("config.toml"))
+        .args([
+            "run",
+            "--env",
+            "API_KEY",
+            "--env-prefix",
+            "IBENV_",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("echo key=$API_KEY other=$OTHER")
+        .env("API_KEY", SECRET)
+        .env("IBENV_OTHER", "via-prefix")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("key={SECRET} other=via-prefix")),
+        "{}",
+        text(&out.stdout)
+    );
+    let mut stored = String::new();
+    for e in std::fs::read_dir(a.path("state/jobs"))
+        .expect("jobs dir")
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "json") {
+            stored.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    assert!(!stored.is_empty(), "the job record was found");
+    assert!(
+        !stored.contains(SECRET),
+        "the value is in the job record: {stored}"
+    );
+    assert!(
+        !a.log().contains(SECRET),
+        "the value is in the daemon's log"
+    );
+    let bad = a.cli(&["run", "--env", "NOT_SET_ANYWHERE_9", "--", "true"]);
+    assert_eq!(code(&bad), 64, "{}", text(&bad.stderr));
+}

@@ -35,6 +35,13 @@ pub const WORK_DIR: &str = "/var/lib/image-builder";
 pub const RUN_DIR: &str = "/run/image-builder";
 /// The apt drop-in that makes apt/dpkg wait for the dpkg lock instead of failing.
 pub const APT_LOCK_DROPIN: &str = "/etc/apt/apt.conf.d/90image-builder-dpkg-lock";
+/// The sshd drop-in that accepts the variables `image-builder fleet run --env` sends
+/// (`SendEnv`), so job secrets travel in the SSH protocol, never on a command line.
+pub const SSHD_ACCEPT_ENV_DROPIN: &str = "/etc/ssh/sshd_config.d/60-image-builder-env.conf";
+/// The prefix of those variables; `vm-agent run --env-prefix` strips it for the job.
+pub const JOB_ENV_PREFIX: &str = "IMAGE_BUILDER_ENV_";
+/// The drop-in's content.
+pub const SSHD_ACCEPT_ENV_CONTENT: &str = "# Installed by image-builder: job variables sent by `fleet run --env` (SendEnv).\nAcceptEnv IMAGE_BUILDER_ENV_*\n";
 /// Where the vm-agent binary is installed.
 pub const AGENT_BIN: &str = "/usr/local/bin/vm-agent";
 /// Where the vm-agent systemd unit is installed.
