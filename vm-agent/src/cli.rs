@@ -73,6 +73,10 @@ pub enum Cmd {
         /// to the job, without the prefix (`image-builder fleet run --env` sends them so).
         #[arg(long, value_name = "PREFIX")]
         env_prefix: Option<String>,
+        /// Read vm-agent's own standard input to its end and give it to the job as its
+        /// stdin (a script, a heredoc: `vm-agent run --stdin -- sh -s <<EOF`).
+        #[arg(long)]
+        stdin: bool,
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
@@ -420,14 +424,25 @@ fn client(cli: &Cli) -> Result<i32, Error> {
             detach,
             env,
             env_prefix,
+            stdin,
             argv,
         } => {
+            let stdin = if *stdin {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                    Error::Usage(format!("--stdin: cannot read text from stdin: {e}"))
+                })?;
+                Some(crate::protocol::JobStdin(text))
+            } else {
+                None
+            };
             let req = Request::Run {
                 argv: command_of(argv).to_vec(),
                 name: name.clone(),
                 timeout: timeout.clone(),
                 detach: *detach,
                 env: job_env(env, env_prefix.as_deref())?,
+                stdin,
             };
             let Response::Job { job } = conn.one(&req)? else {
                 return Err(unexpected("a job"));

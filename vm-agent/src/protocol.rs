@@ -27,6 +27,10 @@ pub enum Request {
         /// the socket, live in the daemon's memory only, and are never logged or stored).
         #[serde(default, skip_serializing_if = "JobEnv::is_empty")]
         env: JobEnv,
+        /// The job's standard input (`run --stdin`: a script, a heredoc), written to it and
+        /// then closed; kept in memory only. Without it the job's stdin is empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin: Option<JobStdin>,
     },
     Logs {
         id: u64,
@@ -137,5 +141,16 @@ impl std::fmt::Debug for JobEnv {
         f.debug_list()
             .entries(self.0.iter().map(|(k, _)| format!("{k}=<redacted>")))
             .finish()
+    }
+}
+
+/// A job's standard input. `Debug` shows its size only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobStdin(pub String);
+
+impl std::fmt::Debug for JobStdin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JobStdin({} bytes)", self.0.len())
     }
 }

@@ -160,6 +160,11 @@ pub struct RunArgs {
     /// through the SSH protocol (`SendEnv`), never on a command line.
     #[arg(long = "env", value_name = "NAME")]
     pub env: Vec<String>,
+    /// Give the job this command's standard input (a script, a heredoc:
+    /// `fleet run --stdin -- sh -s <<EOF`); with --all, each worker gets a copy.
+    /// Without it the job's stdin is empty.
+    #[arg(long)]
+    pub stdin: bool,
     /// The command and its arguments.
     #[arg(required = true, allow_hyphen_values = true, last = true)]
     pub argv: Vec<String>,

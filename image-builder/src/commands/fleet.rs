@@ -342,8 +342,11 @@ fn fleet_of_worker(states: &StateDir, worker: &str) -> Result<FleetState, FleetE
 
 /// `vm-agent run` for `argv`; with job variables, vm-agent takes them from the session's
 /// environment (sent with `SendEnv` under [`provision::JOB_ENV_PREFIX`]).
-fn remote_command(argv: &[String], with_env: bool) -> String {
+fn remote_command(argv: &[String], with_env: bool, with_stdin: bool) -> String {
     let mut cmd = String::from("vm-agent run");
+    if with_stdin {
+        cmd.push_str(" --stdin");
+    }
     if with_env {
         cmd.push_str(" --env-prefix ");
         cmd.push_str(provision::JOB_ENV_PREFIX);
@@ -396,7 +399,7 @@ fn run_job(states: &StateDir, a: &RunArgs) -> Result<i32, FleetError> {
             state.name
         )));
     }
-    let remote = remote_command(&a.argv, !a.env.is_empty());
+    let remote = remote_command(&a.argv, !a.env.is_empty(), a.stdin);
     // Job variables: in ssh's environment under the prefix, sent with SendEnv.
     let mut env = Vec::new();
     for name in &a.env {
@@ -413,16 +416,30 @@ fn run_job(states: &StateDir, a: &RunArgs) -> Result<i32, FleetError> {
     };
     let codes: Vec<(String, i32)> = if let [one] = workers.as_slice() {
         // One worker: stdin, stdout and stderr are the job's own.
-        let status = with_env(pinned.ssh(one))
-            .arg(&remote)
-            .status()
-            .map_err(|e| FleetError::Tool {
-                tool: "ssh",
-                message: e.to_string(),
-            })?;
+        let mut ssh = with_env(pinned.ssh(one));
+        if !a.stdin {
+            // The job's stdin is empty: ssh must not read ours (the `ssh -n` trap).
+            ssh.stdin(Stdio::null());
+        }
+        let status = ssh.arg(&remote).status().map_err(|e| FleetError::Tool {
+            tool: "ssh",
+            message: e.to_string(),
+        })?;
         vec![(one.clone(), status.code().unwrap_or(255))]
     } else {
-        run_prefixed(&pinned, &workers, &remote, &with_env)?
+        let input = if a.stdin {
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut text).map_err(|e| {
+                FleetError::Tool {
+                    tool: "stdin",
+                    message: e.to_string(),
+                }
+            })?;
+            Some(text)
+        } else {
+            None
+        };
+        run_prefixed(&pinned, &workers, &remote, &with_env, input.as_deref())?
     };
     for (w, _) in &codes {
         for path in &a.get {
@@ -464,12 +481,17 @@ fn run_prefixed(
     workers: &[String],
     remote: &str,
     with_env: &dyn Fn(std::process::Command) -> std::process::Command,
+    input: Option<&[u8]>,
 ) -> Result<Vec<(String, i32)>, FleetError> {
     let mut children = Vec::new();
     for w in workers {
         let mut child = with_env(pinned.ssh(w))
             .arg(remote)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -478,6 +500,14 @@ fn run_prefixed(
                 message: e.to_string(),
             })?;
         let mut pumps = Vec::new();
+        if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+            let input = input.to_vec();
+            pumps.push(std::thread::spawn(move || {
+                use std::io::Write as _;
+                // A job that stops reading closes the pipe: that is its business.
+                let _written = pipe.write_all(&input);
+            }));
+        }
         if let Some(out) = child.stdout.take() {
             let w = w.clone();
             pumps.push(std::thread::spawn(move || {
@@ -684,13 +714,14 @@ mod tests {
         assert_eq!(
             remote_command(
                 &["sh".into(), "-c".into(), "echo 'hi'; exit 3".into()],
+                false,
                 false
             ),
             "vm-agent run -- sh -c 'echo '\\''hi'\\''; exit 3'"
         );
         assert_eq!(
-            remote_command(&["env".into()], true),
-            "vm-agent run --env-prefix IMAGE_BUILDER_ENV_ -- env"
+            remote_command(&["env".into()], true, true),
+            "vm-agent run --stdin --env-prefix IMAGE_BUILDER_ENV_ -- env"
         );
     }
 }

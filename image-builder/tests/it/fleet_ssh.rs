@@ -199,7 +199,7 @@ fn fleet_run_sends_env_by_the_ssh_protocol_and_returns_the_jobs_code() {
     let script = sshd_dir.join("job.sh");
     std::fs::write(
         &script,
-        "#!/bin/sh\necho \"token=$IMAGE_BUILDER_ENV_JOB_TOKEN\"\necho \"command=$SSH_ORIGINAL_COMMAND\"\nexit 3\n",
+        "#!/bin/sh\necho \"token=$IMAGE_BUILDER_ENV_JOB_TOKEN\"\necho \"command=$SSH_ORIGINAL_COMMAND\"\necho \"stdin=$(cat)\"\nexit 3\n",
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt as _;
@@ -255,4 +255,31 @@ fn fleet_run_sends_env_by_the_ssh_protocol_and_returns_the_jobs_code() {
         "command=vm-agent run --env-prefix IMAGE_BUILDER_ENV_ -- sh -c env"
     );
     assert!(!command.contains(SECRET));
+    assert!(
+        stdout.contains("stdin=\n") || stdout.ends_with("stdin="),
+        "without --stdin the job reads nothing: {stdout}"
+    );
+
+    // --stdin: a heredoc goes to the job.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_image-builder"))
+        .args([
+            "fleet", "run", "--fleet", "envs", "--worker", "envs-1", "--stdin", "--", "sh", "-s",
+        ])
+        .env("IMAGE_BUILDER_STATE_DIR", dir.path().join("state"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(b"echo from-the-heredoc\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stdin=echo from-the-heredoc"), "{stdout}");
+    assert!(
+        stdout.contains("command=vm-agent run --stdin -- sh -s"),
+        "{stdout}"
+    );
 }

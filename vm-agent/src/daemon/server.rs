@@ -229,8 +229,9 @@ async fn handle(agent: Arc<Agent>, stream: UnixStream) -> std::io::Result<()> {
             timeout,
             detach,
             env,
+            stdin,
         } => {
-            let job = match agent.submit(argv, name, timeout, env, uid) {
+            let job = match agent.submit(argv, name, timeout, env, stdin, uid) {
                 Ok(j) => j,
                 Err((k, m)) => return send(&mut w, &err(k, m)).await,
             };

@@ -1,5 +1,6 @@
-//! The agent's own record of why it ends the machine (`destroy.record_file`; workers use
-//! /dev/kmsg so the serial console shows it): the timer, its reason, the jobs.
+//! What image-builder's fleets rely on in the agent: its own record of why it ends the
+//! machine (`destroy.record_file`; workers use /dev/kmsg, so the serial console shows it),
+//! one-shot workers, job variables outside argv, and a heredoc on a job's stdin.
 
 use crate::common::*;
 use std::time::Duration;
@@ -105,4 +106,40 @@ fn job_environment_travels_outside_argv_and_is_never_stored() {
     );
     let bad = a.cli(&["run", "--env", "NOT_SET_ANYWHERE_9", "--", "true"]);
     assert_eq!(code(&bad), 64, "{}", text(&bad.stderr));
+}
+
+/// `run --stdin`: a heredoc script reaches the job on its stdin, and its exit code comes back.
+#[test]
+fn a_heredoc_script_reaches_the_job_on_stdin() {
+    use std::io::Write as _;
+    let mut a = Agent::new();
+    a.cloud_init_done();
+    a.start();
+    a.wait_ready();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vm-agent"))
+        .arg("--config")
+        .arg(a.path("config.toml"))
+        .args(["run", "--stdin", "--", "sh", "-s"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"echo from-the-heredoc\nexit 4\n")
+        .expect("write the script");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(code(&out), 4, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("from-the-heredoc"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Without --stdin a job's stdin is empty, not the caller's.
+    let out = a.cli(&["run", "--", "sh", "-c", "cat; echo end"]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(text(&out.stdout).trim(), "end");
 }
