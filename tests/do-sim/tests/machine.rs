@@ -623,7 +623,7 @@ async fn a_killed_run_is_swept() {
     assert_eq!(swept.runs, vec![run_dir.clone()]);
     assert!(!run_dir.exists(), "the run's trees are gone");
     assert_eq!(
-        do_sim::machine::sweep::kill_marked(&needle),
+        do_sim::machine::sweep::kill_marked(&needle).len(),
         0,
         "no process of the run is left"
     );
@@ -634,4 +634,48 @@ async fn a_killed_run_is_swept() {
     );
     std::fs::remove_dir_all(&state_dir).expect("empty state dir");
     std::fs::remove_file(&config_file).expect("config file");
+}
+
+#[test]
+fn a_test_that_panics_leaves_nothing() {
+    let seen: std::sync::Arc<std::sync::Mutex<Option<(PathBuf, String, u32)>>> =
+        std::sync::Arc::default();
+    let slot = seen.clone();
+    let failed = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let sim = start(machine_config()).await;
+            let api = Api::new(&sim);
+            let id = api.create_one("panics", json!("debian-12-x64"), None).await;
+            wait_status(&sim, id, "active").await;
+            let run_dir = sim.machine_run_dir().expect("machine mode").to_owned();
+            let machine = sim.machine(id).expect("machine");
+            *slot.lock().expect("slot") =
+                Some((run_dir, machine.machine, machine.leader.expect("init")));
+            panic!("a test failing while its droplet runs");
+        })
+    })
+    .join();
+    assert!(failed.is_err(), "the inner test panicked");
+    let (run_dir, machine, leader) = seen
+        .lock()
+        .expect("slot")
+        .clone()
+        .expect("the droplet was up before the panic");
+    assert!(!process_alive(leader), "the container is gone");
+    assert!(!run_dir.exists(), "the run directory is gone");
+    let run_name = run_dir.file_name().and_then(|n| n.to_str()).expect("name");
+    assert_eq!(
+        do_sim::machine::sweep::kill_marked(&do_sim::machine::sweep::needle(run_name, None)).len(),
+        0,
+        "no process of the run is left"
+    );
+    assert!(
+        !Path::new("/run/systemd/nspawn/propagate")
+            .join(machine)
+            .exists()
+    );
 }

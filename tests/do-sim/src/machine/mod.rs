@@ -1206,7 +1206,7 @@ impl Host {
                 None => {
                     let needle = needle.clone();
                     let _ = self
-                        .blocking("kill", move || Ok(sweep::kill_marked(&needle)))
+                        .blocking("kill", move || Ok(sweep::kill_marked(&needle).len()))
                         .await;
                 }
             }
@@ -1267,12 +1267,24 @@ impl Host {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .abort_all();
+        // Kill each container's init: its nspawn reaps it, cleans up after itself
+        // and exits, which ends the boot thread waiting for it.
+        for m in machines.values() {
+            if let Some(leader) = m.leader {
+                let _ = container::signal(leader, Signal::SIGKILL);
+            }
+        }
         drop(machines);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Whatever is left (an nspawn still starting, a container whose nspawn died).
         let needle = sweep::needle(&self.run.name, None);
         if !sweep::kill_until_gone(&needle, Duration::from_secs(20)) {
             tracing::error!(run = %self.run.name, "containers survive SIGKILL; the next sweep retries");
         }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
         }

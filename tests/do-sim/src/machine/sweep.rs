@@ -92,14 +92,39 @@ pub fn needle(run: &str, droplet_id: Option<u64>) -> Vec<u8> {
     }
 }
 
-/// SIGKILL every process whose environment or argv contains `needle`; returns how
-/// many were signalled. Zombies have neither and are not counted.
-pub fn kill_marked(needle: &[u8]) -> usize {
+/// A process, told apart from a later one with the same pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub started: u64,
+}
+
+impl Proc {
+    /// Still there and not a zombie. A killed container's init stays for a
+    /// moment after its environment is gone, while the kernel ends its PID
+    /// namespace, so "no longer marked" is not yet "gone".
+    pub fn alive(&self) -> bool {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let started = fields.nth(18).and_then(|f| f.parse::<u64>().ok());
+        started == Some(self.started) && !matches!(state, Some("Z" | "X") | None)
+    }
+}
+
+/// SIGKILL every process whose environment or argv contains `needle`; returns
+/// the ones signalled. Zombies have neither and are not matched.
+pub fn kill_marked(needle: &[u8]) -> Vec<Proc> {
     let Ok(entries) = fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     let me = std::process::id();
-    let mut signalled = 0;
+    let mut signalled = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -115,31 +140,35 @@ pub fn kill_marked(needle: &[u8]) -> usize {
             fs::read(entry.path().join(f))
                 .is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
         });
-        let Ok(raw) = i32::try_from(pid) else {
+        let (Ok(raw), Ok(started)) = (i32::try_from(pid), start_time(pid)) else {
             continue;
         };
         if marked && kill(Pid::from_raw(raw), Signal::SIGKILL).is_ok() {
-            signalled += 1;
+            signalled.push(Proc { pid, started });
         }
     }
     signalled
 }
 
-/// Kill marked processes until none is left (or `limit` has passed); returns
-/// whether none is left. A killed container's init may take a moment to exit
-/// while the kernel tears its PID namespace down.
+/// Kill marked processes until every one of them is gone (or `limit` has
+/// passed); returns whether they are all gone.
 pub fn kill_until_gone(needle: &[u8], limit: Duration) -> bool {
     let start = Instant::now();
-    let mut pause = Duration::from_millis(5);
+    let mut pause = Duration::from_millis(2);
+    let mut dying: Vec<Proc> = Vec::new();
     loop {
-        if kill_marked(needle) == 0 {
+        let fresh = kill_marked(needle);
+        let none_marked = fresh.is_empty();
+        dying.extend(fresh);
+        dying.retain(Proc::alive);
+        if none_marked && dying.is_empty() {
             return true;
         }
         if start.elapsed() > limit {
             return false;
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(200));
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -218,7 +247,7 @@ pub fn sweep(state_dir: &Path) -> io::Result<Swept> {
             continue;
         }
         let needle = needle(&name, None);
-        swept.processes += kill_marked(&needle);
+        swept.processes += kill_marked(&needle).len();
         if !kill_until_gone(&needle, Duration::from_secs(10)) {
             tracing::warn!(run = %name, "processes of a dead run survive SIGKILL; leaving its directory");
             continue;
