@@ -562,78 +562,154 @@ async fn a_droplet_reaches_the_api_and_forwarded_services() {
     http.abort();
 }
 
+/// A `do-sim` process in machine mode with one running droplet.
+struct Orphaned {
+    child: tokio::process::Child,
+    state_dir: PathBuf,
+    config_file: PathBuf,
+    run_dir: PathBuf,
+    machine: String,
+    needle: Vec<u8>,
+}
+
+impl Orphaned {
+    async fn start(label: &str) -> Orphaned {
+        let state_dir = PathBuf::from(format!(
+            "{}/{label}-{}",
+            do_sim::machine::DEFAULT_STATE_DIR,
+            std::process::id()
+        ));
+        let config = json!({"token": TOKEN, "machines": {
+            "base_rootfs": base_rootfs(), "state_dir": state_dir}});
+        let config_file =
+            std::env::temp_dir().join(format!("do-sim-{label}-{}.json", std::process::id()));
+        std::fs::write(&config_file, config.to_string()).expect("config");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_do-sim"))
+            .arg("--config")
+            .arg(&config_file)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("do-sim starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let first = tokio::time::timeout(HANG_LIMIT, lines.next_line())
+            .await
+            .expect("do-sim prints its URLs")
+            .expect("stdout")
+            .expect("a line");
+        let urls: Value = serde_json::from_str(&first).expect("JSON");
+        let api = Api {
+            http: reqwest::Client::new(),
+            base: urls["api_url"].as_str().expect("api_url").to_owned(),
+        };
+        let id = api.create_one("orphan", json!("debian-12-x64"), None).await;
+        // Another process: its API is all there is, polled as a DigitalOcean client would.
+        let deadline = Instant::now() + HANG_LIMIT;
+        let (run_dir, machine) = loop {
+            let (_, state) = api.call(reqwest::Method::GET, "/_sim/state", None).await;
+            if droplet(&state, id).is_some_and(|d| d["status"] == "active") {
+                let run_dir =
+                    PathBuf::from(state["machines"]["run_dir"].as_str().expect("run_dir"));
+                let machine = state["machines"]["machines"][0]["machine"]
+                    .as_str()
+                    .expect("machine name")
+                    .to_owned();
+                break (run_dir, machine);
+            }
+            assert!(Instant::now() < deadline, "droplet never active: {state:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(run_dir.is_dir());
+        let run_name = run_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("run name");
+        let needle = do_sim::machine::sweep::needle(run_name, None);
+        assert!(
+            do_sim::machine::sweep::kill_marked(&b"no such marker"[..]).is_empty(),
+            "marker scan works"
+        );
+        Orphaned {
+            child,
+            state_dir,
+            config_file,
+            run_dir,
+            machine,
+            needle,
+        }
+    }
+
+    /// The run left nothing: no process, no tree, no nspawn files.
+    fn assert_nothing_left(&self) {
+        assert!(!self.run_dir.exists(), "the run's trees are gone");
+        assert!(
+            do_sim::machine::sweep::kill_marked(&self.needle).is_empty(),
+            "no process of the run is left"
+        );
+        assert!(
+            !Path::new("/run/systemd/nspawn/propagate")
+                .join(&self.machine)
+                .exists()
+        );
+        std::fs::remove_dir_all(&self.state_dir).expect("empty state dir");
+        std::fs::remove_file(&self.config_file).expect("config file");
+    }
+}
+
+/// Pids of processes whose argv contains `needle`.
+fn pids_with_arg(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_killed_run_cleans_up_after_itself() {
+    let mut run = Orphaned::start("reaped").await;
+    run.child.kill().await.expect("SIGKILL do-sim");
+    // The reaper notices at once; wait for its last step, the run directory going.
+    let deadline = Instant::now() + HANG_LIMIT;
+    while run.run_dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the reaper never removed {}",
+            run.run_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run.assert_nothing_left();
+}
+
 #[tokio::test]
 async fn a_killed_run_is_swept() {
-    let state_dir = PathBuf::from(format!(
-        "{}/sweep-test-{}",
-        do_sim::machine::DEFAULT_STATE_DIR,
-        std::process::id()
-    ));
-    let config = json!({"token": TOKEN, "machines": {
-        "base_rootfs": base_rootfs(), "state_dir": state_dir}});
-    let config_file =
-        std::env::temp_dir().join(format!("do-sim-sweep-{}.json", std::process::id()));
-    std::fs::write(&config_file, config.to_string()).expect("config");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_do-sim"))
-        .arg("--config")
-        .arg(&config_file)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("do-sim starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let first = tokio::time::timeout(HANG_LIMIT, lines.next_line())
-        .await
-        .expect("do-sim prints its URLs")
-        .expect("stdout")
-        .expect("a line");
-    let urls: Value = serde_json::from_str(&first).expect("JSON");
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: urls["api_url"].as_str().expect("api_url").to_owned(),
-    };
-    let id = api.create_one("orphan", json!("debian-12-x64"), None).await;
-    // The API is all there is across processes: poll it as a DigitalOcean client would.
-    let deadline = Instant::now() + HANG_LIMIT;
-    let (run_dir, machine) = loop {
-        let (_, state) = api.call(reqwest::Method::GET, "/_sim/state", None).await;
-        let up = droplet(&state, id).is_some_and(|d| d["status"] == "active");
-        if up {
-            let run_dir = PathBuf::from(state["machines"]["run_dir"].as_str().expect("run_dir"));
-            let machine = state["machines"]["machines"][0]["machine"]
-                .as_str()
-                .expect("machine name")
-                .to_owned();
-            break (run_dir, machine);
-        }
-        assert!(Instant::now() < deadline, "droplet never active: {state:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(run_dir.is_dir());
-    let run_name = run_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("run name")
-        .to_owned();
-    let needle = do_sim::machine::sweep::needle(&run_name, None);
-
-    child.kill().await.expect("SIGKILL do-sim");
-    let swept = do_sim::machine::sweep(&state_dir).expect("sweep");
-    assert_eq!(swept.runs, vec![run_dir.clone()]);
-    assert!(!run_dir.exists(), "the run's trees are gone");
-    assert_eq!(
-        do_sim::machine::sweep::kill_marked(&needle).len(),
-        0,
-        "no process of the run is left"
-    );
-    assert!(
-        !Path::new("/run/systemd/nspawn/propagate")
-            .join(&machine)
-            .exists()
-    );
-    std::fs::remove_dir_all(&state_dir).expect("empty state dir");
-    std::fs::remove_file(&config_file).expect("config file");
+    let mut run = Orphaned::start("swept").await;
+    // Kill the reaper too, as a machine going down would: only the sweeper is left.
+    let reapers = pids_with_arg(run.run_dir.to_str().expect("utf-8"));
+    assert_eq!(reapers.len(), 1, "one reaper per run");
+    for pid in reapers {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL the reaper");
+    }
+    run.child.kill().await.expect("SIGKILL do-sim");
+    let swept = do_sim::machine::sweep(&run.state_dir).expect("sweep");
+    assert_eq!(swept.runs, vec![run.run_dir.clone()]);
+    run.assert_nothing_left();
 }
 
 #[test]

@@ -8,8 +8,12 @@
 //! 4. starts `setpriv --pdeathsig TERM -- systemd-nspawn …` and waits for it.
 //!
 //! The thread lives exactly as long as nspawn, so nspawn's parent-death signal
-//! fires only when the simulator's process dies (then nspawn shuts the container
-//! down in an orderly way; the sweeper removes the rest).
+//! fires only when the simulator's process dies. nspawn runs with
+//! `--kill-signal=SIGKILL`: when it gets SIGTERM (that parent-death signal) or
+//! SIGINT (Ctrl-C in the terminal) it kills its container at once, however far
+//! the container's boot got, then exits and removes its own files on the host.
+//! Only the run directory is left for the sweeper. The simulator's own orderly
+//! requests go to the container's init directly ([`POWEROFF_SIGNAL`], SIGINT).
 //!
 //! nspawn reports on `$NOTIFY_SOCKET`: `X_NSPAWN_LEADER_PID=` when the container's
 //! init runs (the droplet is `active`), `READY=1` when that systemd finished
@@ -158,7 +162,11 @@ fn run(boot: &Boot, gate: &Mutex<Gate>) -> io::Result<Option<i32>> {
     .args(["--boot", "--machine", &boot.machine])
     // No machined on hosts without systemd as PID 1; nothing to register with.
     .args(["--register=no", "--keep-unit"])
-    .args(["--console=read-only", "--notify-ready=yes"])
+    .args([
+        "--console=read-only",
+        "--notify-ready=yes",
+        "--kill-signal=SIGKILL",
+    ])
     // Nothing of the host is copied into the droplet's tree.
     .args(["--resolv-conf=off", "--timezone=off", "--link-journal=no"])
     // The namespace this thread is in: the droplet's.
@@ -217,9 +225,25 @@ pub async fn read_notifications(socket: UnixDatagram, events: UnboundedSender<Ev
     }
 }
 
-/// The signal nspawn forwards to the container's init when it gets SIGTERM
-/// (`SIGRTMIN+3`, systemd's "halt"; glibc's SIGRTMIN is 34).
-pub const NSPAWN_KILL_SIGNAL: u32 = 37;
+/// systemd's "power off" signal, `SIGRTMIN+4` (glibc's SIGRTMIN is 34).
+pub const POWEROFF_SIGNAL: u32 = 38;
+
+/// Send signal number `signo` with procps' `kill`: realtime signals have no safe
+/// Rust API (nix has none, rustix's needs `unsafe`).
+pub fn send_numbered(pid: u32, signo: u32) -> io::Result<()> {
+    let out = Command::new("kill")
+        .args(["-s", &signo.to_string(), &pid.to_string()])
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("running kill (package procps): {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "kill -s {signo} {pid}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
 
 /// Whether process `pid` takes signal number `signo`: it has a handler (`SigCgt`
 /// in `/proc/<pid>/status`) or blocks it to read it from a signalfd (`SigBlk`,

@@ -313,6 +313,8 @@ pub struct Host {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Every async task of this host (boot followers, snapshots, teardowns).
     tasks: Mutex<JoinSet<()>>,
+    /// Cleans up after this process if it ends without [`Host::shutdown`].
+    reaper: Mutex<Option<sweep::Reaper>>,
 }
 
 impl fmt::Debug for Host {
@@ -337,6 +339,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
+    ("kill", "procps"),
     ("cp", "coreutils"),
 ];
 
@@ -431,6 +434,8 @@ impl Host {
         }
         let copy_mode = CopyMode::probe(&run.path, base)
             .map_err(|e| MachineError::io("probing how to copy trees", e))?;
+        let reaper = sweep::Reaper::start(&run)
+            .map_err(|e| MachineError::io("starting the run's reaper (sh)", e))?;
         tracing::info!(run = %run.path.display(), ?copy_mode, "machine mode");
         Ok(Arc::new(Host {
             config,
@@ -444,6 +449,7 @@ impl Host {
             changes: watch::channel(0).0,
             threads: Mutex::new(Vec::new()),
             tasks: Mutex::new(JoinSet::new()),
+            reaper: Mutex::new(Some(reaper)),
         }))
     }
 
@@ -669,24 +675,19 @@ impl Host {
     /// [`container::takes_signal`]); if the container ends first, nothing is sent.
     async fn ask(self: Arc<Self>, id: u64, generation: u32, kind: PowerKind) {
         loop {
-            let (leader, nspawn) = match self.lock().machines.get(&id) {
-                Some(m) if m.boots == generation && m.has_container() => (
-                    m.leader,
-                    m.gate
-                        .as_ref()
-                        .and_then(|g| g.lock().ok().and_then(|g| g.nspawn)),
-                ),
+            let leader = match self.lock().machines.get(&id) {
+                Some(m) if m.boots == generation && m.has_container() => m.leader,
                 _ => return,
             };
-            let sent = match (kind, leader, nspawn) {
-                // nspawn forwards SIGTERM to the init as "halt"; nspawn then exits 0.
-                (PowerKind::Shutdown, Some(leader), Some(nspawn))
-                    if container::takes_signal(leader, container::NSPAWN_KILL_SIGNAL) =>
+            let sent = match (kind, leader) {
+                // systemd powers off; nspawn then exits 0.
+                (PowerKind::Shutdown, Some(leader))
+                    if container::takes_signal(leader, container::POWEROFF_SIGNAL) =>
                 {
-                    Some(container::signal(nspawn, Signal::SIGTERM))
+                    Some(container::send_numbered(leader, container::POWEROFF_SIGNAL))
                 }
                 // systemd takes SIGINT as ctrl-alt-del: a reboot; nspawn exits 133.
-                (PowerKind::Reboot, Some(leader), _)
+                (PowerKind::Reboot, Some(leader))
                     if container::takes_signal(leader, Signal::SIGINT as u32) =>
                 {
                     Some(container::signal(leader, Signal::SIGINT))
@@ -1291,6 +1292,9 @@ impl Host {
         sweep::remove_run_leftovers(&self.run.path, &self.run.name);
         if let Err(e) = std::fs::remove_dir_all(&self.run.path) {
             tracing::error!(run = %self.run.path.display(), error = %e, "cannot remove the run directory; the next sweep retries");
+        }
+        if let Some(reaper) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            reaper.finish();
         }
     }
 }

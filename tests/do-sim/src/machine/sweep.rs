@@ -15,6 +15,14 @@
 //! removes nspawn's two files and deletes the run directory. Nothing else is
 //! left by a killed run: the overlay mounts live in private mount namespaces
 //! and the network namespaces are unnamed, so both vanish with the processes.
+//!
+//! Each run also starts a [`Reaper`]: a shell in its own process group (so the
+//! terminal's Ctrl-C does not reach it) that blocks reading a pipe only the
+//! simulator writes to. When the simulator's process ends, however it ends, the
+//! pipe closes and the reaper does what [`sweep`] would for this run. So a
+//! Ctrl-C'd or killed test leaves nothing behind a moment later; the sweeper
+//! is for what even the reaper could not do (it was killed too, the machine
+//! went down).
 
 use std::fs;
 use std::io;
@@ -207,10 +215,9 @@ fn owner_alive(run_dir: &Path, name: &str) -> bool {
         Ok(text) => {
             let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
             match (fields.next().flatten(), fields.next().flatten()) {
-                (Some(pid), Some(started)) => u32::try_from(pid)
-                    .ok()
-                    .and_then(|pid| start_time(pid).ok())
-                    .is_some_and(|now| now == started),
+                (Some(pid), Some(started)) => {
+                    u32::try_from(pid).is_ok_and(|pid| Proc { pid, started }.alive())
+                }
                 _ => false,
             }
         }
@@ -259,6 +266,61 @@ pub fn sweep(state_dir: &Path) -> io::Result<Swept> {
         }
     }
     Ok(swept)
+}
+
+/// What the reaper runs: `$1` run directory, `$2` run name, `$3` machine-name
+/// prefix. The marker pattern is built at run time (`[:]`), so neither the
+/// reaper's argv nor grep's contains the marker itself.
+const REAPER_SCRIPT: &str = r#"trap '' INT TERM HUP
+cat >/dev/null
+marker="DO_SIM_MACHINE=$2[:]"
+i=0
+while [ $i -lt 100 ]; do
+  pids=$(grep -ls "$marker" /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 | sort -u)
+  [ -z "$pids" ] && break
+  kill -9 $pids 2>/dev/null
+  sleep 0.1
+  i=$((i + 1))
+done
+for note in "$1"/droplets/*/nspawn-lock; do
+  [ -f "$note" ] && rm -f "$(cat "$note")"
+done
+rm -rf /run/systemd/nspawn/propagate/"$3"*
+rm -rf "$1"
+"#;
+
+/// The run's reaper (see the module docs). Dropping it closes the pipe: the
+/// reaper then cleans up whatever is left and exits.
+#[derive(Debug)]
+pub struct Reaper {
+    child: std::process::Child,
+}
+
+impl Reaper {
+    pub fn start(run: &RunDir) -> io::Result<Reaper> {
+        use std::os::unix::process::CommandExt;
+        let short = run.name.strip_prefix(RUN_PREFIX).unwrap_or(&run.name);
+        let child = std::process::Command::new("sh")
+            .args(["-c", REAPER_SCRIPT, "do-sim-reaper"])
+            .arg(&run.path)
+            .arg(&run.name)
+            .arg(format!("{MACHINE_PREFIX}{short}-"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir("/")
+            .process_group(0)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Reaper { child })
+    }
+
+    /// Close the pipe and wait for the reaper (the run is already cleaned up).
+    pub fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 /// nspawn's host files for every droplet directory of a run.
