@@ -6,11 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: real cloud-init (schema checks), PyYAML, visudo, packer, sshd,
-# QEMU/nspawn/mmdebstrap for local images, rclone/hyperfine for benchmarks, node for Prism.
+# QEMU/nspawn/mmdebstrap for local images, rclone/hyperfine for benchmarks, node for Prism;
+# do-sim's machine mode: nspawn (systemd-container), ip (iproute2), nsenter/setpriv
+# (util-linux), kill (procps).
 PACKAGES=(
   cloud-init python3-yaml sudo
   packer openssh-server openssh-client
   qemu-system-x86 qemu-utils systemd-container mmdebstrap e2fsprogs genisoimage
+  iproute2 util-linux procps
   rclone hyperfine curl ca-certificates
 )
 

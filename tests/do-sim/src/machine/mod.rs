@@ -1276,6 +1276,7 @@ impl Host {
             }
         }
         drop(machines);
+        let started = Instant::now();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
@@ -1289,6 +1290,7 @@ impl Host {
         for t in threads {
             let _ = t.join();
         }
+        let stopped = started.elapsed();
         sweep::remove_run_leftovers(&self.run.path, &self.run.name);
         if let Err(e) = std::fs::remove_dir_all(&self.run.path) {
             tracing::error!(run = %self.run.path.display(), error = %e, "cannot remove the run directory; the next sweep retries");
@@ -1296,6 +1298,7 @@ impl Host {
         if let Some(reaper) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             reaper.finish();
         }
+        tracing::debug!(run = %self.run.name, ?stopped, total = ?started.elapsed(), "machine mode shut down");
     }
 }
 
