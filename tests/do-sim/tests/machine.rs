@@ -527,27 +527,39 @@ async fn ten_droplets_at_once_each_see_their_own_metadata() {
 }
 
 #[tokio::test]
-async fn a_droplet_reaches_the_api_and_forwarded_services() {
-    // A stand-in for the S3 test server: a loopback listener on the host.
-    let service = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let service_addr = service.local_addr().expect("addr");
-    let http = tokio::spawn(async move {
-        let app = axum::Router::new().route(
-            "/bucket/object",
-            axum::routing::get(|| async { "object body" }),
-        );
-        axum::serve(service, app).await.expect("serve");
-    });
-    let sim = start(machine_config().forward(service_addr)).await;
+async fn a_droplet_reaches_the_api_and_the_s3_server() {
+    let s3 = s3_test_server::S3Server::start();
+    let key = "builds/abc/manifest.json";
+    s3_test_server::write_file(&s3.object_path(key), b"{\"files\": []}", 0o644);
+    let s3_addr: std::net::SocketAddr = format!("127.0.0.1:{}", s3.port).parse().expect("addr");
+    let sim = start(machine_config().forward(s3_addr)).await;
     let api = Api::new(&sim);
     let id = api.create_one("client", json!("debian-12-x64"), None).await;
     wait_status(&sim, id, "active").await;
 
-    // The same URL as on the host.
-    let url = format!("http://{service_addr}/bucket/object");
-    assert_eq!(curl_in(&sim, id, &url).await, "object body");
+    // The same URL as on the host, signed (SigV4 covers host and port) by curl.
+    let url = format!("{}/{}/{key}", s3.endpoint(), s3_test_server::BUCKET);
+    let user = format!("{}:{}", s3.access_key, s3.secret_key);
+    let got = run_in(
+        &sim,
+        id,
+        &[
+            "curl",
+            "-sSf",
+            "--max-time",
+            "20",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            &user,
+            // S3 wants it; curl 7.88 does not send it by itself.
+            "-H",
+            "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+            &url,
+        ],
+    )
+    .await;
+    assert_eq!(got, "{\"files\": []}");
     // The simulator's API at its own address: the droplet destroys itself.
     let self_destroy = format!(
         "curl -sSf --max-time 20 -X DELETE -H 'Authorization: Bearer {TOKEN}' {}/v2/droplets/$(curl -sSf http://169.254.169.254/metadata/v1/id)",
@@ -559,7 +571,6 @@ async fn a_droplet_reaches_the_api_and_forwarded_services() {
     })
     .await;
     assert_eq!(sim.count("DELETE /v2/droplets/{id}"), 1);
-    http.abort();
 }
 
 /// A `do-sim` process in machine mode with one running droplet.
