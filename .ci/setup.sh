@@ -13,12 +13,13 @@ cd "$(dirname "$0")/.."
 #   qemu-*, systemd-container, mmdebstrap, e2fsprogs, genisoimage: local images and workers
 #   systemd: systemd-analyze (unit checks);  git: artifact tests and `git rev-parse`
 #   binutils: readelf/strings (vm-agent/build-static.sh);  curl, ca-certificates: setup scripts
-#   util-linux: unshare, umount;  procps: kill;  python3
+#   util-linux: unshare, umount, nsenter, setpriv;  procps: kill;  python3
+#   iproute2: ip (do-sim's machine mode: droplets in network namespaces)
 PACKAGES=(
   cloud-init python3-yaml python3 sudo
   packer openssh-server openssh-client
   qemu-system-x86 qemu-utils systemd-container mmdebstrap e2fsprogs genisoimage
-  systemd git binutils util-linux procps curl ca-certificates
+  systemd git binutils util-linux procps iproute2 curl ca-certificates
 )
 
 # node/npm may come from elsewhere (e.g. NodeSource, whose nodejs conflicts with

@@ -24,6 +24,9 @@ const TOOLS: &[(&str, &str)] = &[
     // named in .ci/setup.sh
     ("kill", "procps"),
     ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("ip", "iproute2"),
     ("python3", "python3"),
     ("cloud-init", "cloud-init"),
     ("visudo", "sudo"),

@@ -518,6 +518,10 @@ async fn droplets_create(
     let Some(image_id) = image_id else {
         return unprocessable(&rid, refusal::INVALID_IMAGE);
     };
+    // Machine mode: only images with a root filesystem boot.
+    if let Some(refusal) = w.machines.as_ref().and_then(|m| m.refuse_image(image_id)) {
+        return unprocessable(&rid, refusal);
+    }
     if w.images
         .get(&image_id)
         .is_some_and(|i| !i.regions.iter().any(|r| r == region.slug))
@@ -586,6 +590,10 @@ async fn droplets_create(
         );
         let action_id = w.start_action(id, "create", None);
         created.push((id, action_id));
+    }
+    // Machine mode: boot a container per droplet.
+    if let Some(machines) = w.machines.clone() {
+        machines.created(&mut w, &created);
     }
     if let Some(play) = w.config.play_vm.clone() {
         for (id, _) in &created {
@@ -656,6 +664,10 @@ fn remove_droplet(w: &mut World, id: u64) {
     if w.metadata_droplet == Some(id) {
         // The metadata service of a destroyed droplet is gone with it.
         w.metadata_droplet = None;
+    }
+    // Machine mode: kill the container, remove its disk.
+    if let Some(machines) = w.machines.clone() {
+        machines.destroyed(w, id);
     }
 }
 
@@ -771,6 +783,10 @@ async fn droplet_action_post(
         None
     };
     let action_id = w.start_action(droplet_id, &req.kind, name);
+    // Machine mode: the container does the action.
+    if let Some(machines) = w.machines.clone() {
+        machines.action_started(&mut w, action_id);
+    }
     match w.actions.get(&action_id) {
         Some(a) => json_response(StatusCode::CREATED, &json!({"action": w.action_json(a)})),
         None => not_found(&rid),
@@ -941,6 +957,10 @@ fn remove_image(w: &mut World, id: u64) {
     w.images.remove(&id);
     for d in w.droplets.values_mut() {
         d.snapshot_ids.retain(|s| *s != id);
+    }
+    // Machine mode: the image's tree goes.
+    if let Some(machines) = &w.machines {
+        machines.image_removed(id);
     }
 }
 

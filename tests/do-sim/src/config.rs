@@ -39,6 +39,9 @@ pub struct SimConfig {
     pub play_vm: Option<PlayVm>,
     /// Injected faults, matched in order against each request.
     pub faults: Vec<FaultRule>,
+    /// Machine mode: droplets are real containers (see `crate::machine`). Read
+    /// when the simulator starts; excludes `play_vm` and `auto_provision`.
+    pub machines: Option<crate::machine::MachineConfig>,
 }
 
 impl Default for SimConfig {
@@ -56,6 +59,7 @@ impl Default for SimConfig {
             auto_provision: None,
             play_vm: None,
             faults: Vec::new(),
+            machines: None,
         }
     }
 }

@@ -199,6 +199,8 @@ pub struct World {
     pub metadata_droplet: Option<u64>,
     /// What the VM player did, per droplet (kept after the droplet is deleted).
     pub played: BTreeMap<u64, crate::vm::Played>,
+    /// Machine mode's hooks (`SimConfig::machines`); `None` otherwise.
+    pub machines: Option<std::sync::Arc<crate::machine::Host>>,
 }
 
 pub const DEFAULT_PROJECT_ID: &str = "6b5d6e0a-7c1b-4f0e-9a3e-2f6c1d0a0001";
@@ -281,6 +283,7 @@ impl World {
             rate_reset_at,
             metadata_droplet: None,
             played: BTreeMap::new(),
+            machines: None,
         }
     }
 
@@ -399,6 +402,10 @@ impl World {
                         source_droplet: Some(droplet.id),
                     },
                 );
+                // Machine mode: the snapshot's tree becomes this image's.
+                if let Some(machines) = &self.machines {
+                    machines.snapshot_image(action.id, image_id);
+                }
             }
             _ => {}
         }
@@ -671,6 +678,7 @@ impl World {
             "tags": self.tags.keys().collect::<Vec<_>>(),
             "ssh_keys": self.ssh_keys.values().collect::<Vec<_>>(),
             "metadata_droplet": self.metadata_droplet,
+            "machines": self.machines.as_ref().map(|m| m.summary()),
             "total_requests": self.total_requests,
             "requests_by_route": self.counts,
         })
