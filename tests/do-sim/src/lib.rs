@@ -44,7 +44,8 @@ use tokio::task::JoinHandle;
 
 pub use api::{RequestLog, SeedImage};
 pub use config::{
-    Fault, FaultRule, PlayVm, ProvisionPlan, ProvisionResult, RateLimitConfig, SimConfig,
+    Fault, FaultRule, PlayVm, ProvisionPlan, ProvisionResult, RateLimitConfig, ScopedToken,
+    SimConfig,
 };
 pub use gates::GateState;
 pub use machine::{MachineConfig, MachineError, MachineInfo, Power};

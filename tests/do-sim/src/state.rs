@@ -162,6 +162,9 @@ pub struct LoggedRequest {
     pub request_id: String,
     /// Name of the injected fault, if any.
     pub fault: Option<String>,
+    /// The scoped token the request came with (its name), if it was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]

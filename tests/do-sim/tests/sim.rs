@@ -731,3 +731,64 @@ async fn metadata_service_answers_as_a_droplet() {
         404
     );
 }
+
+/// A scoped token (a fleet's worker token: `droplet:read` + `droplet:delete`) may read and
+/// delete droplets and nothing else (403, DigitalOcean's wording); the log names it.
+#[tokio::test]
+async fn scoped_tokens_are_held_to_their_scopes_and_named_in_the_log() {
+    let sim = Sim::start(SimConfig {
+        token: Some(TOKEN.into()),
+        scoped_tokens: vec![do_sim::ScopedToken {
+            name: "worker".into(),
+            token: "worker-token".into(),
+            scopes: vec!["droplet:read".into(), "droplet:delete".into()],
+        }],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let api = Api::new(&sim);
+    let id = api.create("w-1").await;
+    let http = reqwest::Client::new();
+    let as_worker = |m: reqwest::Method, path: &str| {
+        http.request(m, format!("{}{path}", sim.api_url()))
+            .header("authorization", "Bearer worker-token")
+    };
+    let created = as_worker(reqwest::Method::POST, "/v2/droplets")
+        .header("content-type", "application/json")
+        .body(
+            json!({"name": "x", "size": "s-1vcpu-1gb", "image": "debian-12-x64", "region": "nyc3"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 403);
+    let body: Value = created.json().await.unwrap();
+    assert_eq!(body["id"], "Forbidden");
+    let read = as_worker(reqwest::Method::GET, &format!("/v2/droplets/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+    let deleted = as_worker(reqwest::Method::DELETE, &format!("/v2/droplets/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let log = sim.requests();
+    let delete = log
+        .entries
+        .iter()
+        .find(|e| e.route == "DELETE /v2/droplets/{id}")
+        .expect("the delete is logged");
+    assert_eq!(delete.token.as_deref(), Some("worker"), "{delete:?}");
+    let create = log
+        .entries
+        .iter()
+        .find(|e| e.route == "POST /v2/droplets" && e.status == 202)
+        .unwrap();
+    assert_eq!(create.token, None, "the full token is not a scoped one");
+    assert_eq!(sim.count("POST /v2/droplets"), 2);
+    assert!(sim.droplet_ids().is_empty());
+}
