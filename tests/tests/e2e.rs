@@ -12,82 +12,9 @@ use s3_test_server::{BUCKET, S3Server};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use workspace_tests::{image_builder, require, run, static_agent, workspace};
 
 const CANARY: &str = "CANARY-e2e-51c0ffee-BAKE-SECRET";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn target_dir() -> PathBuf {
-    // target/debug/deps/e2e-HASH -> target/debug
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool} || test -x /usr/sbin/{tool}"))
-        .output();
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "`{tool}` is required by the end-to-end test: apt-get install {package} (or run .ci/setup.sh)"
-    );
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn image_builder() -> PathBuf {
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "image-builder",
-            "--bin",
-            "image-builder",
-        ])
-        .current_dir(workspace())
-        .status()
-        .unwrap();
-    assert!(st.success(), "cargo build -p image-builder failed");
-    target_dir().join("image-builder")
-}
-
-/// The static agent, built by the same script as the release one, but without fat LTO
-/// and with parallel codegen: the same code and linking (static, panic=abort), minutes
-/// less on a 2-core CI machine. The shipped profile is measured by `bench/agent.sh`.
-fn static_agent() -> PathBuf {
-    let out = run(Command::new("bash")
-        .arg(workspace().join("vm-agent/build-static.sh"))
-        .env("CARGO_PROFILE_RELEASE_LTO", "off")
-        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
-        .current_dir(workspace()));
-    assert!(
-        out.status.success(),
-        "vm-agent/build-static.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let p = if Path::new(&path).is_absolute() {
-        PathBuf::from(path)
-    } else {
-        workspace().join(path)
-    };
-    assert!(p.is_file(), "{}", p.display());
-    p
-}
 
 /// Stops the local worker whatever happens to the test.
 struct Worker {

@@ -206,7 +206,7 @@ impl ScopedToken {
     /// Whether this token may make the request.
     pub fn allows(&self, method: &str, path: &str) -> bool {
         let need = Self::required_scope(method, path);
-        self.scopes.iter().any(|s| *s == need)
+        self.scopes.contains(&need)
     }
 }
 

@@ -587,7 +587,12 @@ impl World {
         let size = catalog::size(&d.size_slug);
         let region = catalog::region(&d.region_slug);
         let image = self.images.get(&d.image_id).map(|i| self.image_json(i));
-        let ip = &self.config.droplet_ipv4;
+        let public = self
+            .machines
+            .as_ref()
+            .and_then(|m| m.public_ip(d.id))
+            .map(|ip| ip.to_string());
+        let ip = public.as_ref().unwrap_or(&self.config.droplet_ipv4);
         json!({
             "id": d.id,
             "name": d.name,

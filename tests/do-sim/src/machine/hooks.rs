@@ -64,9 +64,20 @@ impl Host {
                     booted_after: None,
                     error: None,
                     destroyed: false,
+                    public: None,
                 },
             );
+            inner.public_ips += 1;
+            let n = inner.public_ips;
             drop(inner);
+            match self.serve_public_ssh(id, n) {
+                Ok(public) => {
+                    if let Some(m) = self.lock().machines.get_mut(&id) {
+                        m.public = Some(public);
+                    }
+                }
+                Err(e) => tracing::warn!(droplet = id, error = %e, "no public SSH address"),
+            }
             self.spawn(self.clone().first_boot(id));
         }
         self.bump();
@@ -242,6 +253,9 @@ impl Host {
         };
         m.destroyed = true;
         m.pending = None;
+        if let Some((_, listener)) = m.public.take() {
+            listener.abort();
+        }
         if let Some(gate) = &m.gate {
             gate.lock().unwrap_or_else(|e| e.into_inner()).cancelled = true;
         }

@@ -260,6 +260,9 @@ struct Machine {
     booted_after: Option<Duration>,
     error: Option<String>,
     destroyed: bool,
+    /// The droplet's public address (`127.77.x.y`), where the host reaches its
+    /// `127.0.0.1:22` (SSH), as a client reaches a droplet's public IPv4 on port 22.
+    public: Option<(std::net::Ipv4Addr, tokio::task::AbortHandle)>,
 }
 
 impl Machine {
@@ -300,6 +303,8 @@ struct Tree {
 #[derive(Debug, Default)]
 struct Inner {
     machines: BTreeMap<u64, Machine>,
+    /// Public addresses handed out so far (the next is `127.77.0.0` + this + 1).
+    public_ips: u32,
     trees: BTreeMap<u64, Tree>,
     /// Snapshot trees made but not yet claimed by their image: action id → tree.
     staged: BTreeMap<u64, PathBuf>,
@@ -471,6 +476,44 @@ impl Host {
             api,
             metadata,
         });
+    }
+
+    /// A droplet's public IPv4 (`networks.v4`): its own loopback address, on whose port
+    /// 22 the host reaches the droplet's SSH.
+    pub fn public_ip(&self, droplet_id: u64) -> Option<std::net::Ipv4Addr> {
+        self.lock()
+            .machines
+            .get(&droplet_id)
+            .and_then(|m| m.public.as_ref().map(|p| p.0))
+    }
+
+    /// Listen on the droplet's public address, port 22, and carry each connection to
+    /// `127.0.0.1:22` inside the droplet (whichever boot of it runs now).
+    fn serve_public_ssh(
+        self: &Arc<Self>,
+        droplet_id: u64,
+        n: u32,
+    ) -> std::io::Result<(std::net::Ipv4Addr, tokio::task::AbortHandle)> {
+        let [_, _, hi, lo] = n.to_be_bytes();
+        let ip = std::net::Ipv4Addr::new(127, 77, hi, lo);
+        let std_listener = std::net::TcpListener::bind((ip, 22))?;
+        std_listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let host = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let inside: SocketAddr = ([127, 0, 0, 1], 22).into();
+            while let Ok((mut outside, _)) = listener.accept().await {
+                let Some(host) = host.upgrade() else { return };
+                tokio::spawn(async move {
+                    // A droplet that is off or not booted yet refuses, as a real one would.
+                    if let Ok(mut stream) = host.connect(droplet_id, inside).await {
+                        let _closed =
+                            tokio::io::copy_bidirectional(&mut outside, &mut stream).await;
+                    }
+                });
+            }
+        });
+        Ok((ip, task.abort_handle()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
