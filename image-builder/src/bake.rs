@@ -75,8 +75,9 @@ pub fn agent_config(
     config.timers.no_job_timeout = agent.no_job_timeout;
     config.destroy.provider = provider;
     config.destroy.ephemeral_tag = agent.ephemeral_tag.to_string();
-    // Why a worker ended, on its serial console (the kernel log), after it is gone.
-    config.destroy.record_file = Some("/dev/kmsg".into());
+    // Why a worker ended, on its console (the serial console), after it is gone. Not
+    // /dev/kmsg: the unit's ProtectKernelLogs=yes keeps the agent away from it.
+    config.destroy.record_file = Some("/dev/console".into());
     config.artifacts = agent.artifact.as_ref().map(|a| {
         let mut artifacts = ArtifactsConfig::new(a.bucket.clone(), a.endpoint_url());
         artifacts.region = a.region.clone();

@@ -520,21 +520,12 @@ impl Agent {
             )
         };
         // The agent's own record of why the machine ends, where an operator (or a test)
-        // reads it after the machine is gone: e.g. /dev/kmsg, which the serial console
-        // shows. There the line gets priority 3 (error), which consoles booted with
-        // `quiet` (loglevel 4) still print.
+        // reads it after the machine is gone: e.g. /dev/console, the serial console.
         if let Some(path) = &self.cfg.destroy.record_file
             && let Err(e) = std::fs::OpenOptions::new()
                 .append(true)
                 .open(path)
-                .and_then(|mut f| {
-                    let priority = if path == std::path::Path::new("/dev/kmsg") {
-                        "<3>"
-                    } else {
-                        ""
-                    };
-                    std::io::Write::write_all(&mut f, format!("{priority}{record}").as_bytes())
-                })
+                .and_then(|mut f| std::io::Write::write_all(&mut f, record.as_bytes()))
         {
             tracing::warn!("cannot write the destroy record to {}: {e}", path.display());
         }

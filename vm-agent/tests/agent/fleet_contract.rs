@@ -1,5 +1,5 @@
 //! What image-builder's fleets rely on in the agent: its own record of why it ends the
-//! machine (`destroy.record_file`; workers use /dev/kmsg, so the serial console shows it),
+//! machine (`destroy.record_file`; workers use /dev/console, the serial console),
 //! one-shot workers, job variables outside argv, and a heredoc on a job's stdin.
 
 use crate::common::*;

@@ -629,7 +629,7 @@ pub struct DestroyConfig {
     pub poweroff_command: Vec<String>,
     /// A file (opened for appending, not created) the agent writes one line to just before
     /// it destroys the machine: which timer fired, why, and the jobs running and queued.
-    /// image-builder's workers use `/dev/kmsg`, so the reason is on the serial console.
+    /// image-builder's workers use `/dev/console`, so the reason is on the serial console.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_file: Option<PathBuf>,
 }
