@@ -17,6 +17,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("bash", ""),
     ("cp", ""),
     ("grep", ""),
+    ("find", ""),
     ("id", ""),
     ("umount", ""),
     ("cat", ""),
