@@ -67,16 +67,27 @@ impl Host {
                     public: None,
                 },
             );
-            inner.public_ips += 1;
-            let n = inner.public_ips;
             drop(inner);
-            match self.serve_public_ssh(id, n) {
-                Ok(public) => {
-                    if let Some(m) = self.lock().machines.get_mut(&id) {
-                        m.public = Some(public);
+            // The next free public address: another simulator on this host may hold some.
+            loop {
+                let n = {
+                    let mut inner = self.lock();
+                    inner.public_ips += 1;
+                    inner.public_ips
+                };
+                match self.serve_public_ssh(id, n) {
+                    Ok(public) => {
+                        if let Some(m) = self.lock().machines.get_mut(&id) {
+                            m.public = Some(public);
+                        }
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && n < 65_000 => continue,
+                    Err(e) => {
+                        tracing::warn!(droplet = id, error = %e, "no public SSH address");
+                        break;
                     }
                 }
-                Err(e) => tracing::warn!(droplet = id, error = %e, "no public SSH address"),
             }
             self.spawn(self.clone().first_boot(id));
         }
