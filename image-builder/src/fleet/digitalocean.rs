@@ -544,12 +544,18 @@ async fn wait_ready(
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     while !pending.is_empty() {
         let mut still = Vec::new();
-        for d in pending {
-            let pinned = pinned.clone();
-            let name = d.name.clone();
-            let status = tokio::task::spawn_blocking(move || agent_status(&pinned, &name))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+        // Every pending worker is asked at once: one round costs one SSH round trip,
+        // whatever the fleet's size.
+        let asks: Vec<_> = pending
+            .iter()
+            .map(|d| {
+                let pinned = pinned.clone();
+                let name = d.name.clone();
+                tokio::task::spawn_blocking(move || agent_status(&pinned, &name))
+            })
+            .collect();
+        for (d, ask) in pending.into_iter().zip(asks) {
+            let status = ask.await.unwrap_or_else(|e| Err(e.to_string()));
             match status {
                 Ok(v) if v["stage"] == "ready" => {
                     eprintln!("{}: ready", d.name);
