@@ -5,7 +5,9 @@
 //! 2. unshares its mount namespace and makes it private, so the overlay mount
 //!    below exists only for this boot and disappears with its last process,
 //! 3. mounts the overlay (image tree + the droplet's upper dir) on `root/`,
-//! 4. starts `setpriv --pdeathsig TERM -- systemd-nspawn …` and waits for it.
+//! 4. makes the boot its own cgroup in each cgroup hierarchy systemd uses (see
+//!    [`private_cgroups`]) and starts `setpriv --pdeathsig TERM -- systemd-nspawn …`
+//!    in it, and waits for it.
 //!
 //! The thread lives exactly as long as nspawn, so nspawn's parent-death signal
 //! fires only when the simulator's process dies. nspawn runs with
@@ -149,8 +151,15 @@ fn run(boot: &Boot, gate: &Mutex<Gate>) -> io::Result<Option<i32>> {
         .create(true)
         .append(true)
         .open(boot.dir.join("console.log"))?;
-    let mut cmd = Command::new("setpriv");
+    let cgroups = private_cgroups(&boot.machine)?;
+    // A shell moves itself into the boot's cgroups, then becomes setpriv/nspawn, so the
+    // container starts there (nspawn --keep-unit gives the container its own cgroup).
+    let mut cmd = Command::new("sh");
     cmd.args([
+        "-c",
+        "IFS=:; for g in $DO_SIM_CGROUPS; do echo $$ > \"$g/cgroup.procs\" || exit 125; done; unset IFS; exec \"$@\"",
+        "do-sim-boot",
+        "setpriv",
         "--pdeathsig",
         "TERM",
         "--",
@@ -158,6 +167,14 @@ fn run(boot: &Boot, gate: &Mutex<Gate>) -> io::Result<Option<i32>> {
         "--quiet",
         "-D",
     ])
+    .env(
+        "DO_SIM_CGROUPS",
+        cgroups
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
     .arg(&root)
     .args(["--boot", "--machine", &boot.machine])
     // No machined on hosts without systemd as PID 1; nothing to register with.
@@ -193,7 +210,85 @@ fn run(boot: &Boot, gate: &Mutex<Gate>) -> io::Result<Option<i32>> {
         gate.nspawn = Some(child.id());
         child
     };
-    Ok(child.wait()?.code())
+    let code = child.wait()?.code();
+    for g in &cgroups {
+        remove_cgroup(g);
+    }
+    Ok(code)
+}
+
+/// The boot's own cgroup in each hierarchy systemd uses (cgroup v2, or the named v1
+/// `systemd` one and the `unified` one of a hybrid host), under the simulator's own.
+///
+/// Without it every container's systemd works in the one cgroup nspawn started in
+/// (there is no systemd on the host to give nspawn a unit of its own) and they race
+/// on the same paths: seen as units failing with `status=219/CGROUP` when several
+/// droplets boot at once.
+fn private_cgroups(machine: &str) -> io::Result<Vec<PathBuf>> {
+    let dirs: Vec<PathBuf> = cgroup_parents()?
+        .into_iter()
+        .map(|parent| parent.join(format!("{CGROUP_PREFIX}{machine}")))
+        .collect();
+    for dir in &dirs {
+        fs::create_dir_all(dir).map_err(|e| {
+            io::Error::new(e.kind(), format!("making cgroup {}: {e}", dir.display()))
+        })?;
+    }
+    Ok(dirs)
+}
+
+/// Boots' cgroups are named with this prefix (the sweeper removes abandoned ones).
+pub(super) const CGROUP_PREFIX: &str = "do-sim-";
+
+/// The simulator's own cgroup in each hierarchy systemd uses: where boots' cgroups go.
+pub(super) fn cgroup_parents() -> io::Result<Vec<PathBuf>> {
+    let own = fs::read_to_string("/proc/self/cgroup")?;
+    let mut dirs = Vec::new();
+    for line in own.lines() {
+        // `ID:CONTROLLERS:PATH`; v2 is `0::PATH`, the named v1 one `N:name=systemd:PATH`.
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let mount = match controllers {
+            "name=systemd" => "/sys/fs/cgroup/systemd",
+            "" if std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() => {
+                "/sys/fs/cgroup/unified"
+            }
+            "" => "/sys/fs/cgroup",
+            _ => continue,
+        };
+        if !PathBuf::from(mount).join("cgroup.procs").exists() {
+            continue;
+        }
+        dirs.push(PathBuf::from(mount).join(path.trim_start_matches('/')));
+    }
+    Ok(dirs)
+}
+
+/// Whether no process is left in the cgroup `dir` or below it.
+pub(super) fn cgroup_unused(dir: &std::path::Path) -> bool {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    procs.trim().is_empty()
+        && fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .all(|e| !e.file_type().is_ok_and(|t| t.is_dir()) || cgroup_unused(&e.path()))
+}
+
+/// Remove a boot's cgroup and what the container's systemd made below it, deepest
+/// first (a cgroup directory is removed with rmdir once it has no process).
+pub(super) fn remove_cgroup(dir: &std::path::Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _gone = fs::remove_dir(dir);
 }
 
 /// Forward nspawn's notifications on `socket` as events until the socket fails

@@ -240,6 +240,20 @@ pub struct Swept {
 /// the module docs). Runs of live processes are left alone.
 pub fn sweep(state_dir: &Path) -> io::Result<Swept> {
     let mut swept = Swept::default();
+    // Cgroups of boots whose run was killed: only those no process is left in.
+    for parent in super::container::cgroup_parents().unwrap_or_default() {
+        for entry in fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(super::container::CGROUP_PREFIX))
+                && super::container::cgroup_unused(&path)
+            {
+                super::container::remove_cgroup(&path);
+            }
+        }
+    }
     let entries = match fs::read_dir(state_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(swept),
