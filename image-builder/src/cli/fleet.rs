@@ -37,18 +37,12 @@ pub enum FleetCommand {
     UserData(UserDataArgs),
 }
 
-/// How to reach the DigitalOcean API.
+/// How to reach the DigitalOcean API, and how often to poll it.
 #[derive(Clone, Debug, Default, Args)]
 pub struct Api {
-    /// DigitalOcean API base URL [default: $DIGITALOCEAN_API_URL, else https://api.digitalocean.com].
-    #[arg(long, value_name = "URL")]
-    pub api_url: Option<String>,
-    /// File with the host's DigitalOcean token, mode 0600 [default: $DIGITALOCEAN_TOKEN].
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// First retry backoff of API calls (tests).
-    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
-    pub api_backoff: Option<Duration>,
+    /// API access (the same flags as `bake` and `reap`).
+    #[command(flatten)]
+    pub conn: super::digitalocean::ConnArgs,
     /// How often droplets and agents are polled.
     #[arg(long, hide = true, default_value = "5s", value_parser = humantime::parse_duration)]
     pub poll: Duration,

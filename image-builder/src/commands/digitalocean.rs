@@ -13,7 +13,7 @@ use crate::backend::digitalocean::{
 use crate::cli::digitalocean::{ConnArgs, DoBakeArgs, ImagesCommand, ReapArgs};
 use crate::error::Error;
 
-fn connection(args: &ConnArgs) -> Connection {
+pub(super) fn connection(args: &ConnArgs) -> Connection {
     Connection {
         api_url: args.api_url.clone(),
         token_file: args.token_file.clone(),

@@ -45,13 +45,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, FleetError> {
 }
 
 fn client(api: &Api) -> Result<Client, FleetError> {
-    crate::backend::digitalocean::Connection {
-        api_url: api.api_url.clone(),
-        token_file: api.token_file.clone(),
-        api_backoff: api.api_backoff,
-    }
-    .client()
-    .map_err(FleetError::api("connecting to DigitalOcean"))
+    super::digitalocean::connection(&api.conn)
+        .client()
+        .map_err(FleetError::api("connecting to DigitalOcean"))
 }
 
 fn poll(api: &Api) -> Poll {
@@ -156,7 +152,7 @@ fn space_key_file(path: &Path) -> Result<(String, String), FleetError> {
 }
 
 fn host_token(api: &Api) -> Option<Token> {
-    match &api.token_file {
+    match &api.conn.token_file {
         Some(p) => Token::from_file(p).ok(),
         None => Token::from_env().ok(),
     }

@@ -89,16 +89,13 @@ fn start_sshd_with(dir: &Path, host: &KeyPair, authorized: &str, force: &str, ex
     );
 }
 
-#[test]
-fn pinned_host_key_is_accepted_and_a_changed_one_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let states = StateDir::at(dir.path().join("state"));
-    let user = nix_user();
-    let mut state = FleetState {
+/// A local fleet's state with no workers yet.
+fn empty_state(name: &str) -> FleetState {
+    FleetState {
         version: STATE_VERSION,
-        name: "pin".parse().unwrap(),
+        name: name.parse().unwrap(),
         backend: FleetBackend::Qemu,
-        user,
+        user: nix_user(),
         spec_sha256: String::new(),
         image: String::new(),
         sha: None,
@@ -106,7 +103,14 @@ fn pinned_host_key_is_accepted_and_a_changed_one_refused() {
         size: None,
         workers: Vec::new(),
         shared_host_key: None,
-    };
+    }
+}
+
+#[test]
+fn pinned_host_key_is_accepted_and_a_changed_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let states = StateDir::at(dir.path().join("state"));
+    let mut state = empty_state("pin");
     let pinned = Pinned::paths(&states, &state).unwrap();
     let identity = pinned.ensure_identity("fleet pin").unwrap();
     let host = keys::generate("pin-1 host").unwrap();
@@ -178,19 +182,7 @@ fn fleet_run_sends_env_by_the_ssh_protocol_and_returns_the_jobs_code() {
     const SECRET: &str = "fleet-run-env-secret-0c9b";
     let dir = tempfile::tempdir().unwrap();
     let states = StateDir::at(dir.path().join("state"));
-    let mut state = FleetState {
-        version: STATE_VERSION,
-        name: "envs".parse().unwrap(),
-        backend: FleetBackend::Qemu,
-        user: nix_user(),
-        spec_sha256: String::new(),
-        image: String::new(),
-        sha: None,
-        region: None,
-        size: None,
-        workers: Vec::new(),
-        shared_host_key: None,
-    };
+    let mut state = empty_state("envs");
     let pinned = Pinned::paths(&states, &state).unwrap();
     let identity = pinned.ensure_identity("fleet envs").unwrap();
     let host = keys::generate("envs-1 host").unwrap();
