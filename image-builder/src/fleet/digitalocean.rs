@@ -194,25 +194,28 @@ async fn resolve_image(
     req: &UpRequest<'_>,
     region: &str,
 ) -> Result<(ImageSpec, String), FleetError> {
-    let image = match &req.image {
+    let image: images::ImageRow = match &req.image {
         Some(r) if r.parse::<u64>().is_ok() => {
             let id: u64 = r.parse().unwrap_or_default();
-            client
+            (&client
                 .get_image(id)
                 .await
-                .map_err(FleetError::api(format!("looking up image {id}")))?
+                .map_err(FleetError::api(format!("looking up image {id}")))?)
+                .into()
         }
-        Some(name) => client
+        Some(name) => (&client
             .newest_image_named(name)
             .await
             .map_err(FleetError::api(format!("looking up image {name:?}")))?
             .ok_or_else(|| {
                 FleetError::Preflight(format!("there is no private image named {name:?}"))
-            })?,
+            })?)
+            .into(),
         None => {
             // The newest image a bake of this spec made (the same family `images prune` keeps).
             let family = Family::of_spec(&req.spec.spec);
-            let newest = images::family(client, &family)
+            // The listing carries each image's regions: no second request for it.
+            images::family(client, &family)
                 .await
                 .map_err(FleetError::api("listing golden images"))?
                 .tagged
@@ -225,11 +228,7 @@ async fn resolve_image(
                         req.spec.spec.name.value,
                         req.spec.path.display()
                     ))
-                })?;
-            client
-                .get_image(newest.id)
-                .await
-                .map_err(FleetError::api(format!("looking up image {}", newest.id)))?
+                })?
         }
     };
     if !image.regions.iter().any(|r| r == region) {
@@ -420,6 +419,8 @@ pub async fn up(
         .unwrap_or_else(|| client.base_url().as_str().trim_end_matches('/').to_owned());
 
     let mut created = Vec::new();
+    // The fleet's droplets were listed above: the first batch's reconcile needs no listing.
+    let mut known = Some(mine.clone());
     for batch in missing.chunks(do_api::MAX_NAMES_PER_CREATE) {
         let host_key = keys::generate(&format!("image-builder fleet {} host", req.name))?;
         let user_data = userdata::render(&WorkerInput {
@@ -453,7 +454,7 @@ pub async fn up(
         template.tags = tags.clone();
         template.user_data = Some(user_data);
         let droplets = client
-            .create_droplets_reconciled(&template, batch, &req.name.tag())
+            .create_droplets_reconciled(&template, batch, &req.name.tag(), known.take())
             .await
             .map_err(|e| {
                 match crate::backend::digitalocean::preflight::explain_create_refusal(

@@ -168,12 +168,14 @@ impl Client {
     /// the create idempotent). Before each POST the tagged droplets are listed and only the
     /// names none of them has are sent; after an unknown outcome (5xx, a lost connection)
     /// the list is read again. Refusals (4xx) return at once. Returns the batch's droplets,
-    /// found or created, in the order of `names`.
+    /// found or created, in the order of `names`. `tagged`: the droplets the caller has
+    /// just listed by that tag, which spares the first listing (None: list them).
     pub async fn create_droplets_reconciled(
         &self,
         template: &DropletCreate,
         names: &[String],
         reconcile_tag: &str,
+        tagged: Option<Vec<Droplet>>,
     ) -> Result<Vec<Droplet>, DoError> {
         if !template.tags.iter().any(|t| t == reconcile_tag) {
             return Err(DoError::MissingReconcileTag {
@@ -186,8 +188,12 @@ impl Client {
             "create_droplets_reconciled: at most {MAX_NAMES_PER_CREATE} names per POST"
         );
         let mut attempt = 0u32;
+        let mut tagged = tagged;
         loop {
-            let existing = self.list_droplets_by_tag(reconcile_tag).await?;
+            let existing = match tagged.take() {
+                Some(known) => known,
+                None => self.list_droplets_by_tag(reconcile_tag).await?,
+            };
             let missing: Vec<&String> = names
                 .iter()
                 .filter(|n| !existing.iter().any(|d| &d.name == *n))
