@@ -323,3 +323,60 @@ async fn user_data_for_terraform_is_0600_and_pins_the_fleet() {
     assert!(known.starts_with("tf-* ssh-ed25519 "), "{known}");
     assert!(Path::new(&env.dir.path().join("state/fleets/tf/id_ed25519")).is_file());
 }
+
+/// SIGKILL of `fleet up` at each API step (the step's request processed, its answer held
+/// by the simulator until the kill), then `fleet down` with no local state: 0 droplets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_fleet_up_at_every_step_then_down_without_state_leaves_nothing() {
+    for (route, nth) in [
+        ("GET /v2/account", 1),
+        ("POST /v2/droplets", 1),
+        ("GET /v2/droplets", 3),
+    ] {
+        let env = Env::start().await;
+        env.sim.set_faults(vec![FaultRule {
+            route: route.into(),
+            nth,
+            times: 1,
+            fault: Fault::Hold {
+                gate: "kill-point".into(),
+            },
+        }]);
+        let spec = env.spec.to_str().unwrap().to_owned();
+        let mut child = env
+            .command(&[
+                "fleet",
+                "up",
+                &spec,
+                "--name",
+                "ci",
+                "-n",
+                "3",
+                "--yes",
+                "--no-wait",
+                "--poll",
+                "20ms",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(120), env.sim.wait_held("kill-point", 1))
+            .await
+            .unwrap_or_else(|_| panic!("fleet up never reached {route} #{nth}"));
+        child.kill().unwrap();
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(child.wait().unwrap().signal(), Some(9), "{route}");
+        env.sim.release("kill-point");
+        let down = env
+            .command(&["fleet", "down", "ci", "--yes", "--poll", "20ms"])
+            .env("IMAGE_BUILDER_STATE_DIR", env.dir.path().join("no-state"))
+            .output()
+            .unwrap();
+        assert!(down.status.success(), "{route}: {}", text(&down.stderr));
+        assert!(
+            env.sim.droplet_ids().is_empty(),
+            "{route}: droplets left after down"
+        );
+    }
+}
