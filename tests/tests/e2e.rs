@@ -381,6 +381,73 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         "systemd reported an ordering cycle:\n{console_text}"
     );
 
+    // A local fleet of two from the same golden image: both ready over pinned SSH (their
+    // agents pulled the spec's artifact), a job on each, then down.
+    let fleet_state = dir.path().join("fleet-state");
+    let fleet = |args: &[&str]| {
+        run(Command::new(&ib)
+            .arg("fleet")
+            .args(args)
+            .env("IMAGE_BUILDER_STATE_DIR", &fleet_state)
+            .env("IMAGE_BUILDER_CONFIG", dir.path().join("no-config.toml"))
+            .env("WORKER_SPACES_ACCESS_KEY_ID", S3_KEY)
+            .env("WORKER_SPACES_SECRET_ACCESS_KEY", S3_SECRET)
+            .env_remove("CI")
+            .stdin(std::process::Stdio::null()))
+    };
+    let up = fleet(&[
+        "up",
+        spec.to_str().unwrap(),
+        "--backend",
+        "qemu",
+        "-n",
+        "2",
+        "--name",
+        "e2ef",
+        "--image",
+        golden.to_str().unwrap(),
+        "--ready-timeout",
+        "10m",
+    ]);
+    let jobs = up.status.success().then(|| {
+        fleet(&[
+            "run",
+            "--fleet",
+            "e2ef",
+            "--all",
+            "--",
+            "sh",
+            "-c",
+            &format!("cat /var/lib/vm-agent/artifacts/{sha}/data.txt"),
+        ])
+    });
+    // Down whatever happened above, then judge.
+    let stopped = fleet(&["down", "e2ef", "--backend", "qemu", "--yes"]);
+    assert!(
+        up.status.success(),
+        "fleet up --backend qemu -n 2:\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let up_err = String::from_utf8_lossy(&up.stderr);
+    assert!(
+        up_err.contains("e2ef-1: ready") && up_err.contains("e2ef-2: ready"),
+        "{up_err}"
+    );
+    let jobs = jobs.expect("ran after a successful up");
+    let out = String::from_utf8_lossy(&jobs.stdout);
+    assert!(
+        jobs.status.success()
+            && out.contains("e2ef-1: prebuilt-data-0123")
+            && out.contains("e2ef-2: prebuilt-data-0123"),
+        "fleet run --all:\n{out}{}",
+        String::from_utf8_lossy(&jobs.stderr)
+    );
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+
     // The golden image, offline.
     let raw = dir.path().join("golden.raw");
     assert!(

@@ -11,9 +11,9 @@ use crate::cli::fleet::{
     SshConfigArgs, UpArgs, UserDataArgs,
 };
 use crate::error::Error;
-use crate::fleet::digitalocean::{self, AgentSummary, UpRequest, agent_status};
+use crate::fleet::digitalocean::{self, AgentSummary, UpRequest};
 use crate::fleet::policy::UserConfig;
-use crate::fleet::ssh::Pinned;
+use crate::fleet::ssh::{Pinned, agent_status};
 use crate::fleet::state::{FleetBackend, FleetState, STATE_VERSION, StateDir};
 use crate::fleet::userdata::{self, WorkerInput, WorkerSecrets};
 use crate::fleet::{FleetError, FleetName, keys, local};
@@ -226,6 +226,7 @@ fn up(states: &StateDir, a: &UpArgs) -> Result<(), FleetError> {
                     sha,
                     secrets,
                     one_shot: a.one_shot,
+                    wait_ready: (!a.no_wait).then_some(a.ready_timeout),
                 },
             )?;
             if a.json {

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::keys;
 use super::policy::UserConfig;
-use super::ssh::Pinned;
+use super::ssh::{Pinned, agent_status};
 use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord};
 use super::userdata::{self, WorkerInput, WorkerSecrets};
 use super::{DEADLINE_TAG_PREFIX, FleetError, FleetName, TAG, deadline_of, fleet_of};
@@ -117,27 +117,6 @@ impl AgentSummary {
             timers: v["timers"].clone(),
         }
     }
-}
-
-/// `vm-agent status --json` on `worker` over the fleet's pinned SSH.
-pub fn agent_status(pinned: &Pinned, worker: &str) -> Result<serde_json::Value, String> {
-    let out = pinned
-        .ssh(worker)
-        .args(["vm-agent", "status", "--json"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run ssh: {e}"))?;
-    // vm-agent status exits 1 when degraded and 2 when not ready yet, with the report
-    // on stdout either way; ssh itself exits 255.
-    if out.status.code() == Some(255) {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "no status report ({e}): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    })
 }
 
 /// The result of `fleet up`.

@@ -9,7 +9,7 @@ use agent_config::Provider;
 use serde::Serialize;
 
 use super::keys;
-use super::ssh::Pinned;
+use super::ssh::{Pinned, agent_status};
 use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord};
 use super::userdata::{self, WorkerInput, WorkerSecrets};
 use super::{FleetError, FleetName};
@@ -33,6 +33,8 @@ pub struct LocalUp<'a> {
     pub secrets: WorkerSecrets,
     /// Each worker takes one job and then powers off.
     pub one_shot: bool,
+    /// Wait this long for every worker's agent to be `ready` (None: return once QEMU runs).
+    pub wait_ready: Option<std::time::Duration>,
 }
 
 /// A local worker of a fleet.
@@ -117,7 +119,80 @@ pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, 
         states.save(&state)?;
         pinned.write(&state)?;
     }
+    if let Some(limit) = req.wait_ready {
+        wait_ready(&pinned, &state, limit)?;
+    }
     Ok(ls(&req.name))
+}
+
+/// Wait until every worker's agent says `ready` over pinned SSH; a worker `degraded` or
+/// not ready in time is stopped and reported with its console's tail.
+fn wait_ready(
+    pinned: &Pinned,
+    state: &FleetState,
+    limit: std::time::Duration,
+) -> Result<(), FleetError> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut pending: Vec<&str> = state.workers.iter().map(|w| w.name.as_str()).collect();
+    let mut last = String::new();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for w in pending {
+            match agent_status(pinned, w) {
+                Ok(v) if v["stage"] == "ready" => eprintln!("{w}: ready"),
+                Ok(v) if v["stage"] == "degraded" => {
+                    return Err(not_ready(w, v["reason"].as_str().unwrap_or("degraded")));
+                }
+                Ok(v) => {
+                    last = format!("{w}: {}", v["stage"]);
+                    still.push(w);
+                }
+                Err(e) => {
+                    last = format!("{w}: {e}");
+                    still.push(w);
+                }
+            }
+        }
+        pending = still;
+        if let Some(w) = pending.first()
+            && std::time::Instant::now() > deadline
+        {
+            return Err(not_ready(
+                w,
+                &format!(
+                    "not ready within {} ({last})",
+                    humantime::format_duration(limit)
+                ),
+            ));
+        }
+        if !pending.is_empty() {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    }
+    Ok(())
+}
+
+/// Stop a worker that did not become ready; the error carries its console's tail.
+fn not_ready(worker: &str, reason: &str) -> FleetError {
+    let console = local::list()
+        .into_iter()
+        .find(|w| w.name == worker)
+        .map(|w| w.console);
+    let tail = console
+        .and_then(|c| std::fs::read_to_string(c).ok())
+        .map(|t| {
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        })
+        .unwrap_or_default();
+    if let Err(e) = local::stop(worker, std::time::Duration::from_secs(10)) {
+        tracing::error!(worker, error = %e, "could not stop the worker that did not become ready");
+    }
+    FleetError::NotReady {
+        worker: worker.to_owned(),
+        reason: reason.to_owned(),
+        tail,
+    }
 }
 
 /// The fleet's local workers.

@@ -109,6 +109,27 @@ impl Pinned {
     }
 }
 
+/// `vm-agent status --json` on `worker` over the fleet's pinned SSH.
+pub fn agent_status(pinned: &Pinned, worker: &str) -> Result<serde_json::Value, String> {
+    let out = pinned
+        .ssh(worker)
+        .args(["vm-agent", "status", "--json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    // vm-agent status exits 1 when degraded and 2 when not ready yet, with the report
+    // on stdout either way; ssh itself exits 255.
+    if out.status.code() == Some(255) {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "no status report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), FleetError> {
     artifact_store::fsutil::write_atomic(path, data, mode).map_err(|e| FleetError::File {
         path: path.to_owned(),
