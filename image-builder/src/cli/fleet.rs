@@ -215,6 +215,10 @@ pub struct ReapArgs {
     /// A worker powered off this long is deleted (it still bills).
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub off_grace: Duration,
+    /// A worker whose agent is unreachable over pinned SSH this long is deleted (fleets
+    /// with local state only).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub unreachable_grace: Duration,
     /// JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -625,6 +625,7 @@ fn reap(states: &StateDir, a: &ReapArgs) -> Result<(), FleetError> {
         &client,
         states,
         a.off_grace,
+        a.unreachable_grace,
         a.yes,
         poll(&a.api),
     ))?;

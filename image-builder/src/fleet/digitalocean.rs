@@ -689,20 +689,27 @@ fn busy(states: &StateDir, fleet: &FleetName, worker: &str) -> Option<String> {
     })
 }
 
-/// `fleet reap`: delete workers past their deadline tag, and workers `off` for longer
-/// than `off_grace` (a powered-off droplet still bills); never a worker whose agent
+/// `fleet reap`: delete workers past their deadline tag, workers `off` for longer than
+/// `off_grace` (a powered-off droplet still bills), and workers whose agent has been
+/// unreachable over pinned SSH for `unreachable_grace` (only fleets with local state can
+/// be asked); never a worker whose agent
 /// reports a running job. `seen_off` remembers since when each droplet was seen off
 /// (DigitalOcean records no action when a droplet powers itself off).
 pub async fn reap(
     client: &Client,
     states: &StateDir,
     off_grace: Duration,
+    unreachable_grace: Duration,
     delete: bool,
     poll: Poll,
 ) -> Result<Deleted, FleetError> {
     let now = now_unix();
     let seen_path = states.reap_seen_file();
     let seen = states.load_reap_seen(&seen_path);
+    let unreachable_path = states.reap_unreachable_file();
+    let unreachable = states.load_reap_seen(&unreachable_path);
+    let mut still_unreachable = BTreeMap::new();
+    let grace = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     let droplets = client
         .list_droplets_by_tag(TAG)
         .await
@@ -718,12 +725,25 @@ pub async fn reap(
         } else if d.status == DropletStatus::Off {
             let since = *seen.get(&d.id).unwrap_or(&now);
             still_seen.insert(d.id, since);
-            (now - since >= i64::try_from(off_grace.as_secs()).unwrap_or(i64::MAX)).then(|| {
+            (now - since >= grace(off_grace)).then(|| {
                 format!(
                     "off since {}s (a powered-off droplet still bills)",
                     now - since
                 )
             })
+        } else if d.status == DropletStatus::Active
+            && let Some(pinned) = states
+                .load(&fleet)
+                .ok()
+                .flatten()
+                .and_then(|state| Pinned::paths(states, &state).ok())
+                .filter(|p| p.config.is_file())
+            && let Err(e) = agent_status(&pinned, &d.name)
+        {
+            let since = *unreachable.get(&d.id).unwrap_or(&now);
+            still_unreachable.insert(d.id, since);
+            (now - since >= grace(unreachable_grace))
+                .then(|| format!("its agent unreachable for {}s ({e})", now - since))
         } else {
             None
         };
@@ -746,8 +766,10 @@ pub async fn reap(
                 d.name, d.id
             )))?;
         still_seen.remove(&d.id);
+        still_unreachable.remove(&d.id);
         report.deleted.push(format!("{} ({why})", d.name));
     }
-    states.save_reap_seen(&still_seen)?;
+    states.save_reap_seen(&seen_path, &still_seen)?;
+    states.save_reap_seen(&unreachable_path, &still_unreachable)?;
     Ok(report)
 }

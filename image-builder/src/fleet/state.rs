@@ -203,6 +203,11 @@ impl StateDir {
         self.root.join("reap-seen-off.json")
     }
 
+    /// `reap`'s record of since when each droplet's agent (by id) was seen unreachable.
+    pub fn reap_unreachable_file(&self) -> PathBuf {
+        self.root.join("reap-seen-unreachable.json")
+    }
+
     /// `reap`'s record (a missing or unreadable file is an empty record: reap then waits
     /// one grace period more, never less).
     pub fn load_reap_seen(&self, path: &Path) -> std::collections::BTreeMap<u64, i64> {
@@ -212,13 +217,14 @@ impl StateDir {
             .unwrap_or_default()
     }
 
-    /// Write `reap`'s record atomically (0600).
+    /// Write one of `reap`'s records atomically (0600).
     pub fn save_reap_seen(
         &self,
+        path: &Path,
         seen: &std::collections::BTreeMap<u64, i64>,
     ) -> Result<(), StateError> {
         create_private_dir(&self.root)?;
-        let path = self.reap_seen_file();
+        let path = path.to_owned();
         let text = serde_json::to_vec(seen).map_err(|e| StateError::Invalid {
             path: path.clone(),
             message: e.to_string(),

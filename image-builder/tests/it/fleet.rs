@@ -379,12 +379,12 @@ async fn reap_deletes_workers_past_their_deadline_and_off_too_long() {
 
     let states = env.states();
     // A dry run deletes nothing; a grace not yet passed keeps the off worker.
-    let dry = digitalocean::reap(&client, &states, Duration::ZERO, false, poll())
+    let dry = digitalocean::reap(&client, &states, Duration::ZERO, HOUR, false, poll())
         .await
         .unwrap();
     assert!(dry.deleted.is_empty());
     assert_eq!(env.workers().len(), 3);
-    let first = digitalocean::reap(&client, &states, Duration::from_secs(3600), true, poll())
+    let first = digitalocean::reap(&client, &states, HOUR, HOUR, true, poll())
         .await
         .unwrap();
     assert_eq!(first.deleted.len(), 1, "{first:?}");
@@ -394,7 +394,7 @@ async fn reap_deletes_workers_past_their_deadline_and_off_too_long() {
         env.sim.droplet_ids().contains(&off),
         "off, but not for the grace period yet"
     );
-    let second = digitalocean::reap(&client, &states, Duration::ZERO, true, poll())
+    let second = digitalocean::reap(&client, &states, Duration::ZERO, HOUR, true, poll())
         .await
         .unwrap();
     assert_eq!(second.deleted.len(), 1, "{second:?}");
@@ -402,9 +402,22 @@ async fn reap_deletes_workers_past_their_deadline_and_off_too_long() {
     assert_eq!(
         env.workers(),
         vec![ids[2]],
-        "the running worker is never reaped"
+        "a running worker is not reaped while its agent has not been unreachable for the grace"
     );
+    // Its agent cannot be reached (nothing answers SSH at the simulator's address): once
+    // that has lasted the grace, it goes too.
+    let third = digitalocean::reap(&client, &states, HOUR, Duration::ZERO, true, poll())
+        .await
+        .unwrap();
+    assert_eq!(third.deleted.len(), 1, "{third:?}");
+    assert!(
+        third.deleted[0].starts_with("ci-3 (its agent unreachable"),
+        "{third:?}"
+    );
+    assert!(env.workers().is_empty());
 }
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guardrails_refuse_before_anything_is_created() {
