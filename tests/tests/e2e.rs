@@ -384,6 +384,9 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
     // A local fleet of two from the same golden image: both ready over pinned SSH (their
     // agents pulled the spec's artifact), a job on each, then down.
     let fleet_state = dir.path().join("fleet-state");
+    // Local workers live in one registry per machine: the fleet's name is this run's own.
+    let fleet_name = format!("e2ef{}", std::process::id());
+    let (w1, w2) = (format!("{fleet_name}-1"), format!("{fleet_name}-2"));
     let fleet = |args: &[&str]| {
         run(Command::new(&ib)
             .arg("fleet")
@@ -403,7 +406,7 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         "-n",
         "2",
         "--name",
-        "e2ef",
+        &fleet_name,
         "--image",
         golden.to_str().unwrap(),
         "--ready-timeout",
@@ -413,7 +416,7 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         fleet(&[
             "run",
             "--fleet",
-            "e2ef",
+            &fleet_name,
             "--all",
             "--",
             "sh",
@@ -422,7 +425,7 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         ])
     });
     // Down whatever happened above, then judge.
-    let stopped = fleet(&["down", "e2ef", "--backend", "qemu", "--yes"]);
+    let stopped = fleet(&["down", &fleet_name, "--backend", "qemu", "--yes"]);
     assert!(
         up.status.success(),
         "fleet up --backend qemu -n 2:\n{}",
@@ -430,15 +433,15 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
     );
     let up_err = String::from_utf8_lossy(&up.stderr);
     assert!(
-        up_err.contains("e2ef-1: ready") && up_err.contains("e2ef-2: ready"),
+        up_err.contains(&format!("{w1}: ready")) && up_err.contains(&format!("{w2}: ready")),
         "{up_err}"
     );
     let jobs = jobs.expect("ran after a successful up");
     let out = String::from_utf8_lossy(&jobs.stdout);
     assert!(
         jobs.status.success()
-            && out.contains("e2ef-1: prebuilt-data-0123")
-            && out.contains("e2ef-2: prebuilt-data-0123"),
+            && out.contains(&format!("{w1}: prebuilt-data-0123"))
+            && out.contains(&format!("{w2}: prebuilt-data-0123")),
         "fleet run --all:\n{out}{}",
         String::from_utf8_lossy(&jobs.stderr)
     );
