@@ -58,7 +58,8 @@ pub struct BakeArgs {
     /// Output directory (image files and manifest.json).
     #[arg(long, default_value = "image-builder-out")]
     pub out: PathBuf,
-    /// The static vm-agent binary to install (default: next to this executable).
+    /// The static vm-agent binary to install (default: built with vm-agent/build-static.sh
+    /// in a checkout, or the static one next to this executable).
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
     /// The build sha the baked agent pulls at boot (overrides the spec's `agent.artifact.sha`).
@@ -70,6 +71,9 @@ pub struct BakeArgs {
     /// Local backend: skip booting the golden image once to check it.
     #[arg(long)]
     pub no_boot_check: bool,
+    /// Local backend: the firmware(s) the boot check boots the golden disk with, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bios")]
+    pub boot_check_firmware: Vec<crate::backend::qemu::vm::Firmware>,
     /// Keep the work directory (for debugging a failed bake).
     #[arg(long)]
     pub keep_work: bool,
@@ -84,8 +88,15 @@ pub struct BakeArgs {
 /// `image-builder run-local`.
 #[derive(Debug, Args)]
 pub struct RunLocalArgs {
-    /// The golden image (qcow2) made by `bake --backend qemu`.
+    /// The golden image (qcow2) made by `bake --backend qemu`: a whole disk that boots by itself.
     pub image: PathBuf,
+    /// Boot with legacy BIOS (SeaBIOS, QEMU's default) or UEFI (OVMF).
+    #[arg(long, value_enum, default_value_t)]
+    pub firmware: crate::backend::qemu::vm::Firmware,
+    /// The worker's disk size, e.g. `20G` (default: the image's); the root filesystem
+    /// grows into it on first boot.
+    #[arg(long, value_parser = parse_disk_size)]
+    pub disk_size: Option<u64>,
     /// The image's spec: build user, VM size and agent timers (defaults otherwise).
     #[arg(long)]
     pub spec: Option<PathBuf>,
@@ -144,7 +155,7 @@ pub struct BaseBuildArgs {
     /// Debian suite.
     #[arg(long, default_value = "bookworm")]
     pub suite: String,
-    /// Also copy the disk, kernel and initrd here.
+    /// Also copy the disk (base.raw) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print the base description as JSON on stdout.
@@ -399,6 +410,14 @@ fn print_human(r: &ValidateReport) {
     println!("{}: {}", r.spec, if r.valid { "valid" } else { "INVALID" });
 }
 
+/// `--disk-size`: a size as the spec's `qemu.disk_size` is written (`20G`), by the
+/// spec's own rule.
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    serde_json::from_value::<spec::ByteSize>(serde_json::Value::String(s.to_owned()))
+        .map(|size| size.0)
+        .map_err(|e| e.to_string())
+}
+
 /// `--sha`: the artifact contract's rule for a build sha.
 fn parse_build_sha(s: &str) -> Result<String, String> {
     if agent_config::is_build_sha(s) {
@@ -430,6 +449,7 @@ pub fn bake_cmd(args: &BakeArgs) -> Result<(), CliError> {
         qemu: crate::backend::qemu::QemuBakeOptions {
             way: args.way,
             no_boot_check: args.no_boot_check,
+            boot_check_firmware: args.boot_check_firmware.clone(),
             keep_work: args.keep_work,
         },
         digitalocean: args.digitalocean.options()?,
@@ -455,6 +475,13 @@ pub fn bake_cmd(args: &BakeArgs) -> Result<(), CliError> {
                 .collect();
             println!("  timings:  {}", t.join(" "));
             println!("  manifest: {}", args.out.join("manifest.json").display());
+            if args.backend == crate::bake::BackendKind::Qemu {
+                println!(
+                    "  next:     image-builder run-local {} --spec {} --ssh-key ~/.ssh/id_ed25519.pub",
+                    b.artifact_id,
+                    args.spec.display()
+                );
+            }
         }
     }
     Ok(())
@@ -473,10 +500,9 @@ pub fn base_build_cmd(args: &BaseBuildArgs) -> Result<(), CliError> {
             path: out.clone(),
             source,
         })?;
-        for f in [&b.disk, &b.kernel, &b.initrd] {
-            let dest = out.join(f.file_name().unwrap_or_default());
-            std::fs::copy(f, &dest).map_err(|e| CliError::Bake(QemuError::io(&dest, e).into()))?;
-        }
+        let dest = out.join(b.disk.file_name().unwrap_or_default());
+        std::fs::copy(&b.disk, &dest)
+            .map_err(|e| CliError::Bake(QemuError::io(&dest, e).into()))?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&b).unwrap_or_default());
@@ -562,6 +588,8 @@ pub fn run_local_cmd(args: &RunLocalArgs) -> Result<(), CliError> {
     let q = loaded.as_ref().map(|l| &l.spec.qemu);
     let opts = local::RunLocal {
         image: args.image.clone(),
+        firmware: args.firmware,
+        disk_size: args.disk_size,
         name: args.name.clone(),
         user_data,
         memory_mib: q.map(|q| q.memory.0 >> 20).unwrap_or(2048),

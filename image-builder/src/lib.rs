@@ -7,6 +7,7 @@
 //! secrets), `do-api` (the DigitalOcean API client) and `artifact-store` (sha-keyed
 //! builds in an S3-compatible store).
 
+pub mod agent_binary;
 pub mod artifact;
 pub mod backend;
 pub mod bake;

@@ -20,5 +20,6 @@ mod do_bake;
 mod do_bake_faults;
 mod do_bake_kill;
 mod do_bake_prism;
+mod golden_disk;
 mod local_bake;
 mod spec_render;
