@@ -6,11 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: real cloud-init (schema checks), PyYAML, visudo, packer, sshd,
-# QEMU/nspawn/mmdebstrap for local images, rclone/hyperfine for benchmarks, node for Prism.
+# QEMU/nspawn/mmdebstrap for local images, the disk assembly of golden images (sgdisk,
+# mtools, GRUB's BIOS and EFI images, OVMF for UEFI boots, sfdisk for the offline
+# checks), rclone/hyperfine for benchmarks, node for Prism.
 PACKAGES=(
   cloud-init python3-yaml sudo
   packer openssh-server openssh-client
   qemu-system-x86 qemu-utils systemd-container mmdebstrap e2fsprogs genisoimage
+  gdisk fdisk mtools grub-common grub-pc-bin grub-efi-amd64-bin ovmf
   rclone hyperfine curl ca-certificates
 )
 
