@@ -476,8 +476,15 @@ pub fn bake_cmd(args: &BakeArgs) -> Result<(), CliError> {
             println!("  timings:  {}", t.join(" "));
             println!("  manifest: {}", args.out.join("manifest.json").display());
             if args.backend == crate::bake::BackendKind::Qemu {
+                // The golden disk boots by itself (BIOS or UEFI); this boots a worker from it.
+                let me = std::env::args()
+                    .next()
+                    .unwrap_or_else(|| "image-builder".into());
                 println!(
-                    "  next:     image-builder run-local {} --spec {} --ssh-key ~/.ssh/id_ed25519.pub",
+                    "  next:     boot a worker from it (in the background; stop-local stops it):"
+                );
+                println!(
+                    "            {me} run-local {} --spec {} --ssh-key ~/.ssh/id_ed25519.pub",
                     b.artifact_id,
                     args.spec.display()
                 );

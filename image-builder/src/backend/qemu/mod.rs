@@ -509,6 +509,8 @@ pub async fn bake(
     });
     let rendered = render::render(loaded, &ropts).map_err(|e| QemuError::Other(e.to_string()))?;
 
+    // Reported (manifest, `next:` command) as an absolute path.
+    let out_dir = &std::path::absolute(out_dir).map_err(|e| io_err(out_dir, e))?;
     let qcow = out_dir.join(format!("{name}.qcow2"));
     let tmp_qcow = out_dir.join(format!(".{name}.qcow2.tmp"));
     let vm_spec = |disk: PathBuf, firmware: vm::Firmware| vm::VmSpec {
