@@ -20,6 +20,7 @@ mod do_bake;
 mod do_bake_faults;
 mod do_bake_kill;
 mod do_bake_prism;
+mod do_import;
 mod golden_disk;
 mod local_bake;
 mod spec_render;

@@ -172,6 +172,8 @@ pub struct World {
     pub deleted_droplets: BTreeSet<u64>,
     pub actions: BTreeMap<u64, Action>,
     pub images: BTreeMap<u64, Image>,
+    /// Custom image imports (`POST /v2/images`), by image id.
+    pub imports: BTreeMap<u64, crate::custom_images::Import>,
     pub projects: Vec<Project>,
     pub tags: BTreeMap<String, ()>,
     pub ssh_keys: BTreeMap<u64, SshKey>,
@@ -243,6 +245,7 @@ impl World {
             deleted_droplets: BTreeSet::new(),
             actions: BTreeMap::new(),
             images,
+            imports: BTreeMap::new(),
             projects: vec![
                 Project {
                     id: DEFAULT_PROJECT_ID.to_owned(),
@@ -541,6 +544,7 @@ impl World {
     // ----- JSON views -----
 
     pub fn image_json(&self, img: &Image) -> Value {
+        let import = self.imports.get(&img.id);
         json!({
             "id": img.id,
             "name": img.name,
@@ -554,8 +558,8 @@ impl World {
             "size_gigabytes": img.size_gigabytes,
             "description": img.description,
             "tags": img.tags,
-            "status": "available",
-            "error_message": "",
+            "status": import.map_or("available", |i| i.status),
+            "error_message": import.map_or("", |i| i.error_message.as_str()),
         })
     }
 

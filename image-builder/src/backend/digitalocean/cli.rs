@@ -1,5 +1,5 @@
 //! Command-line parts of the DigitalOcean backend: the DigitalOcean flags of
-//! `bake` (flattened into `BakeArgs`), `reap`, and `images ls|prune`.
+//! `bake` (flattened into `BakeArgs`), `reap`, and `images ls|prune|import`.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -164,6 +164,8 @@ pub enum ImagesCommand {
     Ls(ImagesLsArgs),
     /// Delete all but the newest N images with a name prefix.
     Prune(ImagesPruneArgs),
+    /// Import a local golden disk as a custom image (uploaded through a Space).
+    Import(Box<super::import::ImportArgs>),
 }
 
 /// `image-builder images ls`.
@@ -292,6 +294,27 @@ pub fn reap_cmd(args: &ReapArgs) -> Result<(), CliError> {
 /// `images ls` / `images prune`.
 pub fn images_cmd(cmd: &ImagesCommand) -> Result<(), CliError> {
     match cmd {
+        ImagesCommand::Import(a) => {
+            let client = client(&a.conn)?;
+            let report = runtime()?
+                .block_on(super::import::import(a, &client))
+                .map_err(err)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "imported {} as custom image {} ({}, {})",
+                    report.name,
+                    report.image_id,
+                    report.status,
+                    report.regions.join(",")
+                );
+            }
+            Ok(())
+        }
         ImagesCommand::Ls(a) => {
             let client = client(&a.conn)?;
             let rows = runtime()?

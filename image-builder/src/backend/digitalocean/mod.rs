@@ -27,6 +27,7 @@
 
 pub mod cli;
 pub mod images;
+pub mod import;
 pub mod preflight;
 pub mod reap;
 pub mod space;

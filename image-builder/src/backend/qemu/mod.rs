@@ -448,8 +448,9 @@ pub async fn bake(
     };
     // The base: built/cached, or the user's image. Either is a disk with its own bootloader.
     if way == Way::Container {
-        // The disk assembly's tools, before minutes of provisioning.
+        // The disk assembly's tools and the disk size, before minutes of provisioning.
         disk::preflight()?;
+        disk::DiskLayout::new(spec.qemu.disk_size.0, String::new())?;
     }
     let (base_rootfs, base_disk, base_cached) = if is_suite {
         let base = base::build(&base::BaseSpec {
