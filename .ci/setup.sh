@@ -5,16 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: real cloud-init (schema checks), PyYAML, visudo, packer, sshd,
-# QEMU/nspawn/mmdebstrap for local images, the disk assembly of golden images (sgdisk,
-# mtools, GRUB's BIOS and EFI images, OVMF for UEFI boots, sfdisk for the offline
-# checks), rclone/hyperfine for benchmarks, node for Prism.
+# Debian packages: every tool the build and the test suite run, by name (a test,
+# tests/tests/ci_setup.rs, holds this list against the tools the code runs). Benchmark-only
+# tools (hyperfine, rclone) are in bench/setup.sh.
+#   cloud-init, python3-yaml: schema checks and PyYAML read-backs of every rendering
+#   sudo: visudo;  packer: the Packer plugin's tests;  openssh-*: ssh, scp, sshd, ssh-keygen
+#   qemu-*, systemd-container, mmdebstrap, e2fsprogs, genisoimage: local images and workers
+#   systemd: systemd-analyze (unit checks);  git: artifact tests and `git rev-parse`
+#   binutils: readelf/strings (vm-agent/build-static.sh);  curl, ca-certificates: setup scripts
+#   util-linux: unshare, umount, nsenter, setpriv;  procps: kill;  python3
+#   iproute2: ip (do-sim's machine mode: droplets in network namespaces)
+#   gdisk, fdisk, mtools, grub-common, grub-*-bin: golden disks (sgdisk, sfdisk, mformat/
+#     mmd/mcopy, grub-mkimage, GRUB's BIOS and EFI images);  ovmf: UEFI boots
 PACKAGES=(
-  cloud-init python3-yaml sudo
+  cloud-init python3-yaml python3 sudo
   packer openssh-server openssh-client
   qemu-system-x86 qemu-utils systemd-container mmdebstrap e2fsprogs genisoimage
+  systemd git binutils util-linux procps iproute2 curl ca-certificates
   gdisk fdisk mtools grub-common grub-pc-bin grub-efi-amd64-bin ovmf
-  rclone hyperfine curl ca-certificates
 )
 
 # node/npm may come from elsewhere (e.g. NodeSource, whose nodejs conflicts with

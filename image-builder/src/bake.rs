@@ -69,6 +69,9 @@ pub fn agent_config(
     config.timers.no_job_timeout = agent.no_job_timeout;
     config.destroy.provider = provider;
     config.destroy.ephemeral_tag = agent.ephemeral_tag.to_string();
+    // Why a worker ended, on its console (the serial console), after it is gone. Not
+    // /dev/kmsg: the unit's ProtectKernelLogs=yes keeps the agent away from it.
+    config.destroy.record_file = Some("/dev/console".into());
     config.artifacts = agent.artifact.as_ref().map(|a| {
         let mut artifacts = ArtifactsConfig::new(a.bucket.clone(), a.endpoint_url());
         artifacts.region = a.region.clone();
@@ -179,6 +182,9 @@ pub struct ManifestBuild {
     pub packer_run_uuid: String,
     /// String map, as Packer has it.
     pub custom_data: BTreeMap<String, String>,
+    /// How long each phase took (also in `image_builder` and, as strings, in `custom_data`).
+    #[serde(skip)]
+    pub timings: crate::backend::Timings,
     /// Per-step timings, the seal report and backend details.
     pub image_builder: serde_json::Value,
 }
@@ -261,8 +267,9 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
     if let Some(a) = &agent {
         custom.insert("agent_sha256".into(), a.sha256.clone());
     }
-    for (k, v) in &result.timings {
-        custom.insert(format!("time_{k}_s"), format!("{v:.1}"));
+    // For Packer users; our own code reads the typed `ManifestBuild::timings`.
+    for (step, seconds) in result.timings.iter() {
+        custom.insert(format!("time_{step}_s"), format!("{seconds:.1}"));
     }
     let manifest = Manifest {
         builds: vec![ManifestBuild {
@@ -280,8 +287,9 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
             artifact_id: result.artifact_id.clone(),
             packer_run_uuid: run_uuid.clone(),
             custom_data: custom,
+            timings: result.timings.clone(),
             image_builder: serde_json::json!({
-                "timings": result.timings.iter().map(|(k, v)| serde_json::json!({"step": k, "seconds": v})).collect::<Vec<_>>(),
+                "timings": result.timings.iter().map(|(step, seconds)| serde_json::json!({"step": step, "seconds": seconds})).collect::<Vec<_>>(),
                 "seal_report": result.report,
                 "details": result.details,
             }),
@@ -289,8 +297,9 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
         last_run_uuid: run_uuid,
     };
     let path = req.out_dir.join("manifest.json");
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| BakeError::Agent(e.to_string()))?;
-    artifact_store::fsutil::write_atomic(&path, &text, 0o644)
+    serde_json::to_vec_pretty(&manifest)
+        .map_err(std::io::Error::from)
+        .and_then(|text| artifact_store::fsutil::write_atomic(&path, &text, 0o644))
         .map_err(|source| BakeError::Manifest { path, source })?;
     Ok(manifest)
 }

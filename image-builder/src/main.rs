@@ -1,7 +1,12 @@
+//! `image-builder`: parse, run the command, and on failure print its error once and
+//! exit with its code (README.md, "Exit codes").
+
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use image_builder::cli::{self, Cli, Command};
+use image_builder::cli::Cli;
+use image_builder::commands;
+use image_builder::error::Error;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -13,25 +18,20 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Render(a) => cli::render_cmd(a),
-        Command::Validate(a) => cli::validate_cmd(a),
-        Command::Bake(a) => cli::bake_cmd(a),
-        Command::Base(cli::BaseCommand::Build(a)) => cli::base_build_cmd(a),
-        Command::RunLocal(a) => cli::run_local_cmd(a),
-        Command::LsLocal(a) => cli::ls_local_cmd(a),
-        Command::StopLocal(a) => cli::stop_local_cmd(a),
-        Command::Artifact(a) => image_builder::artifact::run(a),
-        Command::Reap(a) => image_builder::backend::digitalocean::cli::reap_cmd(a),
-        Command::Images(c) => image_builder::backend::digitalocean::cli::images_cmd(c),
+    let result = match Cli::try_parse() {
+        Ok(cli) => commands::run(&cli),
+        // --help and --version: answers on stdout, not errors.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => Err(Error::Cli(e)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(cli::CliError::Invalid(_)) => ExitCode::from(1),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
+            eprintln!("{}", e.report());
+            e.exit_code().into()
         }
     }
 }

@@ -14,13 +14,20 @@
 //! `journalctl` come first on PATH so the machine's own are never touched.
 //! This needs root (mount namespaces); without it the SSH tests fail and say so.
 
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_packer-plugin-vmagent");
+
+/// How long a test waits for something that normally takes seconds before it
+/// gives up: a guard against hangs, not an assertion about speed.
+const HANG_GUARD: Duration = Duration::from_secs(120);
 
 /// Fail loudly (never skip) when a tool is missing.
 fn require(tool: &str, package: &str) -> PathBuf {
@@ -301,14 +308,26 @@ exec sh -c "$SSH_ORIGINAL_COMMAND"
 ' sandbox "$S"
 "#;
 
+/// `cloud-init status --wait` lasts `cloud-init-delay` seconds (none if the
+/// file is missing) or until the test creates `cloud-init-release`, whichever
+/// comes first. It records in `calls.log` how it ended: "finished" if it ran to
+/// the end, "killed" on SIGTERM (how the plugin's step wrapper stops a step).
 const FAKE_CLOUD_INIT: &str = r#"#!/bin/sh
 S="$(cd "$(dirname "$0")/.." && pwd)"
 echo "cloud-init $*" >> "$S/calls.log"
 case "$1" in
   status)
     if [ "${2:-}" = "--wait" ]; then
+      # Once the SSH session is gone, dash's "Terminated" notice for the killed
+      # `sleep` would raise SIGPIPE and end the script before its TERM trap.
+      trap '' PIPE
+      trap 'echo "cloud-init wait killed" >> "$S/calls.log"; exit 143' TERM
       echo $$ > "$S/cloud-init-wait.pid"
-      sleep "$(cat "$S/cloud-init-delay" 2>/dev/null || echo 0)"
+      left="$(cat "$S/cloud-init-delay" 2>/dev/null || echo 0)"
+      while [ "$left" -gt 0 ] && [ ! -e "$S/cloud-init-release" ]; do
+        sleep 1
+        left=$((left - 1))
+      done
       echo "cloud-init wait finished" >> "$S/calls.log"
     fi
     echo "status: done" ;;
@@ -540,13 +559,199 @@ fn ssh_failing_step_fails_the_build_naming_the_step() {
     assert!(!r.stdout.contains("null: never"), "{}", r.stdout);
 }
 
-/// The one slow test: cloud-init "finishes" after 45 s, past Packer's 30 s yamux
-/// keepalive ping; the plugin must answer the ping while the step runs.
+// ------------------------------------------------- keepalive recorder ---
+
+/// Packer starts this script in place of the plugin when a test records the
+/// yamux traffic. The real plugin's stdout, which carries the handshake line,
+/// goes to a file. A helper waits for that line and gives Packer the same line
+/// with the recorder's socket as the address. `exec` keeps the plugin on this
+/// pid, so Packer's final SIGKILL still reaches the plugin. Packer 1.6.6 starts
+/// a JSON template's provisioner once per build, so one handshake file is
+/// enough.
+const RECORDING_WRAPPER: &str = r#"#!/bin/sh
+out=@HANDSHAKE@
+: > "$out"
+exec 3>&1
+(
+  until [ "$(wc -l < "$out")" -ge 1 ]; do sleep 0.05; done
+  line="$(head -n 1 "$out")"
+  printf '%s|unix|%s\n' "${line%%|unix|*}" @SOCKET@ >&3
+) &
+exec @PLUGIN@ > "$out" 3>&-
+"#;
+
+/// Which end of the plugin connection sent a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Packer,
+    Plugin,
+}
+
+/// A yamux Ping frame seen on the plugin connection.
+#[derive(Debug, Clone)]
+struct Ping {
+    from: End,
+    /// ACK (an answer) rather than SYN (a ping).
+    ack: bool,
+    /// The ping id, which the answer must echo.
+    opaque: u32,
+    /// The fake `cloud-init status --wait` step had started and was not released yet.
+    during_step: bool,
+}
+
+/// A man in the middle on the plugin's socket. It forwards every frame both
+/// ways unchanged and records the yamux Ping frames in the order they pass.
+/// Once Packer's keepalive ping has been answered by the plugin while the fake
+/// cloud-init wait runs, it releases that wait (`cloud-init-release`). So the
+/// step lasts exactly until a keepalive exchange has happened during it.
+///
+/// yamux header: `version(u8) type(u8) flags(u16 BE) stream(u32 BE)
+/// length(u32 BE)`. Type 0 (Data) is followed by `length` bytes. Type 2 is
+/// Ping, with SYN = 1 (a ping) or ACK = 2 (its answer) in the flags and the
+/// ping id in `length`, which the answer echoes (hashicorp/yamux `spec.md`
+/// lines 40-77, `const.go` lines 86-121).
+struct KeepaliveRecorder {
+    recording: Arc<Recording>,
+}
+
+struct Recording {
+    pings: Mutex<Vec<Ping>>,
+    /// Written by the fake cloud-init when its wait starts.
+    step_started: PathBuf,
+    /// Created by the recorder to end the fake wait.
+    release: PathBuf,
+}
+
+impl KeepaliveRecorder {
+    /// Put the recording wrapper in place of the plugin in `b`'s plugin
+    /// directory and wait, in the background, for Packer to connect.
+    fn install(b: &Build, sshd: &Sshd) -> KeepaliveRecorder {
+        let socket = b.path().join("recorder.sock");
+        let handshake = b.path().join("plugin-handshake");
+        let wrapper = RECORDING_WRAPPER
+            .replace("@HANDSHAKE@", &sh_single_quote(&handshake))
+            .replace("@SOCKET@", &sh_single_quote(&socket))
+            .replace("@PLUGIN@", &sh_single_quote(Path::new(PLUGIN)));
+        let installed = b.path().join("packer-provisioner-vmagent");
+        std::fs::remove_file(&installed).expect("remove the plugin symlink");
+        write_exec(&installed, &wrapper);
+
+        let listener = UnixListener::bind(&socket).expect("bind the recorder socket");
+        let recording = Arc::new(Recording {
+            pings: Mutex::new(Vec::new()),
+            step_started: sshd.path().join("cloud-init-wait.pid"),
+            release: sshd.path().join("cloud-init-release"),
+        });
+        let for_relays = Arc::clone(&recording);
+        std::thread::spawn(move || {
+            let Ok((packer, _)) = listener.accept() else {
+                return;
+            };
+            let line = std::fs::read_to_string(&handshake).expect("the plugin's handshake line");
+            let addr = line.trim_end().rsplit('|').next().expect("an address");
+            let plugin = UnixStream::connect(addr).expect("connect to the plugin");
+            let packer_reader = packer.try_clone().expect("clone the Packer side");
+            let plugin_writer = plugin.try_clone().expect("clone the plugin side");
+            let to_plugin = Arc::clone(&for_relays);
+            std::thread::spawn(move || {
+                to_plugin.relay(packer_reader, plugin_writer, End::Packer);
+            });
+            for_relays.relay(plugin, packer, End::Plugin);
+        });
+        KeepaliveRecorder { recording }
+    }
+
+    fn pings(&self) -> Vec<Ping> {
+        lock(&self.recording.pings).clone()
+    }
+}
+
+impl Recording {
+    /// Forward frames from `src` to `dst` until either side closes.
+    fn relay(&self, mut src: UnixStream, mut dst: UnixStream, from: End) {
+        let mut header = [0u8; 12];
+        while src.read_exact(&mut header).is_ok() {
+            let length = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+            // Recorded before it is forwarded, so a ping is always in the list
+            // before its answer.
+            let answered = header[1] == 2 && self.record(from, header, length);
+            let mut payload = Vec::new();
+            if header[1] == 0 {
+                payload.resize(length as usize, 0);
+                if src.read_exact(&mut payload).is_err() {
+                    break;
+                }
+            }
+            if dst.write_all(&header).is_err() || dst.write_all(&payload).is_err() {
+                break;
+            }
+            if answered {
+                // Packer has the answer; now the step may end.
+                std::fs::write(&self.release, "").expect("release the fake cloud-init wait");
+            }
+        }
+        let _ = src.shutdown(Shutdown::Both);
+        let _ = dst.shutdown(Shutdown::Both);
+    }
+
+    /// Record a Ping frame; true if it is the plugin's answer, during the
+    /// step, to a ping Packer sent during the step.
+    fn record(&self, from: End, header: [u8; 12], opaque: u32) -> bool {
+        let flags = u16::from_be_bytes([header[2], header[3]]);
+        let ping = Ping {
+            from,
+            ack: flags & 2 != 0,
+            opaque,
+            during_step: self.step_started.exists() && !self.release.exists(),
+        };
+        let mut pings = lock(&self.pings);
+        let answered = ping.from == End::Plugin
+            && ping.ack
+            && ping.during_step
+            && pings.iter().any(|p| {
+                p.from == End::Packer && !p.ack && p.opaque == ping.opaque && p.during_step
+            });
+        pings.push(ping);
+        answered
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn sh_single_quote(p: &Path) -> String {
+    let s = p.to_str().expect("UTF-8 path");
+    assert!(!s.contains('\''), "path with a quote: {s}");
+    format!("'{s}'")
+}
+
+/// Poll `done` until it holds. `guard` only stops a hung test; it does not
+/// measure anything.
+fn wait_until(what: &str, guard: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + guard;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (gave up after {guard:?})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A step longer than Packer's 30 s yamux keepalive interval. The fake
+/// cloud-init wait is held until the recorder has seen Packer's keepalive ping
+/// and the plugin's answer pass while the step runs. Go's yamux drops the
+/// session when a ping goes unanswered for 10 s (yamux `session.go`
+/// `keepalive`), so the plugin must answer while the step's RPC is busy.
 #[test]
 fn ssh_step_longer_than_the_keepalive_interval_succeeds() {
     let sshd = Sshd::start();
-    std::fs::write(sshd.path().join("cloud-init-delay"), "45").expect("delay");
+    // If no keepalive exchange releases it, the wait gives up after 110 s
+    // (within cloud_init_timeout), and the ping assertions below say why.
+    std::fs::write(sshd.path().join("cloud-init-delay"), "110").expect("delay");
     let b = Build::new();
+    let recorder = KeepaliveRecorder::install(&b, &sshd);
     b.file(
         "t.json",
         &template(
@@ -561,23 +766,52 @@ fn ssh_step_longer_than_the_keepalive_interval_succeeds() {
             }),
         ),
     );
-    let started = Instant::now();
     let r = b.build("t.json");
-    r.assert_success();
+
+    let pings = recorder.pings();
+    let ping = pings
+        .iter()
+        .position(|p| p.from == End::Packer && !p.ack && p.during_step)
+        .unwrap_or_else(|| {
+            panic!(
+                "Packer sent no keepalive ping while the step ran: {pings:?}\n{}",
+                tail(&r.log, 40)
+            )
+        });
+    let opaque = pings[ping].opaque;
+    let answer = pings
+        .iter()
+        .position(|p| p.from == End::Plugin && p.ack && p.opaque == opaque)
+        .unwrap_or_else(|| {
+            panic!(
+                "the plugin never answered Packer's ping {opaque}: {pings:?}\n{}",
+                tail(&r.log, 40)
+            )
+        });
     assert!(
-        started.elapsed() >= Duration::from_secs(45),
-        "the step did not wait"
+        answer > ping && pings[answer].during_step,
+        "ping {opaque} was not answered while the step ran: {pings:?}"
     );
+    // The step ended because of that exchange, then the build went on and
+    // succeeded over the same session.
+    let calls = sshd.calls();
+    assert!(
+        calls.contains("cloud-init wait finished")
+            && sshd.path().join("cloud-init-release").exists(),
+        "{calls}"
+    );
+    r.assert_success();
     r.assert_contains("image-builder: cloud-init is done");
-    // Go's yamux drops the session when a ping goes unanswered for 10 s after the
-    // 30 s interval, so a build that succeeds after 45 s proves the pings were answered.
 }
 
-/// Interrupting packer (SIGTERM, as Ctrl-C would): Packer calls `Provisioner.Cancel`, which must stop the
-/// remote step (here the cloud-init wait) instead of leaving it running.
+/// Interrupting packer (SIGTERM, as Ctrl-C would): Packer calls
+/// `Provisioner.Cancel`, which must stop the remote step (here the cloud-init
+/// wait) instead of leaving it running.
 #[test]
 fn ssh_interrupt_cancels_the_running_remote_step() {
     let sshd = Sshd::start();
+    // Left alone, the fake wait would run to the end after 120 s and log
+    // "finished"; killed, it logs "killed".
     std::fs::write(sshd.path().join("cloud-init-delay"), "120").expect("delay");
     let b = Build::new();
     b.file(
@@ -595,14 +829,9 @@ fn ssh_interrupt_cancels_the_running_remote_step() {
     // SAFETY-free way to let wait_with_limit print this build's log on timeout.
     unsafe_free_set_log(&b.path().join("packer.log"));
     let pid_file = sshd.path().join("cloud-init-wait.pid");
-    let started = Instant::now();
-    while !pid_file.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the wait step never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("the wait step never started", HANG_GUARD, || {
+        pid_file.exists()
+    });
     let remote_pid: i32 = std::fs::read_to_string(&pid_file)
         .expect("pid")
         .trim()
@@ -616,7 +845,7 @@ fn ssh_interrupt_cancels_the_running_remote_step() {
         .status()
         .expect("kill -TERM packer");
     assert!(st.success());
-    let out = wait_with_limit(&mut child, Duration::from_secs(60));
+    let out = wait_with_limit(&mut child, Duration::from_secs(300));
     let r = b.finish(out);
     assert_ne!(
         r.code,
@@ -624,30 +853,33 @@ fn ssh_interrupt_cancels_the_running_remote_step() {
         "an interrupted build must fail\n{}",
         r.stdout
     );
+    // Packer cancels the running provisioner on one of two paths, whichever its
+    // goroutines reach first: its provisioner client logs the first line just before
+    // it calls `Provisioner.Cancel` (packer v1.6.6 `packer-plugin-sdk/rpc/provisioner.go`
+    // lines 54-60); when the builder's hook is cancelled first, the second (seen under
+    // load: the hook's context ends the provisioning stream). Either way the remote
+    // step must end killed, which is checked next.
     assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "packer waited for the remote step instead of cancelling it"
-    );
-    // The remote process is gone, and it was killed, not finished.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{remote_pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the remote step (pid {remote_pid}) still runs after Cancel\n{}",
-            tail(&r.log, 60)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        !sshd.calls().contains("cloud-init wait finished"),
-        "{}",
-        sshd.calls()
-    );
-    assert!(
-        r.log.contains("Cancelling provisioner") || r.stdout.contains("ancel"),
-        "no sign of a cancel in the log\n{}",
+        r.log
+            .contains("Cancelling provisioner after context cancellation")
+            || r.log
+                .contains("Cancelling provisioning due to context cancellation"),
+        "Packer did not cancel the provisioner\n{}",
         tail(&r.log, 60)
     );
+    // The remote process is gone, and it was killed, not left to finish: the
+    // fake wait logs how it ended.
+    wait_until(
+        &format!(
+            "the remote step (pid {remote_pid}) still runs after Cancel\n{}",
+            tail(&r.log, 60)
+        ),
+        HANG_GUARD,
+        || !Path::new(&format!("/proc/{remote_pid}")).exists(),
+    );
+    let calls = sshd.calls();
+    assert!(calls.contains("cloud-init wait killed"), "{calls}");
+    assert!(!calls.contains("cloud-init wait finished"), "{calls}");
 }
 
 /// The example template in templates/packer/ passes `packer validate` with our

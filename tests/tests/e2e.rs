@@ -13,82 +13,9 @@ use s3_test_server::{BUCKET, S3Server};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use workspace_tests::{image_builder, require, run, static_agent, workspace};
 
 const CANARY: &str = "CANARY-e2e-51c0ffee-BAKE-SECRET";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn target_dir() -> PathBuf {
-    // target/debug/deps/e2e-HASH -> target/debug
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool} || test -x /usr/sbin/{tool}"))
-        .output();
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "`{tool}` is required by the end-to-end test: apt-get install {package} (or run .ci/setup.sh)"
-    );
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn image_builder() -> PathBuf {
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "image-builder",
-            "--bin",
-            "image-builder",
-        ])
-        .current_dir(workspace())
-        .status()
-        .unwrap();
-    assert!(st.success(), "cargo build -p image-builder failed");
-    target_dir().join("image-builder")
-}
-
-/// The static agent, built by the same script as the release one, but without fat LTO
-/// and with parallel codegen: the same code and linking (static, panic=abort), minutes
-/// less on a 2-core CI machine. The shipped profile is measured by `bench/agent.sh`.
-fn static_agent() -> PathBuf {
-    let out = run(Command::new("bash")
-        .arg(workspace().join("vm-agent/build-static.sh"))
-        .env("CARGO_PROFILE_RELEASE_LTO", "off")
-        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
-        .current_dir(workspace()));
-    assert!(
-        out.status.success(),
-        "vm-agent/build-static.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let p = if Path::new(&path).is_absolute() {
-        PathBuf::from(path)
-    } else {
-        workspace().join(path)
-    };
-    assert!(p.is_file(), "{}", p.display());
-    p
-}
 
 /// Stops the local worker whatever happens to the test.
 struct Worker {
@@ -465,9 +392,99 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         idle.elapsed().as_secs_f64()
     );
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    // It was the agent's idle timer, with no job running, that ended the machine (not a
+    // crash, a panic or another timer): the agent's own record, on the serial console.
+    let record = console_text
+        .lines()
+        .find(|l| l.contains("vm-agent: destroying this machine"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the agent left no destroy record on the console: the VM ended for another reason\n{}",
+                console_text
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+    assert!(
+        record.contains("(local): idle timer fired") && record.contains("jobs running 0, queued 0"),
+        "{record}"
+    );
     assert!(
         !console_text.contains("ordering cycle"),
         "systemd reported an ordering cycle:\n{console_text}"
+    );
+
+    // A local fleet of two from the same golden image: both ready over pinned SSH (their
+    // agents pulled the spec's artifact), a job on each, then down.
+    let fleet_state = dir.path().join("fleet-state");
+    let fleet = |args: &[&str]| {
+        run(Command::new(&ib)
+            .arg("fleet")
+            .args(args)
+            .env("IMAGE_BUILDER_STATE_DIR", &fleet_state)
+            .env("IMAGE_BUILDER_CONFIG", dir.path().join("no-config.toml"))
+            .env("WORKER_SPACES_ACCESS_KEY_ID", S3_KEY)
+            .env("WORKER_SPACES_SECRET_ACCESS_KEY", S3_SECRET)
+            .env_remove("CI")
+            .stdin(std::process::Stdio::null()))
+    };
+    let up = fleet(&[
+        "up",
+        spec.to_str().unwrap(),
+        "--backend",
+        "qemu",
+        "-n",
+        "2",
+        "--name",
+        "e2ef",
+        "--image",
+        golden.to_str().unwrap(),
+        "--ready-timeout",
+        "10m",
+    ]);
+    let jobs = up.status.success().then(|| {
+        fleet(&[
+            "run",
+            "--fleet",
+            "e2ef",
+            "--all",
+            "--",
+            "sh",
+            "-c",
+            &format!("cat /var/lib/vm-agent/artifacts/{sha}/data.txt"),
+        ])
+    });
+    // Down whatever happened above, then judge.
+    let stopped = fleet(&["down", "e2ef", "--backend", "qemu", "--yes"]);
+    assert!(
+        up.status.success(),
+        "fleet up --backend qemu -n 2:\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let up_err = String::from_utf8_lossy(&up.stderr);
+    assert!(
+        up_err.contains("e2ef-1: ready") && up_err.contains("e2ef-2: ready"),
+        "{up_err}"
+    );
+    let jobs = jobs.expect("ran after a successful up");
+    let out = String::from_utf8_lossy(&jobs.stdout);
+    assert!(
+        jobs.status.success()
+            && out.contains("e2ef-1: prebuilt-data-0123")
+            && out.contains("e2ef-2: prebuilt-data-0123"),
+        "fleet run --all:\n{out}{}",
+        String::from_utf8_lossy(&jobs.stderr)
+    );
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
     );
 
     // The golden disk, offline: a GPT disk whose root filesystem is labelled `rootfs`.

@@ -3,11 +3,18 @@
 //!
 //! Exit codes: `status` 0 ready, 1 degraded, 2 not ready yet; `pull` 0 installed, 1 failed,
 //! 2 unavailable; 3 the daemon is not reachable (every command, with a one-line hint); 64 usage
-//! error; 78 bad config (`daemon`, `check-config`). `run` exits with the job's code (128+N if killed by signal N, 124 on
-//! timeout, 125 when the agent itself failed or refused the job).
+//! error; 78 bad config (`daemon`, `check-config`); 1 any other daemon startup failure. `run`
+//! exits with the job's code (128+N if killed by signal N, 124 on timeout, 125 when the agent
+//! itself failed or refused the job; 125 also for other agent errors, e.g. no such job).
+//!
+//! Failures are one [`Error`] (with `exit_code()`), printed once by `main.rs`; what a command
+//! reports as its own outcome (`status`'s stage, `run`'s job code) is the `Ok` of [`run`].
+//! Progress notes for humans (`cancelling job 3`, a pull's summary) go to stderr through
+//! [`note`].
 
 use crate::config::{self, Config, Secrets};
 use crate::daemon;
+use crate::error::Error;
 use crate::protocol::{ErrorKind, Request, Response};
 use crate::report::job_line;
 use base64::Engine;
@@ -16,9 +23,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-pub const EXIT_NOT_RUNNING: i32 = 3;
-pub const EXIT_USAGE: i32 = 64;
-pub const EXIT_AGENT_ERROR: i32 = 125;
 const DEFAULT_SOCKET: &str = "/run/vm-agent/agent.sock";
 
 #[derive(Debug, Parser)]
@@ -61,6 +65,18 @@ pub enum Cmd {
         /// Print the job id and return at once.
         #[arg(long)]
         detach: bool,
+        /// Pass this variable of vm-agent's own environment to the job (repeatable). Values
+        /// never go through the command line (use it with `ssh -o SendEnv`).
+        #[arg(long = "env", value_name = "NAME")]
+        env: Vec<String>,
+        /// Pass every variable of vm-agent's own environment whose name starts with PREFIX
+        /// to the job, without the prefix (`image-builder fleet run --env` sends them so).
+        #[arg(long, value_name = "PREFIX")]
+        env_prefix: Option<String>,
+        /// Read vm-agent's own standard input to its end and give it to the job as its
+        /// stdin (a script, a heredoc: `vm-agent run --stdin -- sh -s <<EOF`).
+        #[arg(long)]
+        stdin: bool,
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
@@ -122,27 +138,35 @@ fn socket_path(cli: &Cli) -> PathBuf {
     }
 }
 
-/// Parse arguments and run. Returns the process exit code.
-pub fn main() -> i32 {
+/// Parse arguments and run. `Ok` is the command's own exit code (0, `status`'s stage, `run`'s
+/// job, ...); an `Err` is for `main` to print and exit with.
+pub fn run() -> Result<i32, Error> {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+        // --help and --version: answers on stdout, not errors.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return code;
+            return Ok(0);
         }
+        Err(e) => return Err(Error::Cli(e)),
     };
     init_tracing(matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::PullWorker));
     match &cli.cmd {
-        Cmd::Daemon { dry_run } => daemon::main(&config_path(&cli), *dry_run),
-        Cmd::CheckConfig => check_config(&config_path(&cli)),
-        Cmd::PullWorker => crate::artifacts::child::main(),
+        Cmd::Daemon { dry_run } => daemon::main(&config_path(&cli), *dry_run).map(|()| 0),
+        Cmd::CheckConfig => check_config(&config_path(&cli)).map(|()| 0),
+        Cmd::PullWorker => crate::artifacts::child::main().map(|()| 0),
         Cmd::ExampleConfig => {
             print!("{}", Config::example_toml());
-            0
+            Ok(0)
         }
         _ => client(&cli),
     }
+}
+
+/// A note for the human at the terminal (not an error, not data): `vm-agent: MESSAGE` on
+/// stderr.
+fn note(message: impl std::fmt::Display) {
+    eprintln!("vm-agent: {message}");
 }
 
 /// The AWS SDK's own debug output prints the S3 access key id (the identity of every
@@ -166,25 +190,13 @@ fn init_tracing(daemon: bool) {
         .try_init();
 }
 
-fn check_config(path: &Path) -> i32 {
-    let cfg = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vm-agent: {e}");
-            return daemon::EXIT_CONFIG;
-        }
-    };
+fn check_config(path: &Path) -> Result<(), Error> {
+    let cfg = Config::load(path)?;
     let euid = nix::unistd::geteuid().as_raw();
-    if let Err(e) = Secrets::load(&cfg.paths.secrets_file, euid) {
-        eprintln!("vm-agent: {e}");
-        return daemon::EXIT_CONFIG;
-    }
-    if let Err(e) = daemon::resolve_run_as(&cfg, euid) {
-        eprintln!("vm-agent: {e}");
-        return daemon::EXIT_CONFIG;
-    }
+    Secrets::load(&cfg.paths.secrets_file, euid)?;
+    daemon::resolve_run_as(&cfg, euid)?;
     println!("{}: ok", path.display());
-    0
+    Ok(())
 }
 
 struct Conn {
@@ -193,79 +205,120 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(path: &Path) -> Result<Conn, i32> {
-        let stream = UnixStream::connect(path).map_err(|e| {
-            let hint = match e.kind() {
+    fn open(path: &Path) -> Result<Conn, Error> {
+        let stream = UnixStream::connect(path).map_err(|source| Error::NotRunning {
+            path: path.to_owned(),
+            hint: match source.kind() {
                 std::io::ErrorKind::PermissionDenied => {
-                    "permission denied: run as root or as a member of the socket's group".to_string()
+                    "permission denied: run as root or as a member of the socket's group"
                 }
-                _ => "the daemon is not running: see `systemctl status vm-agent` and `journalctl -u vm-agent`".to_string(),
-            };
-            eprintln!("vm-agent: cannot connect to {}: {e}; {hint}", path.display());
-            EXIT_NOT_RUNNING
+                _ => "the daemon is not running: see `systemctl status vm-agent` and `journalctl -u vm-agent`",
+            },
+            source,
         })?;
-        let reader = BufReader::new(stream.try_clone().map_err(|_| EXIT_NOT_RUNNING)?);
+        let reader = BufReader::new(stream.try_clone().map_err(Error::LostDaemon)?);
         Ok(Conn { reader, stream })
     }
 
-    fn send(&mut self, req: &Request) -> Result<(), i32> {
-        let mut line = serde_json::to_vec(req).map_err(|_| EXIT_AGENT_ERROR)?;
+    fn send(&mut self, req: &Request) -> Result<(), Error> {
+        let mut line = serde_json::to_vec(req)
+            .map_err(|e| Error::Agent(format!("cannot encode the request: {e}")))?;
         line.push(b'\n');
-        self.stream.write_all(&line).map_err(|e| {
-            eprintln!("vm-agent: lost the daemon: {e}");
-            EXIT_NOT_RUNNING
-        })
+        self.stream.write_all(&line).map_err(Error::LostDaemon)
     }
 
     /// Next response; `None` at end of stream.
-    fn next(&mut self) -> Result<Option<Response>, i32> {
+    fn next(&mut self) -> Result<Option<Response>, Error> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => Ok(None),
-            Ok(_) => serde_json::from_str(&line).map(Some).map_err(|e| {
-                eprintln!("vm-agent: bad answer from the daemon: {e}");
-                EXIT_AGENT_ERROR
-            }),
-            Err(e) => {
-                eprintln!("vm-agent: lost the daemon: {e}");
-                Err(EXIT_NOT_RUNNING)
-            }
+            Ok(_) => serde_json::from_str(&line)
+                .map(Some)
+                .map_err(|e| Error::BadAnswer(e.to_string())),
+            Err(e) => Err(Error::LostDaemon(e)),
         }
     }
 
-    fn one(&mut self, req: &Request) -> Result<Response, i32> {
+    fn one(&mut self, req: &Request) -> Result<Response, Error> {
         self.send(req)?;
         match self.next()? {
-            Some(Response::Error { kind, message }) => {
-                eprintln!("vm-agent: {message}");
-                Err(match kind {
-                    ErrorKind::BadRequest => EXIT_USAGE,
-                    _ => EXIT_AGENT_ERROR,
-                })
-            }
+            Some(Response::Error { kind, message }) => Err(match kind {
+                ErrorKind::BadRequest => Error::Usage(message),
+                _ => Error::Agent(message),
+            }),
             Some(r) => Ok(r),
-            None => {
-                eprintln!("vm-agent: the daemon closed the connection");
-                Err(EXIT_NOT_RUNNING)
-            }
+            None => Err(Error::Closed),
         }
     }
 }
 
-fn client(cli: &Cli) -> i32 {
-    let path = socket_path(cli);
-    match client_inner(cli, &path) {
-        Ok(code) | Err(code) => code,
+/// The daemon answered, but not with what `what` expects.
+fn unexpected(what: &str) -> Error {
+    Error::BadAnswer(format!("expected {what}"))
+}
+
+/// Flag values the client can judge itself: a usage error comes before any talk with the
+/// daemon (64 whether or not it is running).
+fn check_args(cmd: &Cmd) -> Result<(), Error> {
+    match cmd {
+        Cmd::Hold {
+            duration: Some(d), ..
+        } => config::parse_limit(d)
+            .map(|_| ())
+            .map_err(|e| Error::Usage(format!("--for: {e}"))),
+        Cmd::Run { timeout, argv, .. } => {
+            if command_of(argv).is_empty() {
+                return Err(Error::Usage("run: no command given".into()));
+            }
+            match timeout {
+                Some(t) => config::parse_limit(t)
+                    .map(|_| ())
+                    .map_err(|e| Error::Usage(format!("--timeout: {e}"))),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
     }
 }
 
-fn client_inner(cli: &Cli, path: &Path) -> Result<i32, i32> {
-    let mut conn = Conn::open(path)?;
+/// The job's environment from vm-agent's own: `--env NAME` and `--env-prefix PREFIX`.
+fn job_env(names: &[String], prefix: Option<&str>) -> Result<crate::protocol::JobEnv, Error> {
+    let mut env = Vec::new();
+    for name in names {
+        if let Some(p) = crate::protocol::JobEnv::name_problem(name) {
+            return Err(Error::Usage(format!("--env: {p}")));
+        }
+        let value = std::env::var(name).map_err(|_| {
+            Error::Usage(format!("--env {name}: not set in vm-agent's environment"))
+        })?;
+        env.push((name.clone(), value));
+    }
+    if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+        for (k, v) in std::env::vars() {
+            if let Some(name) = k.strip_prefix(prefix).filter(|n| !n.is_empty()) {
+                env.push((name.to_owned(), v));
+            }
+        }
+    }
+    Ok(crate::protocol::JobEnv(env))
+}
+
+/// `run`'s command: its arguments without the `--` that may lead them.
+fn command_of(argv: &[String]) -> &[String] {
+    match argv.first().map(String::as_str) {
+        Some("--") => &argv[1..],
+        _ => argv,
+    }
+}
+
+fn client(cli: &Cli) -> Result<i32, Error> {
+    check_args(&cli.cmd)?;
+    let mut conn = Conn::open(&socket_path(cli))?;
     let mut out = std::io::stdout().lock();
     match &cli.cmd {
         Cmd::Status { json } => {
             let Response::Status { report } = conn.one(&Request::Status)? else {
-                return Err(EXIT_AGENT_ERROR);
+                return Err(unexpected("a status report"));
             };
             if *json {
                 let _ = writeln!(
@@ -280,7 +333,7 @@ fn client_inner(cli: &Cli, path: &Path) -> Result<i32, i32> {
         }
         Cmd::Jobs { json } => {
             let Response::Jobs { jobs } = conn.one(&Request::Jobs)? else {
-                return Err(EXIT_AGENT_ERROR);
+                return Err(unexpected("the job list"));
             };
             if *json {
                 let _ = writeln!(
@@ -303,32 +356,26 @@ fn client_inner(cli: &Cli, path: &Path) -> Result<i32, i32> {
         }
         Cmd::Cancel { id } => {
             conn.one(&Request::Cancel { id: *id })?;
-            eprintln!("vm-agent: cancelling job {id}");
+            note(format_args!("cancelling job {id}"));
             Ok(0)
         }
         Cmd::Hold { duration, reason } => {
-            if let Some(d) = duration {
-                config::parse_limit(d).map_err(|e| {
-                    eprintln!("vm-agent: --for: {e}");
-                    EXIT_USAGE
-                })?;
-            }
             if let Response::Ok { message } = conn.one(&Request::Hold {
                 duration: duration.clone(),
                 reason: reason.clone(),
             })? {
-                eprintln!("vm-agent: {message}");
+                note(message);
             }
             Ok(0)
         }
         Cmd::Release => {
             conn.one(&Request::Release)?;
-            eprintln!("vm-agent: released");
+            note("released");
             Ok(0)
         }
         Cmd::Pull { sha, json } => {
             let Response::Artifact { item } = conn.one(&Request::Pull { sha: sha.clone() })? else {
-                return Err(EXIT_AGENT_ERROR);
+                return Err(unexpected("an artifact"));
             };
             if *json {
                 let _ = writeln!(
@@ -336,10 +383,16 @@ fn client_inner(cli: &Cli, path: &Path) -> Result<i32, i32> {
                     "{}",
                     serde_json::to_string_pretty(&item).unwrap_or_default()
                 );
-            } else if let Some(p) = item.path.as_deref().filter(|_| item.state == "installed") {
-                let _ = writeln!(out, "{p}");
-                eprintln!(
-                    "vm-agent: {} {}: {} files, {}, verified, {:.1}s{}",
+            }
+            if item.exit_code() != 0 {
+                return Err(Error::Pull(item));
+            }
+            if !*json {
+                if let Some(p) = &item.path {
+                    let _ = writeln!(out, "{p}");
+                }
+                note(format_args!(
+                    "{} {}: {} files, {}, verified, {:.1}s{}",
                     item.sha,
                     if item.already_installed {
                         "already installed"
@@ -354,16 +407,9 @@ fn client_inner(cli: &Cli, path: &Path) -> Result<i32, i32> {
                     } else {
                         format!(" (evicted {})", item.evicted.join(", "))
                     }
-                );
-            } else {
-                eprintln!(
-                    "vm-agent: {} {}: {}",
-                    item.sha,
-                    item.state,
-                    item.reason.as_deref().unwrap_or("")
-                );
+                ));
             }
-            Ok(item.exit_code())
+            Ok(0)
         }
         Cmd::Logs { id, follow } => {
             conn.send(&Request::Logs {
@@ -376,78 +422,71 @@ fn client_inner(cli: &Cli, path: &Path) -> Result<i32, i32> {
             name,
             timeout,
             detach,
+            env,
+            env_prefix,
+            stdin,
             argv,
         } => {
-            let argv: Vec<String> = match argv.first().map(String::as_str) {
-                Some("--") => argv[1..].to_vec(),
-                _ => argv.clone(),
-            };
-            if argv.is_empty() {
-                eprintln!("vm-agent: run: no command given");
-                return Err(EXIT_USAGE);
-            }
-            if let Some(t) = timeout {
-                config::parse_limit(t).map_err(|e| {
-                    eprintln!("vm-agent: --timeout: {e}");
-                    EXIT_USAGE
+            let stdin = if *stdin {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                    Error::Usage(format!("--stdin: cannot read text from stdin: {e}"))
                 })?;
-            }
+                Some(crate::protocol::JobStdin(text))
+            } else {
+                None
+            };
             let req = Request::Run {
-                argv,
+                argv: command_of(argv).to_vec(),
                 name: name.clone(),
                 timeout: timeout.clone(),
                 detach: *detach,
+                env: job_env(env, env_prefix.as_deref())?,
+                stdin,
             };
             let Response::Job { job } = conn.one(&req)? else {
-                return Err(EXIT_AGENT_ERROR);
+                return Err(unexpected("a job"));
             };
             if *detach {
                 let _ = writeln!(out, "{}", job.id);
-                eprintln!(
-                    "vm-agent: job {} submitted; `vm-agent logs -f {}` to follow",
+                note(format_args!(
+                    "job {} submitted; `vm-agent logs -f {}` to follow",
                     job.id, job.id
-                );
+                ));
                 return Ok(0);
             }
-            match stream(&mut conn, &mut out)? {
-                Some(rec) => {
-                    if let Some(d) = &rec.detail
-                        && !matches!(
-                            rec.state,
-                            crate::jobs::JobState::Succeeded | crate::jobs::JobState::Failed
-                        )
-                    {
-                        eprintln!("vm-agent: job {} {}: {d}", rec.id, rec.state.as_str());
-                    }
-                    Ok(rec.cli_exit_code())
-                }
-                None => {
-                    eprintln!("vm-agent: the daemon went away before job {} ended", job.id);
-                    Err(EXIT_AGENT_ERROR)
-                }
+            let Some(rec) = stream(&mut conn, &mut out)? else {
+                return Err(Error::JobLost(job.id));
+            };
+            // Cancelled, timed out or lost with a reason: say why, with the job's own code.
+            if rec.detail.is_some()
+                && !matches!(
+                    rec.state,
+                    crate::jobs::JobState::Succeeded | crate::jobs::JobState::Failed
+                )
+            {
+                return Err(Error::Job(Box::new(rec)));
             }
+            Ok(rec.cli_exit_code())
         }
         Cmd::Daemon { .. } | Cmd::CheckConfig | Cmd::ExampleConfig | Cmd::PullWorker => Ok(0),
     }
 }
 
 /// Copy `output` lines to `out` until `exit`; returns the final record.
-fn stream(conn: &mut Conn, out: &mut impl Write) -> Result<Option<crate::jobs::JobRecord>, i32> {
+fn stream(conn: &mut Conn, out: &mut impl Write) -> Result<Option<crate::jobs::JobRecord>, Error> {
     loop {
         match conn.next()? {
             Some(Response::Output { data }) => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(data)
-                    .map_err(|_| EXIT_AGENT_ERROR)?;
+                    .map_err(|e| Error::BadAnswer(format!("job output: {e}")))?;
                 let _ = out.write_all(&bytes);
                 let _ = out.flush();
             }
-            Some(Response::Warning { message }) => eprintln!("vm-agent: {message}"),
+            Some(Response::Warning { message }) => note(message),
             Some(Response::Exit { job }) => return Ok(Some(job)),
-            Some(Response::Error { message, .. }) => {
-                eprintln!("vm-agent: {message}");
-                return Err(EXIT_AGENT_ERROR);
-            }
+            Some(Response::Error { message, .. }) => return Err(Error::Agent(message)),
             Some(_) => {}
             None => return Ok(None),
         }

@@ -14,6 +14,7 @@ pub mod cloud_init;
 pub use agent_config as config;
 pub mod daemon;
 pub mod destroy;
+pub mod error;
 pub mod hostkeys;
 pub mod jobs;
 pub mod protocol;

@@ -23,6 +23,14 @@ pub enum Request {
         timeout: Option<String>,
         #[serde(default)]
         detach: bool,
+        /// Variables for the job's environment (values may be secrets: they travel over
+        /// the socket, live in the daemon's memory only, and are never logged or stored).
+        #[serde(default, skip_serializing_if = "JobEnv::is_empty")]
+        env: JobEnv,
+        /// The job's standard input (`run --stdin`: a script, a heredoc), written to it and
+        /// then closed; kept in memory only. Without it the job's stdin is empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin: Option<JobStdin>,
     },
     Logs {
         id: u64,
@@ -105,4 +113,44 @@ pub enum ErrorKind {
     NotFound,
     Draining,
     Internal,
+}
+
+/// A job's extra environment: names and values. `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobEnv(pub Vec<(String, String)>);
+
+impl JobEnv {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Why `name` cannot be an environment variable's name, if it cannot.
+    pub fn name_problem(name: &str) -> Option<String> {
+        let mut chars = name.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        (!ok).then(|| format!("{name:?} is not a variable name (letters, digits, _)"))
+    }
+}
+
+impl std::fmt::Debug for JobEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}=<redacted>")))
+            .finish()
+    }
+}
+
+/// A job's standard input. `Debug` shows its size only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobStdin(pub String);
+
+impl std::fmt::Debug for JobStdin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JobStdin({} bytes)", self.0.len())
+    }
 }

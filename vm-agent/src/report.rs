@@ -1,12 +1,13 @@
 //! The readiness report: what `vm-agent status --json` prints, what the ready file holds and
 //! what the readiness callback POSTs. Versioned (`report_version`).
 
-use crate::artifacts::ArtifactReport;
+use crate::artifacts::{ArtifactReport, ArtifactState, ArtifactTrigger};
 use crate::cloud_init::CloudInitStatus;
+use crate::destroy::DestroyState;
 use crate::hostkeys::HostKey;
 use crate::jobs::{JobRecord, JobState};
 use crate::sessions::Session;
-use crate::timers::TimerStatus;
+use crate::timers::{TimerName, TimerStatus};
 use crate::util::{self, short_duration, ts};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -89,12 +90,10 @@ pub struct JobsSummary {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DestroyStatus {
     pub provider: String,
-    /// `armed`, `draining`, `destroying`, `destroyed`, `blocked`, `refused`, `powered-off`,
-    /// `failed`, `dry-run`.
-    pub state: String,
+    pub state: DestroyState,
     pub detail: Option<String>,
     /// The timer that fired.
-    pub timer: Option<String>,
+    pub timer: Option<TimerName>,
     #[serde(with = "ts::opt", default)]
     pub at: Option<SystemTime>,
 }
@@ -202,17 +201,16 @@ fn render_artifacts(o: &mut String, a: &ArtifactReport) {
         let _ = write!(head, "  {s}");
     }
     let _ = writeln!(o, "{}", clip(&head, 80));
-    let boot_item_has_reason = a
-        .items
-        .iter()
-        .any(|i| Some(&i.sha) == a.sha.as_ref() && i.trigger == "boot" && i.reason.is_some());
+    let boot_item_has_reason = a.items.iter().any(|i| {
+        Some(&i.sha) == a.sha.as_ref() && i.trigger == ArtifactTrigger::Boot && i.reason.is_some()
+    });
     if let Some(d) = &a.detail
         && !boot_item_has_reason
     {
         wrapped(o, "  ", d, 76, 3);
     }
     for i in &a.items {
-        let tail = if i.state == "fetching" {
+        let tail = if i.state == ArtifactState::Fetching {
             let pct = (i.bytes_done as f64 * 100.0 / i.bytes.max(1) as f64).min(100.0);
             format!(" {pct:.0}%")
         } else if i.verified {
@@ -293,20 +291,14 @@ impl StatusReport {
         if let Some(d) = &self.draining {
             let _ = writeln!(o, "  DRAINING: {}", clip(d, 68));
         }
-        if matches!(
-            self.destroy.state.as_str(),
-            "powered-off"
-                | "failed"
-                | "refused"
-                | "blocked"
-                | "destroyed"
-                | "destroying"
-                | "dry-run"
+        if !matches!(
+            self.destroy.state,
+            DestroyState::Armed | DestroyState::Draining
         ) {
             let _ = writeln!(
                 o,
                 "  SELF-DESTROY {}: {}",
-                self.destroy.state.to_uppercase(),
+                self.destroy.state.as_str().to_uppercase(),
                 clip(self.destroy.detail.as_deref().unwrap_or(""), 50)
             );
         }
@@ -409,14 +401,13 @@ impl StatusReport {
                 t.name,
                 clip(&t.limit, 6),
                 at,
-                clip(&t.state, 36)
+                clip(&t.state.to_string(), 36)
             );
         }
         let _ = writeln!(
             o,
             "destroy: {} ({})",
-            self.destroy.provider,
-            clip(&self.destroy.state, 50)
+            self.destroy.provider, self.destroy.state
         );
         let s = &self.system;
         let _ = writeln!(

@@ -4,23 +4,109 @@
 //!   from readiness (`ready` or `degraded`) or from the end of the last activity.
 //! * `max-lifetime`: `max_lifetime` after the machine booted.
 //! * `no-job`: no job ever submitted, `no_job_timeout` after readiness.
+//! * `one-shot` (`timers.one_shot`): a job has ended and none runs or waits: the worker
+//!   took its one job, so it ends now, whatever the idle timer says (ephemeral CI runners).
 
 use crate::config::{Limit, TimersConfig};
 use crate::util::ts;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::time::SystemTime;
+
+/// The timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimerName {
+    Idle,
+    MaxLifetime,
+    NoJob,
+    OneShot,
+}
+
+impl fmt::Display for TimerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            TimerName::Idle => "idle",
+            TimerName::MaxLifetime => "max-lifetime",
+            TimerName::NoJob => "no-job",
+            TimerName::OneShot => "one-shot",
+        })
+    }
+}
+
+/// Where a timer is. On the wire (and in `vm-agent status`) it is one string:
+/// `armed`, `disabled`, `paused: <why>`, `waiting for readiness`, `satisfied: <why>`,
+/// `fired`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerState {
+    /// Counting down (`fires_at` is set).
+    Armed,
+    /// Its limit is `never`.
+    Disabled,
+    /// Not counting: the machine is busy (job running, hold, session).
+    Paused(String),
+    /// Counts from readiness, which has not come yet.
+    WaitingForReadiness,
+    /// Can no longer fire (a job arrived, for `no-job`).
+    Satisfied(String),
+    /// Its time has come.
+    Fired,
+}
+
+impl fmt::Display for TimerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TimerState::Armed => f.pad("armed"),
+            TimerState::Disabled => f.pad("disabled"),
+            TimerState::Paused(why) => f.pad(&format!("paused: {why}")),
+            TimerState::WaitingForReadiness => f.pad("waiting for readiness"),
+            TimerState::Satisfied(why) => f.pad(&format!("satisfied: {why}")),
+            TimerState::Fired => f.pad("fired"),
+        }
+    }
+}
+
+impl std::str::FromStr for TimerState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "armed" => TimerState::Armed,
+            "disabled" => TimerState::Disabled,
+            "waiting for readiness" => TimerState::WaitingForReadiness,
+            "fired" => TimerState::Fired,
+            _ => match (s.strip_prefix("paused: "), s.strip_prefix("satisfied: ")) {
+                (Some(why), _) => TimerState::Paused(why.to_owned()),
+                (_, Some(why)) => TimerState::Satisfied(why.to_owned()),
+                _ => return Err(format!("unknown timer state {s:?}")),
+            },
+        })
+    }
+}
+
+impl Serialize for TimerState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimerState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimerStatus {
-    /// `idle`, `max-lifetime` or `no-job`.
-    pub name: String,
+    pub name: TimerName,
     /// The configured limit (`30m`, `never`).
     pub limit: String,
     /// When it fires if nothing changes.
     #[serde(with = "ts::opt", default)]
     pub fires_at: Option<SystemTime>,
-    /// `armed`, `disabled`, `paused: <why>`, `waiting for readiness`, `satisfied`, `fired`.
-    pub state: String,
+    pub state: TimerState,
 }
 
 /// The facts the timers depend on.
@@ -33,36 +119,40 @@ pub struct TimerInputs {
     /// Why the machine is not idle (job running, hold, session), if it is not.
     pub busy: Option<String>,
     pub jobs_ever: bool,
+    /// A job has ended (succeeded, failed, cancelled, timed out).
+    pub job_ended: bool,
+    /// Jobs running or queued.
+    pub jobs_active: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fired {
-    pub timer: String,
+    pub timer: TimerName,
     pub reason: String,
 }
 
 fn timer(
-    name: &str,
+    name: TimerName,
     limit: Limit,
     base: Option<SystemTime>,
-    not_armed: Option<String>,
+    not_armed: Option<TimerState>,
     now: SystemTime,
 ) -> TimerStatus {
     let mut t = TimerStatus {
-        name: name.into(),
+        name,
         limit: limit.to_string(),
         fires_at: None,
-        state: "armed".into(),
+        state: TimerState::Armed,
     };
     match (limit.duration(), not_armed, base) {
-        (None, _, _) => t.state = "disabled".into(),
+        (None, _, _) => t.state = TimerState::Disabled,
         (Some(_), Some(why), _) => t.state = why,
-        (Some(_), None, None) => t.state = "waiting for readiness".into(),
+        (Some(_), None, None) => t.state = TimerState::WaitingForReadiness,
         (Some(d), None, Some(b)) => {
             let at = b + d;
             t.fires_at = Some(at);
             if now >= at {
-                t.state = "fired".into();
+                t.state = TimerState::Fired;
             }
         }
     }
@@ -72,37 +162,50 @@ fn timer(
 /// Status of every timer, and the one that fired (the earliest), if any.
 pub fn evaluate(cfg: &TimersConfig, i: &TimerInputs) -> (Vec<TimerStatus>, Option<Fired>) {
     let idle = timer(
-        "idle",
+        TimerName::Idle,
         cfg.idle_timeout,
         i.ready_at.and(i.idle_since),
-        i.busy.as_ref().map(|b| format!("paused: {b}")),
+        i.busy.clone().map(TimerState::Paused),
         i.now,
     );
     let life = timer(
-        "max-lifetime",
+        TimerName::MaxLifetime,
         cfg.max_lifetime,
         Some(i.boot_time),
         None,
         i.now,
     );
     let nojob = timer(
-        "no-job",
+        TimerName::NoJob,
         cfg.no_job_timeout,
         i.ready_at,
-        i.jobs_ever.then(|| "satisfied: a job arrived".to_string()),
+        i.jobs_ever
+            .then(|| TimerState::Satisfied("a job arrived".to_string())),
         i.now,
     );
-    let all = vec![idle, life, nojob];
+    let oneshot = TimerStatus {
+        name: TimerName::OneShot,
+        limit: if cfg.one_shot { "first job" } else { "off" }.to_owned(),
+        fires_at: None,
+        state: match (cfg.one_shot, i.job_ended, i.jobs_active) {
+            (false, _, _) => TimerState::Disabled,
+            (true, true, false) => TimerState::Fired,
+            (true, true, true) => TimerState::Paused("a job runs or waits".to_owned()),
+            (true, false, _) => TimerState::Armed,
+        },
+    };
+    let all = vec![idle, life, nojob, oneshot];
     let fired = all
         .iter()
-        .filter(|t| t.state == "fired")
+        .filter(|t| t.state == TimerState::Fired)
         .min_by_key(|t| t.fires_at)
         .map(|t| Fired {
-            timer: t.name.clone(),
-            reason: match t.name.as_str() {
-                "idle" => format!("idle for {}", t.limit),
-                "max-lifetime" => format!("maximum lifetime {} reached", t.limit),
-                _ => format!("no job arrived within {} of readiness", t.limit),
+            timer: t.name,
+            reason: match t.name {
+                TimerName::Idle => format!("idle for {}", t.limit),
+                TimerName::MaxLifetime => format!("maximum lifetime {} reached", t.limit),
+                TimerName::NoJob => format!("no job arrived within {} of readiness", t.limit),
+                TimerName::OneShot => "its one job ended (one-shot worker)".to_owned(),
             },
         });
     (all, fired)
@@ -131,6 +234,8 @@ mod tests {
             idle_since: Some(t0),
             busy: None,
             jobs_ever: true,
+            job_ended: false,
+            jobs_active: false,
         }
     }
 
@@ -139,13 +244,17 @@ mod tests {
         let (_, f) = evaluate(&cfg(), &inputs(30));
         assert_eq!(f, None);
         let (_, f) = evaluate(&cfg(), &inputs(61));
-        assert_eq!(f.map(|f| f.timer), Some("idle".into()));
+        assert_eq!(f.map(|f| f.timer), Some(TimerName::Idle));
         let mut i = inputs(61);
         i.busy = Some("job 3 running".into());
         i.idle_since = None;
         let (st, f) = evaluate(&cfg(), &i);
         assert_eq!(f, None);
-        assert_eq!(st[0].state, "paused: job 3 running");
+        assert_eq!(st[0].state, TimerState::Paused("job 3 running".into()));
+        assert_eq!(
+            serde_json::to_value(&st[0].state).unwrap_or_default(),
+            "paused: job 3 running"
+        );
     }
 
     #[test]
@@ -155,12 +264,12 @@ mod tests {
         let mut i = inputs(700);
         i.jobs_ever = false;
         let (st, f) = evaluate(&c, &i);
-        assert_eq!(st[0].state, "disabled");
-        assert_eq!(f.map(|f| f.timer), Some("no-job".into()));
+        assert_eq!(st[0].state, TimerState::Disabled);
+        assert_eq!(f.map(|f| f.timer), Some(TimerName::NoJob));
         i.jobs_ever = true;
         i.now += Duration::from_secs(3600);
         let (_, f) = evaluate(&c, &i);
-        assert_eq!(f.map(|f| f.timer), Some("max-lifetime".into()));
+        assert_eq!(f.map(|f| f.timer), Some(TimerName::MaxLifetime));
     }
 
     #[test]
@@ -171,7 +280,56 @@ mod tests {
         i.boot_time = i.now;
         let (st, f) = evaluate(&cfg(), &i);
         assert_eq!(f, None);
-        assert_eq!(st[0].state, "waiting for readiness");
-        assert_eq!(st[2].state, "waiting for readiness");
+        assert_eq!(st[0].state, TimerState::WaitingForReadiness);
+        assert_eq!(st[2].state, TimerState::WaitingForReadiness);
+    }
+
+    #[test]
+    fn states_and_names_keep_their_wire_spelling() {
+        for (state, wire) in [
+            (TimerState::Armed, "armed"),
+            (TimerState::Disabled, "disabled"),
+            (TimerState::Paused("hold".into()), "paused: hold"),
+            (TimerState::WaitingForReadiness, "waiting for readiness"),
+            (
+                TimerState::Satisfied("a job arrived".into()),
+                "satisfied: a job arrived",
+            ),
+            (TimerState::Fired, "fired"),
+        ] {
+            let json = serde_json::to_string(&state).unwrap_or_default();
+            assert_eq!(json, format!("\"{wire}\""));
+            assert_eq!(serde_json::from_str::<TimerState>(&json).ok(), Some(state));
+        }
+        assert!(serde_json::from_str::<TimerState>("\"asleep\"").is_err());
+        for (name, wire) in [
+            (TimerName::Idle, "idle"),
+            (TimerName::MaxLifetime, "max-lifetime"),
+            (TimerName::NoJob, "no-job"),
+        ] {
+            assert_eq!(serde_json::to_value(name).unwrap_or_default(), wire);
+            assert_eq!(name.to_string(), wire);
+        }
+    }
+
+    #[test]
+    fn one_shot_fires_once_the_first_job_ended_and_nothing_else_runs() {
+        let mut c = cfg();
+        let i = inputs(1);
+        assert_eq!(evaluate(&c, &i).1, None, "one-shot is off by default");
+        c.one_shot = true;
+        assert_eq!(evaluate(&c, &i).1, None, "no job has ended yet");
+        let running = TimerInputs {
+            job_ended: true,
+            jobs_active: true,
+            ..i.clone()
+        };
+        assert_eq!(evaluate(&c, &running).1, None, "another job still runs");
+        let done = TimerInputs {
+            job_ended: true,
+            ..i
+        };
+        let fired = evaluate(&c, &done).1.expect("fires");
+        assert_eq!(fired.timer, TimerName::OneShot);
     }
 }

@@ -15,6 +15,7 @@ pub mod yaml11;
 
 use base64::Engine as _;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use crate::spec::{LoadedSpec, Timeout};
@@ -112,8 +113,14 @@ pub struct CloudConfig {
     pub bootcmd: Vec<Vec<String>>,
     /// Files.
     pub write_files: Vec<WriteFile>,
-    /// Late commands (the step runner).
+    /// Late commands (the step runner). Left out when empty: cloud-init's schema
+    /// refuses `runcmd: []`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub runcmd: Vec<Vec<String>>,
+    /// SSH host keys to install instead of generating new ones (cloud-init's `ssh_keys`:
+    /// `ed25519_private`, `ed25519_public`), so the host key is known before first contact.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ssh_keys: BTreeMap<String, String>,
 }
 
 /// A cloud-init user.
@@ -272,6 +279,15 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         owner: "root:root".to_owned(),
         defer: false,
     });
+    // sshd accepts the job variables `fleet run --env` sends (never on a command line).
+    write_files.push(WriteFile {
+        path: provision::SSHD_ACCEPT_ENV_DROPIN.to_owned(),
+        content: provision::SSHD_ACCEPT_ENV_CONTENT.to_owned(),
+        encoding: None,
+        permissions: "0644".to_owned(),
+        owner: "root:root".to_owned(),
+        defer: false,
+    });
 
     // 2. The sudoers drop-in is staged, validated by visudo in the VM, then moved.
     let sudoers = spec
@@ -400,37 +416,42 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
     // 6. Bake: seal files and the boot-time watcher.
     let mut bootcmd = Vec::new();
     if opts.mode == Mode::Bake {
-        let seal_path = format!("{}/seal.sh", provision::WORK_DIR);
-        let finisher_path = format!("{}/seal.py", provision::WORK_DIR);
-        write_files.push(WriteFile {
-            path: seal_path.clone(),
-            content: provision::seal_clean().script,
-            encoding: None,
-            permissions: "0700".to_owned(),
-            owner: "root:root".to_owned(),
-            defer: false,
-        });
-        let baked = serde_json::json!({
-            "image": spec.name.value,
-            "spec_sha256": loaded.spec_hash(),
-            "image_builder_version": env!("CARGO_PKG_VERSION"),
-        });
-        write_files.push(WriteFile {
-            path: finisher_path.clone(),
-            content: provision::seal_finisher(
-                opts.report_url.as_deref(),
-                &seal_path,
-                &baked.to_string(),
+        let finisher_config = provision::FinisherConfig::new(
+            opts.report_url.clone(),
+            provision::BakedInfo {
+                image: spec.name.value.clone(),
+                spec_sha256: loaded.spec_hash(),
+                image_builder_version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        );
+        for (path, content, permissions) in [
+            (
+                provision::SEAL_CLEAN_PATH,
+                provision::seal_clean().script,
+                "0700",
             ),
-            encoding: None,
-            permissions: "0700".to_owned(),
-            owner: "root:root".to_owned(),
-            defer: false,
-        });
-        bootcmd.push(provision::seal_watcher_command(
-            &finisher_path,
-            spec.bake.timeout.0,
-        ));
+            (
+                provision::FINISHER_PATH,
+                provision::FINISHER.to_owned(),
+                "0700",
+            ),
+            // 0600: it holds the presigned report URL.
+            (
+                provision::FINISHER_CONFIG_PATH,
+                finisher_config.to_json(),
+                "0600",
+            ),
+        ] {
+            write_files.push(WriteFile {
+                path: path.to_owned(),
+                content,
+                encoding: None,
+                permissions: permissions.to_owned(),
+                owner: "root:root".to_owned(),
+                defer: false,
+            });
+        }
+        bootcmd.push(provision::seal_watcher_command(spec.bake.timeout.0));
     }
 
     let config = CloudConfig {
@@ -457,6 +478,7 @@ pub fn render(loaded: &LoadedSpec, opts: &RenderOptions) -> Result<Rendered, Ren
         bootcmd,
         write_files,
         runcmd: vec![vec!["/bin/sh".to_owned(), runner]],
+        ssh_keys: BTreeMap::new(),
     };
 
     let file_name = loaded
@@ -509,6 +531,19 @@ fn json_len<T: Serialize>(v: &T) -> usize {
     serde_json::to_string(v).map(|s| s.len()).unwrap_or(0)
 }
 
+/// What a worker's user-data carries on top of its golden image.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerBoot<'a> {
+    /// The build user (its SSH keys are authorised).
+    pub user: &'a str,
+    /// Public keys authorised for the build user.
+    pub keys: &'a [String],
+    /// Files (the agent's config and secrets).
+    pub files: &'a [ExtraFile],
+    /// The worker's ed25519 host key (private, public), pinned by the caller.
+    pub host_key: Option<(&'a str, &'a str)>,
+}
+
 /// Minimal user-data for a worker booted from a golden image that already carries
 /// the provisioning: authorize extra SSH keys for the build user and write the
 /// given files (the agent's config and secrets). Checked like any rendering.
@@ -517,6 +552,22 @@ pub fn worker_boot(
     keys: &[String],
     files: &[ExtraFile],
 ) -> Result<String, RenderError> {
+    worker(&WorkerBoot {
+        user,
+        keys,
+        files,
+        host_key: None,
+    })
+}
+
+/// A worker's user-data: [`worker_boot`] plus, when given, the host key it must use.
+pub fn worker(boot: &WorkerBoot<'_>) -> Result<String, RenderError> {
+    let (user, keys, files) = (boot.user, boot.keys, boot.files);
+    let mut ssh_keys = BTreeMap::new();
+    if let Some((private, public)) = boot.host_key {
+        ssh_keys.insert("ed25519_private".to_owned(), private.to_owned());
+        ssh_keys.insert("ed25519_public".to_owned(), public.to_owned());
+    }
     let config = CloudConfig {
         hostname: None,
         users: vec![User {
@@ -544,6 +595,7 @@ pub fn worker_boot(
             })
             .collect(),
         runcmd: Vec::new(),
+        ssh_keys,
     };
     emit(
         &config,

@@ -1,6 +1,12 @@
 //! Pull under faults, against a real S3 server (s3s-fs) on 127.0.0.1: server
 //! killed mid-download (in-call retry and cross-call resume), corrupted object,
 //! missing manifest, missing/wrong credentials, full disk, cache eviction.
+//!
+//! "Mid-download" is made, not hoped for: the downloads go through a proxy that
+//! holds the responses after a number of bytes, so the server is stopped while
+//! the pull provably has more to fetch, and the held responses are cut off with
+//! it; the server comes back once the pull has failed to reach it. Cache use is
+//! ordered by set mtimes, not by sleeps.
 // Test helpers panic on setup failures by design.
 #![allow(clippy::unwrap_used)]
 
@@ -47,14 +53,30 @@ fn cfg(server: &S3Server) -> PullConfig {
 
 /// Wait until the bar has passed `at` bytes (or panic after 60 s).
 async fn wait_progress(bar: &ProgressBar, at: u64) {
+    wait_until(&format!("the download reaching {at} bytes"), || {
+        bar.position() >= at
+    })
+    .await;
+}
+
+/// Wait for a condition the code under test brings about (the deadline only
+/// turns "never" into a failure instead of a hang).
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while bar.position() < at {
+    while !done() {
         assert!(
             std::time::Instant::now() < deadline,
-            "download never reached {at} bytes"
+            "never happened: {what}"
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// A pull config that reaches `server` through `proxy`.
+fn through(proxy: &Proxy) -> PullConfig {
+    let mut c = PullConfig::new(proxy.settings(), Some(creds()));
+    c.retry_backoff = Duration::from_millis(100);
+    c
 }
 
 const SIZE: usize = 48 << 20;
@@ -65,8 +87,11 @@ async fn server_killed_mid_download_then_restarted_resumes_in_the_same_pull() {
     let sha = "1111111111111111111111111111111111111111";
     let data = pseudo_random(SIZE, 11);
     let _src = publish_files(&server, sha, &[("big.bin", data.clone())]).await;
+    let proxy = Proxy::start(server.port);
+    // At most 12 MiB of the 48 MiB get through until the server is stopped.
+    proxy.hold_after(12 << 20);
     let root = tempfile::tempdir().unwrap();
-    let mut c = cfg(&server);
+    let mut c = through(&proxy);
     c.chunk_size = 2 << 20;
     c.chunks_in_flight = 2;
     c.max_attempts = 20;
@@ -75,16 +100,21 @@ async fn server_killed_mid_download_then_restarted_resumes_in_the_same_pull() {
     let task = tokio::spawn(async move { pull(&c2, sha, &r, Some(&bar2)).await });
 
     wait_progress(&bar, 8 << 20).await;
+    wait_until("the proxy holding the download", || proxy.holding()).await;
     server.stop();
     let at_kill = bar.position();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(at_kill < SIZE as u64, "held, so not finished: {at_kill}");
+    // The responses in flight die with the server (s3s-fs may have handed them
+    // to the kernel whole: the proxy cuts them where they were held), and the
+    // pull must then fail to reach the stopped server before it comes back.
+    proxy.cut_held();
+    wait_until("a retry against the stopped server", || {
+        proxy.refused() >= 1
+    })
+    .await;
     server.restart();
 
     let rep = task.await.unwrap().unwrap();
-    assert!(
-        at_kill < SIZE as u64,
-        "the download finished before the kill"
-    );
     assert!(rep.retries >= 1, "{rep:?}");
     // Resumed where it stopped: far less than a second full download.
     assert!(rep.bytes_downloaded < (SIZE as u64) * 3 / 2, "{rep:?}");
@@ -99,8 +129,11 @@ async fn interrupted_pull_leaves_nothing_installed_and_the_next_pull_resumes_fro
     let sha = "2222222222222222222222222222222222222222";
     let data = pseudo_random(SIZE, 12);
     let _src = publish_files(&server, sha, &[("big.bin", data.clone())]).await;
+    let proxy = Proxy::start(server.port);
+    // At most 20 MiB of the 48 MiB get through until the server is stopped.
+    proxy.hold_after(20 << 20);
     let root = tempfile::tempdir().unwrap();
-    let mut c = cfg(&server);
+    let mut c = through(&proxy);
     c.chunk_size = 2 << 20;
     c.chunks_in_flight = 2;
     c.max_attempts = 2;
@@ -108,7 +141,9 @@ async fn interrupted_pull_leaves_nothing_installed_and_the_next_pull_resumes_fro
     let (c2, bar2, r) = (c.clone(), bar.clone(), root.path().to_path_buf());
     let task = tokio::spawn(async move { pull(&c2, sha, &r, Some(&bar2)).await });
     wait_progress(&bar, 16 << 20).await;
+    wait_until("the proxy holding the download", || proxy.holding()).await;
     server.stop();
+    proxy.cut_held();
     let err = task.await.unwrap().unwrap_err();
     assert!(err.is_unavailable(), "{err}");
     let art = root.path().join("artifacts");
@@ -297,9 +332,14 @@ impl SmallFs {
 
 impl Drop for SmallFs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
+        // Not an assertion: a panic in drop would abort the test run. Say it instead.
+        match std::process::Command::new("umount")
             .arg(self.dir.path())
-            .status();
+            .status()
+        {
+            Ok(s) if s.success() => {}
+            other => eprintln!("umount {} failed: {other:?}", self.dir.path().display()),
+        }
     }
 }
 
@@ -356,10 +396,25 @@ async fn cache_evicts_the_least_recently_used_other_sha() {
     let mut c = cfg(&server);
     c.cache_max_bytes = Some((2 << 20) + (512 << 10)); // room for two
     let art = root.path().join("artifacts");
+    // Each use is dated explicitly (an hour apart, in the past), so the order
+    // does not hang on the clock's resolution; a use by the pull itself stamps "now".
+    let now = std::time::SystemTime::now();
+    let used_at = |sha: &str, hours_ago: u64| {
+        std::fs::File::open(art.join(sha))
+            .unwrap()
+            .set_modified(now - Duration::from_secs(3600 * hours_ago))
+            .unwrap();
+    };
+    let last_use = |sha: &str| {
+        std::fs::metadata(art.join(sha))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
     pull(&c, shas[0], root.path(), None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    used_at(shas[0], 3);
     pull(&c, shas[1], root.path(), None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    used_at(shas[1], 2);
     // Use the first again: the second becomes the least recently used.
     assert!(
         pull(&c, shas[0], root.path(), None)
@@ -367,7 +422,10 @@ async fn cache_evicts_the_least_recently_used_other_sha() {
             .unwrap()
             .already_installed
     );
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        last_use(shas[0]) > last_use(shas[1]),
+        "using an installed artifact marks it used"
+    );
     let rep = pull(&c, shas[2], root.path(), None).await.unwrap();
     assert_eq!(rep.evicted, [shas[1]]);
     assert_eq!(names(&art), [".locks", shas[0], shas[2]]);

@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use artifact_store::s3::{S3Credentials, S3Settings};
 pub use s3_test_server::{BUCKET, pseudo_random, write_file};
@@ -83,14 +83,64 @@ struct ProxyState {
     seen: Vec<Seen>,
     /// Drop the connection on requests with this method whose target contains this text.
     fail: Option<(String, String)>,
+    /// Client connections closed because the server could not be reached.
+    refused: u64,
+}
+
+/// How many response bytes the proxy may still pass to clients (all
+/// connections together); `None`: no limit. Responses past the budget wait.
+#[derive(Default)]
+struct Budget {
+    left: Option<u64>,
+    /// Connections waiting for budget now.
+    waiting: u64,
+    /// Times the held responses were cut off.
+    cuts: u64,
+}
+
+#[derive(Default)]
+struct ResponseGate {
+    budget: Mutex<Budget>,
+    changed: Condvar,
+}
+
+impl ResponseGate {
+    /// Wait until some of `want` bytes may go on; returns how many, or `None`
+    /// when the response was held and then cut off.
+    fn admit(&self, want: usize) -> Option<usize> {
+        let mut b = self.budget.lock().expect("lock");
+        let cuts = b.cuts;
+        loop {
+            if b.cuts != cuts {
+                return None;
+            }
+            match b.left {
+                None => return Some(want),
+                Some(left) if left > 0 => {
+                    let n = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+                    b.left = Some(left - n as u64);
+                    return Some(n);
+                }
+                Some(_) => {
+                    b.waiting += 1;
+                    self.changed.notify_all();
+                    b = self.changed.wait(b).expect("lock");
+                    b.waiting -= 1;
+                }
+            }
+        }
+    }
 }
 
 /// A transparent TCP proxy in front of a server: records every HTTP/1.1 request
-/// head (bytes are forwarded unchanged, so signatures stay valid) and can cut
-/// connections for chosen requests.
+/// head (bytes are forwarded unchanged, so signatures stay valid), can cut
+/// connections for chosen requests, and can hold responses after a number of
+/// bytes and then cut them off (so a download is provably unfinished when a
+/// test acts, and provably broken off).
 pub struct Proxy {
     pub port: u16,
     state: Arc<Mutex<ProxyState>>,
+    gate: Arc<ResponseGate>,
 }
 
 impl Proxy {
@@ -98,13 +148,15 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let state = Arc::new(Mutex::new(ProxyState::default()));
-        let st = state.clone();
+        let gate = Arc::new(ResponseGate::default());
+        let (st, gt) = (state.clone(), gate.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { continue };
-                let st = st.clone();
+                let (st, gt) = (st.clone(), gt.clone());
                 std::thread::spawn(move || {
                     let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        st.lock().expect("lock").refused += 1;
                         let _ = client.shutdown(Shutdown::Both);
                         return;
                     };
@@ -112,12 +164,38 @@ impl Proxy {
                         client.try_clone().expect("clone"),
                         up.try_clone().expect("clone"),
                     );
-                    std::thread::spawn(move || copy_back(u2, c2));
+                    std::thread::spawn(move || copy_back(u2, c2, &gt));
                     pump_requests(client, up, &st);
                 });
             }
         });
-        Self { port, state }
+        Self { port, state, gate }
+    }
+
+    /// Pass at most `bytes` more response bytes (all connections together),
+    /// then hold every response until [`Proxy::cut_held`].
+    pub fn hold_after(&self, bytes: u64) {
+        self.gate.budget.lock().expect("lock").left = Some(bytes);
+        self.gate.changed.notify_all();
+    }
+
+    /// Whether a response is being held (the budget of [`Proxy::hold_after`] is spent).
+    pub fn holding(&self) -> bool {
+        self.gate.budget.lock().expect("lock").waiting > 0
+    }
+
+    /// Cut the held responses off where they are (their connections close, as
+    /// if the server had died mid-send) and stop holding.
+    pub fn cut_held(&self) {
+        let mut b = self.gate.budget.lock().expect("lock");
+        b.left = None;
+        b.cuts += 1;
+        self.gate.changed.notify_all();
+    }
+
+    /// Client connections closed because the server could not be reached.
+    pub fn refused(&self) -> u64 {
+        self.state.lock().expect("lock").refused
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -133,8 +211,24 @@ impl Proxy {
     }
 }
 
-fn copy_back(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
+fn copy_back(mut from: TcpStream, mut to: TcpStream, gate: &ResponseGate) {
+    let mut buf = vec![0u8; 64 * 1024];
+    'copy: loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut sent = 0;
+        while sent < n {
+            let Some(go) = gate.admit(n - sent) else {
+                break 'copy;
+            };
+            if to.write_all(&buf[sent..sent + go]).is_err() {
+                break 'copy;
+            }
+            sent += go;
+        }
+    }
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
 }

@@ -1,6 +1,7 @@
 //! Bad input never crashes and never writes output: each case runs the real binary
-//! with `-o`, and asserts the message (file, line, column, field, expectation) and
-//! that the output file did not appear (or, if it existed, is unchanged).
+//! with `-o`, and asserts the message (file, line, column, field, expectation), exit
+//! code 65 (bad input), and that the output file did not appear (or, if it existed,
+//! is unchanged).
 
 #![allow(clippy::unwrap_used)]
 
@@ -254,7 +255,8 @@ fn bad_inputs_get_located_errors_and_write_nothing() {
         // 1. No output file appears.
         let out = image_builder(&["render", "spec.yaml", "-o", "out.yaml"], dir.path());
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if out.status.code() != Some(1) {
+        // 65: bad input (README.md, "Exit codes").
+        if out.status.code() != Some(65) {
             failures.push(format!(
                 "{}: exit {:?}, stderr: {stderr}",
                 case.name,
@@ -289,7 +291,7 @@ fn bad_inputs_get_located_errors_and_write_nothing() {
         }
         // 3. `validate` reports the same problem, also as JSON.
         let out = image_builder(&["validate", "--json", "spec.yaml"], dir.path());
-        if out.status.code() != Some(1) {
+        if out.status.code() != Some(65) {
             failures.push(format!(
                 "{}: validate exit {:?}",
                 case.name,

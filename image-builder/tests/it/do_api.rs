@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use do_api::metadata::{MetadataClient, MetadataError};
 use do_api::{
-    Client, Deleted, DoError, DropletCreate, DropletStatus, ImageSpec, ImageUpdate, Poll,
+    Client, Deleted, DoError, DropletCreate, DropletStatus, ImageSpec, ImageUpdate, Poll, Refusal,
     RetryPolicy, TagTarget, Token,
 };
 use do_sim::{Fault, FaultRule, ProvisionPlan, ProvisionResult, SeedImage, Sim, SimConfig};
@@ -281,6 +281,7 @@ async fn refusals_carry_do_error_fields_and_are_not_retried() {
         .expect_err("restricted size");
     assert_eq!(err.status(), Some(422));
     assert_eq!(err.api_id(), Some("unprocessable_entity"));
+    assert_eq!(err.refusal(), Some(Refusal::SizeRestricted), "{err}");
     let logged = sim.requests().entries.last().cloned().expect("logged");
     assert_eq!(err.request_id(), Some(logged.request_id.as_str()));
     let text = err.to_string();
@@ -298,10 +299,8 @@ async fn refusals_carry_do_error_fields_and_are_not_retried() {
         .create_droplet_reconciled(&builder("two"), BAKE_TAG)
         .await
         .expect_err("limit");
-    assert!(
-        err.is_unprocessable() && err.to_string().contains("droplet limit"),
-        "{err}"
-    );
+    assert_eq!(err.refusal(), Some(Refusal::DropletLimit), "{err}");
+    assert!(err.to_string().contains("droplet limit"), "{err}");
 
     let bad = Client::new_with_base(
         &sim.api_url(),

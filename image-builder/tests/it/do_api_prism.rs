@@ -151,6 +151,11 @@ async fn client_requests_conform_to_the_contract() {
     big.size = "g-2vcpu-8gb".into();
     let err = c.create_droplet(&big).await.expect_err("restricted");
     assert_eq!(err.api_id(), Some("unprocessable_entity"));
+    assert_eq!(
+        err.refusal(),
+        Some(do_api::Refusal::SizeRestricted),
+        "{err}"
+    );
 
     // SSH keys.
     let key = c

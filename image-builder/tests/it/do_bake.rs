@@ -3,10 +3,10 @@
 //!
 //! Needs s3s-fs: run `.ci/setup-s3.sh`. Without it these tests FAIL naming the script.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::do_bake_support::{Env, S3Server, fast_sim, spec_text};
-use do_sim::{OTHER_PROJECT_ID, ProvisionResult, SeedImage};
+use do_sim::{Fault, FaultRule, OTHER_PROJECT_ID, ProvisionResult, SeedImage};
 use image_builder::backend::digitalocean::DoBakeError;
 use image_builder::bake::{BackendKind, BakeError, bake};
 
@@ -148,24 +148,28 @@ async fn bake_makes_one_tagged_image_and_leaves_no_droplet() {
 async fn the_builder_fetches_the_agent_through_a_presigned_url_and_user_data_has_no_secret() {
     let s3 = S3Server::start();
     let env = Env::new(fast_sim(), &spec_text("20s", ""), s3.port).await;
-    // Hold the bake in provisioning long enough to read the user-data.
-    env.sim.update_config(|c| {
-        if let Some(p) = c.play_vm.as_mut() {
-            p.report_after_ms = 600;
-        }
-    });
+    // Hold the bake right after the create (its project assignment is not
+    // answered) while the test reads the builder's user-data.
+    env.sim.set_faults(vec![FaultRule {
+        route: "POST /v2/projects/default/resources".into(),
+        nth: 1,
+        times: 1,
+        fault: Fault::Hold {
+            gate: "created".into(),
+        },
+    }]);
     let req = env.request();
     let run = tokio::spawn(async move {
         bake(BackendKind::Digitalocean, &req)
             .await
             .map(|m| m.builds[0].artifact_id.clone())
     });
-    let id = loop {
-        if let Some(id) = env.sim.droplet_ids().first().copied() {
-            break id;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    tokio::time::timeout(Duration::from_secs(60), env.sim.wait_held("created", 1))
+        .await
+        .expect("the bake never created its builder");
+    let ids = env.sim.droplet_ids();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = ids[0];
     let ud = env.sim.user_data(id).expect("user-data");
     assert!(
         ud.starts_with("#cloud-config"),
@@ -208,6 +212,7 @@ async fn the_builder_fetches_the_agent_through_a_presigned_url_and_user_data_has
         body.len() as u64,
         std::fs::metadata(&env.agent).expect("agent").len()
     );
+    env.sim.release("created");
     let artifact = run
         .await
         .expect("join")
@@ -262,17 +267,29 @@ async fn a_builder_that_powers_off_without_a_report_fails_fast() {
         p.no_report = true;
     }
     let env = Env::new(cfg, &spec_text("10m", ""), s3.port).await;
-    let t = Instant::now();
     let e = do_err(
         bake(BackendKind::Digitalocean, &env.request())
             .await
             .expect_err("must fail"),
     );
-    assert!(matches!(e, DoBakeError::NoReport { .. }), "{e}");
+    // Failing because the builder was seen off without a report, not because
+    // bake.timeout (10m) ran out: that would be ProvisionTimeout.
+    let DoBakeError::NoReport { droplet } = e else {
+        panic!("expected NoReport, got: {e}");
+    };
     assert!(
-        t.elapsed() < Duration::from_secs(30),
-        "took {:?} (bake.timeout is 10m)",
-        t.elapsed()
+        env.sim.droplet_record(droplet).is_some(),
+        "NoReport names the builder"
+    );
+    let played = env
+        .sim
+        .played(droplet)
+        .expect("the simulator played the VM");
+    assert_eq!(played.report_status, None, "no report was sent: {played:?}");
+    assert_eq!(
+        env.sim.count("POST /v2/droplets/{id}/actions"),
+        0,
+        "nothing after provisioning ran (no power action, no snapshot)"
     );
     assert!(env.sim.droplet_ids().is_empty());
 }
@@ -300,19 +317,24 @@ async fn errored_snapshot_fails_in_seconds_and_destroys() {
     let s3 = S3Server::start();
     let mut cfg = fast_sim();
     cfg.errored_actions = vec!["snapshot".into()];
-    cfg.action_ms_by_type.insert("snapshot".into(), 300);
+    // The action ends (errored) as soon as it is sent: the first poll sees it.
+    cfg.action_ms_by_type.insert("snapshot".into(), 0);
     let env = Env::new(cfg, &spec_text("20s", ""), s3.port).await;
-    let t = Instant::now();
     let e = do_err(
         bake(BackendKind::Digitalocean, &env.request())
             .await
             .expect_err("must fail"),
     );
     assert!(matches!(e, DoBakeError::SnapshotErrored { .. }), "{e}");
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "errored snapshot took {:?}",
-        t.elapsed()
+    assert_eq!(
+        env.sim.count("GET /v2/actions/{id}"),
+        1,
+        "the first poll that sees `errored` ends the wait (no polling until the timeout)"
+    );
+    assert_eq!(
+        env.sim.count("POST /v2/droplets/{id}/actions"),
+        1,
+        "an errored snapshot is not re-sent"
     );
     assert!(env.sim.droplet_ids().is_empty());
     assert!(env.snapshot_images().is_empty());
@@ -334,7 +356,13 @@ async fn refusals_are_explained_and_create_nothing() {
             .expect_err("restricted"),
     );
     assert!(matches!(e, DoBakeError::Refused(_)), "{e}");
-    assert!(e.to_string().contains("support ticket"), "{e}");
+    assert!(
+        e.to_string().contains("support ticket")
+            && e.to_string().contains(
+                "This size is currently restricted please send an additional payment to unlock."
+            ),
+        "the advice, and DigitalOcean's words as they came: {e}"
+    );
     assert_eq!(env.sim.droplets_ever_created(), 0);
 
     // Droplet limit reached: refused in pre-flight.
@@ -427,7 +455,19 @@ async fn a_golden_image_is_found_by_name_newest_first_and_projects_by_name() {
         "{details}"
     );
     let droplet = details["droplet_id"].as_u64().expect("droplet");
-    let _ = droplet;
+    let record = env
+        .sim
+        .droplet_record(droplet)
+        .expect("the builder droplet");
+    assert_eq!(
+        record.image_id, new,
+        "the builder starts from the newest golden image of that name"
+    );
+    assert_eq!(
+        record.projects,
+        vec![OTHER_PROJECT_ID.to_owned()],
+        "the builder goes to project image-builder (given by name), and only there"
+    );
     let uri = format!("/v2/projects/{OTHER_PROJECT_ID}/resources");
     let log = env.sim.requests();
     assert!(

@@ -188,3 +188,55 @@ async fn a_droplet_that_does_not_power_off_is_shut_down_then_powered_off() {
     );
     assert!(env.sim.droplet_ids().is_empty());
 }
+
+/// DigitalOcean's 422 for an action on a busy droplet (full body in
+/// hashicorp/packer#1814): the bake tries again. Any other 422 is a refusal
+/// and is not retried.
+fn refused(message: &str) -> Fault {
+    Fault::Respond {
+        status: 422,
+        body: serde_json::json!({"id": "unprocessable_entity", "message": message}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_refused_while_the_droplet_is_busy_is_sent_again_and_only_then() {
+    let s3 = S3Server::start();
+    let env = Env::new(fast_sim(), &spec_text("20s", ""), s3.port).await;
+    env.sim.set_faults(vec![FaultRule {
+        route: "POST /v2/droplets/{id}/actions".into(),
+        nth: 1,
+        times: 2,
+        fault: refused("Droplet already has a pending event."),
+    }]);
+    let m = bake(BackendKind::Digitalocean, &env.request())
+        .await
+        .unwrap_or_else(|e| panic!("bake: {e}"));
+    assert!(m.builds[0].artifact_id.starts_with("nyc3:"));
+    assert_eq!(
+        env.sim.count("POST /v2/droplets/{id}/actions"),
+        3,
+        "two busy refusals, then the snapshot"
+    );
+    assert_eq!(env.snapshot_images().len(), 1);
+    assert!(env.sim.droplet_ids().is_empty());
+
+    let env = Env::new(fast_sim(), &spec_text("20s", ""), s3.port).await;
+    env.sim.set_faults(vec![FaultRule {
+        route: "POST /v2/droplets/{id}/actions".into(),
+        nth: 1,
+        times: 1,
+        fault: refused("A refusal image-builder has no special case for."),
+    }]);
+    let e = bake(BackendKind::Digitalocean, &env.request())
+        .await
+        .expect_err("a refusal that is not `busy` fails the bake");
+    assert!(e.to_string().contains("no special case for"), "{e}");
+    assert_eq!(
+        env.sim.count("POST /v2/droplets/{id}/actions"),
+        1,
+        "not retried"
+    );
+    assert!(env.snapshot_images().is_empty());
+    assert!(env.sim.droplet_ids().is_empty(), "the builder is destroyed");
+}

@@ -3,10 +3,15 @@
 //! `bake --resume`, Ctrl-C/SIGTERM cleanup without reap, the spending
 //! confirmation, and `images ls|prune`.
 //!
+//! A kill point is an event, not a moment: the simulator holds the response to
+//! the step's request (processed, not yet answered) until the test has killed
+//! the bake, so the bake is provably inside that step when the signal lands.
+//!
 //! Needs s3s-fs (`.ci/setup-s3.sh`); FAILS naming the script without it.
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::do_bake_support::{Env, S3Server, TOKEN, fast_sim, spec_text};
 use do_api::{Client, DropletCreate, ImageSpec, RetryPolicy, Token};
@@ -14,23 +19,18 @@ use do_sim::{Fault, FaultRule, SeedImage, Sim, SimConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_image-builder");
 
-/// A simulator slow enough that a kill lands inside each step.
-fn slow_sim() -> SimConfig {
+/// The simulator of a bake that is to be stopped at `point`: the first request
+/// of the point's route is processed and its response held at the gate named
+/// after the step.
+fn sim_holding(point: &KillPoint) -> SimConfig {
     let mut c = fast_sim();
-    c.droplet_boot_ms = 300;
-    if let Some(p) = c.play_vm.as_mut() {
-        p.report_after_ms = 1200;
-        p.after_ms = 100;
-    }
-    c.action_ms_by_type.insert("snapshot".into(), 1500);
-    // Finishing (renaming/tagging the image) is one quick request followed by the
-    // builder's DELETE: hold its response so a kill there lands before the DELETE
-    // even on a loaded 2-core machine.
     c.faults.push(FaultRule {
-        route: "PUT /v2/images/{id}".into(),
+        route: point.route.into(),
         nth: 1,
         times: 1,
-        fault: Fault::Delay { ms: 1000 },
+        fault: Fault::Hold {
+            gate: point.step.into(),
+        },
     });
     c
 }
@@ -73,12 +73,23 @@ fn text(o: &Output) -> String {
     )
 }
 
-async fn wait_for(sim: &Sim, what: &str, cond: impl Fn(&Sim) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond(sim) {
-        assert!(Instant::now() < deadline, "the bake never reached: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Wait until the bake is held at `point` (the deadline only turns a bake that
+/// never gets there into a failure instead of a hang).
+async fn reached(sim: &Sim, point: &KillPoint) {
+    tokio::time::timeout(Duration::from_secs(60), sim.wait_held(point.step, 1))
+        .await
+        .unwrap_or_else(|_| panic!("the bake never reached: {}", point.step));
+}
+
+/// SIGKILL the bake and wait for it; it must have died of that signal.
+fn kill(child: &mut Child, step: &str) {
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait for the killed bake");
+    assert_eq!(
+        status.signal(),
+        Some(nix::sys::signal::Signal::SIGKILL as i32),
+        "kill at {step}: the bake ended on its own ({status}) before the kill"
+    );
 }
 
 fn reap_args(env: &Env, older_than: &str, yes: bool) -> Vec<String> {
@@ -96,29 +107,34 @@ fn reap_args(env: &Env, older_than: &str, yes: bool) -> Vec<String> {
     a
 }
 
-type Cond = fn(&Sim) -> bool;
+/// A step of the bake and the request that puts the bake inside it.
+struct KillPoint {
+    step: &'static str,
+    route: &'static str,
+}
 
-/// Kill points: the step, and when the bake is in it.
-const KILL_POINTS: &[(&str, Cond)] = &[
-    ("pre-flight", |s| s.count("GET /v2/sizes") >= 1),
-    ("create sent", |s| s.count("POST /v2/droplets") >= 1),
-    ("provisioning", |s| {
-        s.count("POST /v2/projects/default/resources") >= 1
-    }),
-    ("snapshot sent", |s| {
-        s.count("POST /v2/droplets/{id}/actions") >= 1
-    }),
-    ("snapshot wait", |s| s.count("GET /v2/actions/{id}") >= 1),
-    ("finishing", |s| s.count("PUT /v2/images/{id}") >= 1),
-    ("destroying", |s| s.count("DELETE /v2/droplets/{id}") >= 1),
+const fn point(step: &'static str, route: &'static str) -> KillPoint {
+    KillPoint { step, route }
+}
+
+/// Kill points, in the bake's order.
+const KILL_POINTS: &[KillPoint] = &[
+    point("pre-flight", "GET /v2/sizes"),
+    point("create sent", "POST /v2/droplets"),
+    point("provisioning", "POST /v2/projects/default/resources"),
+    point("snapshot sent", "POST /v2/droplets/{id}/actions"),
+    point("snapshot wait", "GET /v2/actions/{id}"),
+    point("finishing", "PUT /v2/images/{id}"),
+    point("destroying", "DELETE /v2/droplets/{id}"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_every_step_then_reap_leaves_zero_droplets() {
     let s3 = S3Server::start();
     let mut report = Vec::new();
-    for (step, cond) in KILL_POINTS {
-        let env = Env::new(slow_sim(), &spec_text("30s", ""), s3.port).await;
+    for point in KILL_POINTS {
+        let step = point.step;
+        let env = Env::new(sim_holding(point), &spec_text("30s", ""), s3.port).await;
         let mut child = spawn(
             &env,
             &env.bake_args()
@@ -127,9 +143,9 @@ async fn sigkill_at_every_step_then_reap_leaves_zero_droplets() {
                 .cloned()
                 .collect::<Vec<_>>(),
         );
-        wait_for(&env.sim, step, cond).await;
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
+        reached(&env.sim, point).await;
+        kill(&mut child, step);
+        env.sim.release(step);
         let before = env.sim.droplet_ids().len();
         let out = run(&reap_args(&env, "0s", true));
         assert!(
@@ -148,12 +164,10 @@ async fn sigkill_at_every_step_then_reap_leaves_zero_droplets() {
             "kill at {step}: more than one droplet created"
         );
         report.push(format!("{step}: {before} droplet(s) before reap, 0 after"));
-        if !matches!(*step, "pre-flight" | "destroying") {
-            assert_eq!(
-                before, 1,
-                "kill at {step}: the builder should still exist before reap"
-            );
-        }
+        // Held responses are of processed requests: before the create, and
+        // once the DELETE went through, there is no builder; in between there is.
+        let builders = usize::from(!matches!(step, "pre-flight" | "destroying"));
+        assert_eq!(before, builders, "kill at {step}: builders before reap");
     }
     eprintln!("{}", report.join("\n"));
 }
@@ -167,14 +181,15 @@ fn only_state_file(env: &Env) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_sigkill_while_provisioning_and_while_snapshotting() {
     let s3 = S3Server::start();
-    for (step, cond) in [KILL_POINTS[2], KILL_POINTS[4]] {
-        let env = Env::new(slow_sim(), &spec_text("30s", ""), s3.port).await;
+    for point in [&KILL_POINTS[2], &KILL_POINTS[4]] {
+        let step = point.step;
+        let env = Env::new(sim_holding(point), &spec_text("30s", ""), s3.port).await;
         let mut args = env.bake_args();
         args.push("--yes".into());
         let mut child = spawn(&env, &args);
-        wait_for(&env.sim, step, cond).await;
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
+        reached(&env.sim, point).await;
+        kill(&mut child, step);
+        env.sim.release(step);
         let state = only_state_file(&env);
         let st: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("json");
@@ -220,25 +235,21 @@ async fn resume_after_sigkill_while_provisioning_and_while_snapshotting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_sigint_destroy_the_builder_without_reap() {
     let s3 = S3Server::start();
-    for (sig, step, cond) in [
-        (
-            nix::sys::signal::Signal::SIGTERM,
-            "provisioning",
-            KILL_POINTS[2].1,
-        ),
-        (
-            nix::sys::signal::Signal::SIGINT,
-            "snapshot wait",
-            KILL_POINTS[4].1,
-        ),
+    for (sig, point) in [
+        (nix::sys::signal::Signal::SIGTERM, &KILL_POINTS[2]),
+        (nix::sys::signal::Signal::SIGINT, &KILL_POINTS[4]),
     ] {
-        let env = Env::new(slow_sim(), &spec_text("30s", ""), s3.port).await;
+        let step = point.step;
+        let env = Env::new(sim_holding(point), &spec_text("30s", ""), s3.port).await;
         let mut args = env.bake_args();
         args.push("--yes".into());
         let child = spawn(&env, &args);
-        wait_for(&env.sim, step, cond).await;
+        reached(&env.sim, point).await;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).expect("signal");
+        // The held call is never answered while the bake runs: it must act on
+        // the signal from inside that step.
         let out = child.wait_with_output().expect("wait");
+        env.sim.release(step);
         assert!(!out.status.success());
         let log = std::fs::read_dir(env.dir.path())
             .expect("dir")
@@ -267,7 +278,8 @@ async fn spending_needs_yes_when_stdin_is_not_a_terminal() {
     let s3 = S3Server::start();
     let env = Env::new(fast_sim(), &spec_text("30m", ""), s3.port).await;
     let out = run(&env.bake_args());
-    assert!(!out.status.success(), "{}", text(&out));
+    // 2: not confirmed (README.md, "Exit codes").
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pass --yes"), "{err}");
     assert!(
@@ -323,9 +335,11 @@ async fn reap_takes_only_old_bake_builders_and_asks_first() {
     );
 
     let out = run(&reap_args(&env, "0s", false));
-    assert!(
-        !out.status.success(),
-        "without --yes and no terminal nothing is deleted"
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "without --yes and no terminal nothing is deleted: {}",
+        text(&out)
     );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&builder.to_string()),
@@ -347,25 +361,39 @@ async fn reap_takes_only_old_bake_builders_and_asks_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn images_ls_and_prune_by_prefix() {
+async fn images_ls_by_prefix_and_prune_only_the_specs_tagged_family() {
     let s3 = S3Server::start();
+    // The spec's snapshot.name is "{name}-{timestamp}-{spec_hash}", name ci-worker.
     let env = Env::new(fast_sim(), &spec_text("30m", ""), s3.port).await;
     let now = time::OffsetDateTime::now_utc();
-    let mut ids = Vec::new();
-    for days in [4i64, 3, 2, 1] {
-        ids.push(env.sim.seed_private_image(SeedImage {
-            name: format!("ci-worker-{days}"),
+    let seed = |name: &str, days: i64, tags: &[&str]| {
+        env.sim.seed_private_image(SeedImage {
+            name: name.to_owned(),
             created_at: Some(now - time::Duration::days(days)),
-            tags: vec![],
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             region: None,
-        }));
-    }
-    let unrelated = env.sim.seed_private_image(SeedImage {
-        name: "web-1".into(),
-        created_at: Some(now - time::Duration::days(9)),
-        tags: vec![],
-        region: None,
-    });
+        })
+    };
+    // Four bakes of this spec (two spec versions), oldest first.
+    let family: Vec<u64> = [
+        ("ci-worker-20260801-100000-aaaaaaaaaaaa", 4),
+        ("ci-worker-20260802-100000-aaaaaaaaaaaa", 3),
+        ("ci-worker-20260803-100000-bbbbbbbbbbbb", 2),
+        ("ci-worker-20260804-100000-bbbbbbbbbbbb", 1),
+    ]
+    .iter()
+    .map(|(name, days)| seed(name, *days, &["image-builder", "ci"]))
+    .collect();
+    // Older than all of them, so a prefix rule with --keep 2 would delete them.
+    let neighbour = seed(
+        "ci-worker-gpu-20260701-100000-cccccccccccc",
+        9,
+        &["image-builder"],
+    );
+    let untagged_same_name = seed("ci-worker-20260702-100000-aaaaaaaaaaaa", 10, &[]);
+    let untagged_prefix = seed("ci-worker-manual-backup", 11, &["ci"]);
+    let unrelated = seed("web-1", 12, &["image-builder"]);
+
     let ls = |prefix: &str| {
         let mut a = vec![
             "images".to_owned(),
@@ -385,25 +413,70 @@ async fn images_ls_and_prune_by_prefix() {
     };
     assert_eq!(
         ls("ci-worker"),
-        vec![ids[3], ids[2], ids[1], ids[0]],
+        vec![
+            family[3],
+            family[2],
+            family[1],
+            family[0],
+            neighbour,
+            untagged_same_name,
+            untagged_prefix
+        ],
         "newest first"
     );
 
     let mut prune = vec![
         "images".to_owned(),
         "prune".into(),
-        "--prefix".into(),
-        "ci-worker".into(),
+        env.spec.display().to_string(),
         "--keep".into(),
         "2".into(),
+        "--json".into(),
     ];
     prune.extend(env.conn_args());
     let out = run(&prune);
-    assert!(!out.status.success(), "no --yes, no terminal: refuse");
-    assert_eq!(ls("ci-worker").len(), 4);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no --yes, no terminal: refuse: {}",
+        text(&out)
+    );
+    assert_eq!(ls("").len(), 8, "nothing deleted without --yes");
     prune.push("--yes".into());
     let out = run(&prune);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(ls("ci-worker"), vec![ids[3], ids[2]]);
-    assert_eq!(ls("web"), vec![unrelated]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let ids = |key: &str| {
+        report[key].as_array().map(|a| {
+            a.iter()
+                .filter_map(|i| i["id"].as_u64())
+                .collect::<Vec<u64>>()
+        })
+    };
+    assert_eq!(ids("kept"), Some(vec![family[3], family[2]]), "{report}");
+    assert_eq!(ids("deleted"), Some(vec![family[1], family[0]]), "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("leaving image {untagged_same_name}"))
+            && stderr.contains("not tagged image-builder"),
+        "an untagged image named like the family is left alone, and said so: {stderr}"
+    );
+    // The neighbour family, the untagged images of the same prefix and name
+    // shape, and the unrelated image all survive.
+    let mut left = ls("");
+    left.sort_unstable();
+    let mut want = vec![
+        family[3],
+        family[2],
+        neighbour,
+        untagged_same_name,
+        untagged_prefix,
+        unrelated,
+    ];
+    want.sort_unstable();
+    assert_eq!(left, want);
+    // Pruning again finds nothing more to delete.
+    let out = run(&prune);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(ls("").len(), 6);
 }

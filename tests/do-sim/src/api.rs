@@ -21,14 +21,16 @@ use sha2::{Digest, Sha256};
 use crate::catalog;
 use crate::config::{FaultRule, ProvisionPlan, SimConfig};
 use crate::state::{
-    DEFAULT_PROJECT_ID, Droplet, DropletStatus, Image, LoggedRequest, OWNER_UUID, SshKey, World,
-    rfc3339,
+    DEFAULT_PROJECT_ID, Droplet, DropletRecord, DropletStatus, Image, LoggedRequest, OWNER_UUID,
+    SshKey, World, rfc3339,
 };
 
 /// State shared by the API listener, the metadata listener and the [`crate::Sim`] handle.
 #[derive(Debug)]
 pub struct Shared {
     pub world: Mutex<World>,
+    /// Gates of the `hold` fault (outside the world's lock: holding must not block it).
+    pub gates: crate::gates::Gates,
 }
 
 impl Shared {
@@ -115,6 +117,8 @@ pub fn router(state: AppState) -> Router {
                 .post(sim_faults_set)
                 .delete(sim_faults_clear),
         )
+        .route("/_sim/gates", get(sim_gates))
+        .route("/_sim/gates/{gate}/release", post(sim_gate_release))
         .route("/_sim/droplets/{id}/provision", post(sim_provision))
         .route("/_sim/droplets/{id}/user-data", get(sim_user_data))
         .route("/_sim/metadata", post(sim_metadata))
@@ -148,6 +152,44 @@ fn not_found(rid: &ReqId) -> Response {
         "The resource you were accessing could not be found.",
         &rid.0,
     )
+}
+
+/// DigitalOcean's own wordings of the 422 (`unprocessable_entity`) refusals the
+/// simulator plays, each with where it was seen in a real response. DigitalOcean
+/// gives every 422 the same `id` and no field name, so clients tell them apart by
+/// these messages: keep them verbatim. The client (`do-api`'s `Refusal`) has its
+/// own copy on purpose, so a test cannot pass on a sentence only one side knows.
+/// A 422 not listed here uses the simulator's own words (no DigitalOcean wording
+/// was found for it); no client logic depends on those.
+pub mod refusal {
+    /// Full body `{"id":"unprocessable_entity","message":...}` in
+    /// OpenRouterLabs/spawn#3059 and #2516 (2026); pry0cc/axiom#422 (2021).
+    pub const DROPLET_LIMIT: &str = "creating this/these droplet(s) will exceed your droplet limit";
+    /// digitalocean/api-v2#36 (2014), after DigitalOcean removed a stray leading
+    /// "Size "; the only published wording of this refusal.
+    pub const SIZE_RESTRICTED: &str =
+        "This size is currently restricted please send an additional payment to unlock.";
+    /// Full body in OpenRouterLabs/spawn#2768 (2026); ChainSafe/forest-iac#437 (2024).
+    pub const SIZE_NOT_IN_REGION: &str = "Size is not available in this region.";
+    /// Full body in digitalocean/api-v2#41 (2014); pachadotdev/analogsea#180 (2019).
+    pub const REGION_NOT_AVAILABLE: &str = "Region is not available";
+    /// docker/machine#288 (2015); scrapoxy/scrapoxy#89 (2018, `id=unprocessable_entity`).
+    pub const INVALID_SIZE: &str = "You specified an invalid size for Droplet creation.";
+    /// pry0cc/axiom#829 (2025); digitalocean/terraform-provider-digitalocean#1035
+    /// (2023); full body in matt-major/do-wrapper#37. Also the answer to a
+    /// private image's name instead of its id (hashicorp/terraform#4309).
+    pub const INVALID_IMAGE: &str = "You specified an invalid image for Droplet creation.";
+    /// Quoted in digitalocean/api-v2#36 (2014); no later sample was found.
+    pub const IMAGE_NOT_IN_REGION: &str = "The image you specified is not available in the selected region, you can transfer it to this region from the images pages.";
+    /// Raw HTTP dump of a 422 in digitalocean/doctl#257 (2023).
+    pub const INVALID_HOSTNAME: &str =
+        "Only valid hostname characters are allowed. (a-z, A-Z, 0-9, . and -)";
+    /// Full body in hashicorp/packer#1814 (a snapshot action) and
+    /// digitalocean/api-v2#129; DigitalOcean's Terraform provider retries on it
+    /// (`digitalocean/volume/resource_volume_attachment.go`).
+    pub const PENDING_EVENT: &str = "Droplet already has a pending event.";
+    /// Full body in puphpet/puphpet#1948 (2015); digitalocean/packer-plugin-digitalocean#113 (2023).
+    pub const SSH_KEY_IN_USE: &str = "SSH Key is already in use on your account";
 }
 
 fn unprocessable(rid: &ReqId, message: &str) -> Response {
@@ -356,7 +398,7 @@ async fn keys_create(
         return unprocessable(&rid, "Key invalid, type not supported");
     }
     if w.ssh_keys.values().any(|k| k.public_key == req.public_key) {
-        return unprocessable(&rid, "SSH Key is already in use on your account");
+        return unprocessable(&rid, refusal::SSH_KEY_IN_USE);
     }
     let digest = Sha256::digest(req.public_key.as_bytes());
     let fingerprint = digest[..16]
@@ -435,10 +477,8 @@ async fn droplets_create(
         _ => return unprocessable(&rid, "exactly one of name or names is required"),
     };
     if let Some(bad) = names.iter().find(|n| !valid_name(n)) {
-        return unprocessable(
-            &rid,
-            &format!("Name '{bad}' is invalid: only letters, digits, '.' and '-' are allowed"),
-        );
+        tracing::debug!("refusing droplet name {bad:?}");
+        return unprocessable(&rid, refusal::INVALID_HOSTNAME);
     }
     let Some(size_slug) = req.size.as_deref() else {
         return unprocessable(&rid, "size is required");
@@ -447,30 +487,27 @@ async fn droplets_create(
         return unprocessable(&rid, "image is required");
     };
     let Some(size) = catalog::size(size_slug) else {
-        return unprocessable(&rid, "You specified an invalid size for Droplet creation.");
+        return unprocessable(&rid, refusal::INVALID_SIZE);
     };
     let mut w = s.lock();
     if w.config.restricted_sizes.iter().any(|r| r == size.slug) {
-        return unprocessable(
-            &rid,
-            "This size is currently restricted for your account. Please choose another size or open a support ticket to unlock it.",
-        );
+        return unprocessable(&rid, refusal::SIZE_RESTRICTED);
     }
     let region = match req.region.as_deref() {
         Some(r) => match catalog::region(r) {
             Some(region) if region.available => region,
-            _ => return unprocessable(&rid, "Region is not available"),
+            _ => return unprocessable(&rid, refusal::REGION_NOT_AVAILABLE),
         },
         None => match catalog::REGIONS
             .iter()
             .find(|r| r.available && r.sizes.contains(&size.slug))
         {
             Some(r) => r,
-            None => return unprocessable(&rid, "Size is not available in this region."),
+            None => return unprocessable(&rid, refusal::SIZE_NOT_IN_REGION),
         },
     };
     if !region.sizes.contains(&size.slug) {
-        return unprocessable(&rid, "Size is not available in this region.");
+        return unprocessable(&rid, refusal::SIZE_NOT_IN_REGION);
     }
     let image_id = match image_ref {
         Value::Number(n) => n.as_u64().filter(|id| w.images.contains_key(id)),
@@ -482,8 +519,18 @@ async fn droplets_create(
         _ => None,
     };
     let Some(image_id) = image_id else {
-        return unprocessable(&rid, "You specified an invalid image for Droplet creation.");
+        return unprocessable(&rid, refusal::INVALID_IMAGE);
     };
+    // Machine mode: only images with a root filesystem boot.
+    if let Some(refusal) = w.machines.as_ref().and_then(|m| m.refuse_image(image_id)) {
+        return unprocessable(&rid, refusal);
+    }
+    if w.images
+        .get(&image_id)
+        .is_some_and(|i| !i.regions.iter().any(|r| r == region.slug))
+    {
+        return unprocessable(&rid, refusal::IMAGE_NOT_IN_REGION);
+    }
     if req
         .user_data
         .as_ref()
@@ -499,10 +546,7 @@ async fn droplets_create(
         );
     }
     if w.droplets.len() as u64 + names.len() as u64 > w.config.droplet_limit {
-        return unprocessable(
-            &rid,
-            "creating this/these droplet(s) will exceed your droplet limit",
-        );
+        return unprocessable(&rid, refusal::DROPLET_LIMIT);
     }
     for t in &tags {
         w.tags.insert(t.clone(), ());
@@ -517,6 +561,17 @@ async fn droplets_create(
     let mut created = Vec::new();
     for name in names {
         let id = w.alloc_droplet_id();
+        w.records.insert(
+            id,
+            DropletRecord {
+                name: name.clone(),
+                image_id,
+                region: region.slug.to_owned(),
+                size: size.slug.to_owned(),
+                tags: tags.clone(),
+                projects: Vec::new(),
+            },
+        );
         w.droplets.insert(
             id,
             Droplet {
@@ -538,6 +593,10 @@ async fn droplets_create(
         );
         let action_id = w.start_action(id, "create", None);
         created.push((id, action_id));
+    }
+    // Machine mode: boot a container per droplet.
+    if let Some(machines) = w.machines.clone() {
+        machines.created(&mut w, &created);
     }
     if let Some(play) = w.config.play_vm.clone() {
         for (id, _) in &created {
@@ -601,7 +660,6 @@ async fn droplets_delete_by_tag(
 
 fn remove_droplet(w: &mut World, id: u64) {
     w.droplets.remove(&id);
-    w.deleted_droplets.insert(id);
     let urn = format!("do:droplet:{id}");
     for p in &mut w.projects {
         p.resources.remove(&urn);
@@ -609,6 +667,10 @@ fn remove_droplet(w: &mut World, id: u64) {
     if w.metadata_droplet == Some(id) {
         // The metadata service of a destroyed droplet is gone with it.
         w.metadata_droplet = None;
+    }
+    // Machine mode: kill the container, remove its disk.
+    if let Some(machines) = w.machines.clone() {
+        machines.destroyed(w, id);
     }
 }
 
@@ -716,7 +778,7 @@ async fn droplet_action_post(
     }
     let status = w.droplets.get(&droplet_id).map(|d| d.status);
     if status == Some(DropletStatus::New) || w.is_locked(droplet_id) {
-        return unprocessable(&rid, "Droplet already has a pending event.");
+        return unprocessable(&rid, refusal::PENDING_EVENT);
     }
     let name = if req.kind == "snapshot" {
         req.name
@@ -724,6 +786,10 @@ async fn droplet_action_post(
         None
     };
     let action_id = w.start_action(droplet_id, &req.kind, name);
+    // Machine mode: the container does the action.
+    if let Some(machines) = w.machines.clone() {
+        machines.action_started(&mut w, action_id);
+    }
     match w.actions.get(&action_id) {
         Some(a) => json_response(StatusCode::CREATED, &json!({"action": w.action_json(a)})),
         None => not_found(&rid),
@@ -895,6 +961,10 @@ fn remove_image(w: &mut World, id: u64) {
     for d in w.droplets.values_mut() {
         d.snapshot_ids.retain(|s| *s != id);
     }
+    // Machine mode: the image's tree goes.
+    if let Some(machines) = &w.machines {
+        machines.image_removed(id);
+    }
 }
 
 async fn image_delete(
@@ -1050,6 +1120,14 @@ fn assign(s: &AppState, rid: &ReqId, headers: &HeaderMap, project: &str, body: &
             p.resources.remove(&urn);
         }
         w.projects[idx].resources.insert(urn.clone(), now.clone());
+        let project_id = w.projects[idx].id.clone();
+        if let Some(r) = urn
+            .strip_prefix("do:droplet:")
+            .and_then(parse_id)
+            .and_then(|id| w.records.get_mut(&id))
+        {
+            r.projects.push(project_id);
+        }
         out.push(resource_json(headers, &urn, &now, "ok"));
     }
     json_response(StatusCode::OK, &json!({"resources": out}))
@@ -1363,6 +1441,15 @@ async fn sim_faults_set(State(s): State<AppState>, body: Bytes) -> Response {
 async fn sim_faults_clear(State(s): State<AppState>) -> Response {
     let mut w = s.lock();
     w.install_faults(Vec::new());
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn sim_gates(State(s): State<AppState>) -> Response {
+    Json(s.gates.snapshot()).into_response()
+}
+
+async fn sim_gate_release(State(s): State<AppState>, Path(gate): Path<String>) -> Response {
+    s.gates.release(&gate);
     StatusCode::NO_CONTENT.into_response()
 }
 

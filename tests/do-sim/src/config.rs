@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 pub struct SimConfig {
     /// Bearer token the API accepts. `None` accepts any non-empty token.
     pub token: Option<String>,
+    /// More tokens, each limited to its scopes as DigitalOcean's custom-scoped tokens are
+    /// (`droplet:read`, `droplet:delete`, …): e.g. a fleet's worker token. A request
+    /// outside its scopes is answered 403. The request log names the token used.
+    #[serde(default)]
+    pub scoped_tokens: Vec<ScopedToken>,
     /// How long a new droplet stays `new` before it becomes `active`.
     pub droplet_boot_ms: u64,
     /// Default duration of a droplet action (shutdown, power_off, power_on, ...).
@@ -39,12 +44,16 @@ pub struct SimConfig {
     pub play_vm: Option<PlayVm>,
     /// Injected faults, matched in order against each request.
     pub faults: Vec<FaultRule>,
+    /// Machine mode: droplets are real containers (see `crate::machine`). Read
+    /// when the simulator starts; excludes `play_vm` and `auto_provision`.
+    pub machines: Option<crate::machine::MachineConfig>,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
             token: None,
+            scoped_tokens: Vec::new(),
             droplet_boot_ms: 200,
             action_ms: 200,
             action_ms_by_type: BTreeMap::new(),
@@ -56,6 +65,7 @@ impl Default for SimConfig {
             auto_provision: None,
             play_vm: None,
             faults: Vec::new(),
+            machines: None,
         }
     }
 }
@@ -155,6 +165,51 @@ fn one() -> u64 {
     1
 }
 
+/// A token limited to some scopes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    /// How the request log names it.
+    pub name: String,
+    /// The bearer token.
+    pub token: String,
+    /// `resource:action` scopes, e.g. `droplet:read`, `droplet:delete`.
+    pub scopes: Vec<String>,
+}
+
+impl ScopedToken {
+    /// The scope a request needs: `<resource>:read` for GET, `droplet:delete` for a
+    /// droplet DELETE, `<resource>:create`/`update` for writes (DigitalOcean's scope names).
+    pub fn required_scope(method: &str, path: &str) -> String {
+        let resource = path
+            .trim_start_matches("/v2/")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('s')
+            .replace("droplet_action", "droplet");
+        let resource = if resource.is_empty() {
+            "account".to_owned()
+        } else {
+            resource
+        };
+        let action = match method {
+            "GET" | "HEAD" => "read",
+            "DELETE" => "delete",
+            "POST" if path.contains("/actions") => "update",
+            "POST" => "create",
+            _ => "update",
+        };
+        format!("{resource}:{action}")
+    }
+
+    /// Whether this token may make the request.
+    pub fn allows(&self, method: &str, path: &str) -> bool {
+        let need = Self::required_scope(method, path);
+        self.scopes.contains(&need)
+    }
+}
+
 /// What happens to an affected call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -172,6 +227,12 @@ pub enum Fault {
     DropAfterCommit,
     /// The response is delayed by `ms` (the request is processed normally).
     Delay { ms: u64 },
+    /// The request IS processed, then its response is held until `gate` is
+    /// released ([`crate::Sim::release`], `POST /_sim/gates/{gate}/release`).
+    /// [`crate::Sim::wait_held`] returns once a response is held there: the
+    /// client is then provably inside that call, and a test can act (kill it,
+    /// signal it, look at the state) at that point without guessing timings.
+    Hold { gate: String },
     /// Answer with this status and JSON body instead (nothing is processed).
     /// Used to check that a contract checker catches a bad response.
     Respond {

@@ -27,12 +27,15 @@ pub mod api;
 pub mod catalog;
 pub mod config;
 pub mod custom_images;
+pub mod gates;
+pub mod machine;
 pub mod metadata;
 pub mod prism;
 pub mod server;
 pub mod state;
 pub mod vm;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -42,9 +45,12 @@ use tokio::task::JoinHandle;
 
 pub use api::{RequestLog, SeedImage};
 pub use config::{
-    Fault, FaultRule, PlayVm, ProvisionPlan, ProvisionResult, RateLimitConfig, SimConfig,
+    Fault, FaultRule, PlayVm, ProvisionPlan, ProvisionResult, RateLimitConfig, ScopedToken,
+    SimConfig,
 };
-pub use state::{DEFAULT_PROJECT_ID, OTHER_PROJECT_ID};
+pub use gates::GateState;
+pub use machine::{MachineConfig, MachineError, MachineInfo, Power};
+pub use state::{DEFAULT_PROJECT_ID, DropletRecord, OTHER_PROJECT_ID};
 pub use vm::{Played, bake_urls};
 
 use api::Shared;
@@ -57,6 +63,8 @@ pub struct Sim {
     api_addr: SocketAddr,
     metadata_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// Machine mode (`SimConfig::machines`).
+    machines: Option<Arc<machine::Host>>,
 }
 
 /// Errors from the [`Sim`] handle's helpers.
@@ -64,6 +72,10 @@ pub struct Sim {
 pub enum SimError {
     #[error("the simulator has no droplet {0}")]
     NoSuchDroplet(u64),
+    #[error("the simulator is not in machine mode (SimConfig::machines)")]
+    NoMachines,
+    #[error(transparent)]
+    Machine(#[from] MachineError),
 }
 
 impl Sim {
@@ -75,6 +87,7 @@ impl Sim {
     }
 
     /// Serve on listeners the caller bound (the binary uses this for `--listen`).
+    /// In machine mode this checks the host and sweeps dead runs first (blocking).
     pub fn start_on(
         config: SimConfig,
         api: TcpListener,
@@ -82,9 +95,20 @@ impl Sim {
     ) -> std::io::Result<Self> {
         let api_addr = api.local_addr()?;
         let metadata_addr = metadata.local_addr()?;
+        let machines = match &config.machines {
+            Some(mc) => {
+                Some(machine::Host::new(mc.clone(), &config).map_err(std::io::Error::other)?)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             world: Mutex::new(World::new(config)),
+            gates: gates::Gates::default(),
         });
+        if let Some(host) = &machines {
+            host.attach(&shared, api_addr, metadata_addr);
+            shared.lock().machines = Some(host.clone());
+        }
         let api_router = api::router(shared.clone());
         let md_router = metadata::router(shared.clone());
         let t1 = tokio::spawn(server::serve_api(api, shared.clone(), api_router));
@@ -98,6 +122,7 @@ impl Sim {
             api_addr,
             metadata_addr,
             tasks: vec![t1, t2],
+            machines,
         })
     }
 
@@ -131,6 +156,24 @@ impl Sim {
 
     pub fn clear_faults(&self) {
         self.set_faults(Vec::new());
+    }
+
+    /// Return once `count` responses have been held at `gate` by a
+    /// [`Fault::Hold`] rule (at once if they already were). It has no deadline
+    /// of its own: wrap it in `tokio::time::timeout` to fail a test that never
+    /// gets there.
+    pub async fn wait_held(&self, gate: &str, count: u64) {
+        self.shared.gates.wait_held(gate, count).await;
+    }
+
+    /// Let the responses held at `gate` go, and stop holding there.
+    pub fn release(&self, gate: &str) {
+        self.shared.gates.release(gate);
+    }
+
+    /// Every gate of the `hold` fault and how many responses it held.
+    pub fn gates(&self) -> BTreeMap<String, GateState> {
+        self.shared.gates.snapshot()
     }
 
     /// Change the configuration in place (timings, limits, errored actions, ...).
@@ -176,7 +219,13 @@ impl Sim {
 
     /// Every droplet ever created (existing and deleted), for "exactly one droplet" checks.
     pub fn droplets_ever_created(&self) -> usize {
-        self.with(|w| w.droplets.len() + w.deleted_droplets.len())
+        self.with(|w| w.records.len())
+    }
+
+    /// What droplet `droplet_id` was created as (image, region, size, tags) and
+    /// the projects it was assigned to, also after it was deleted.
+    pub fn droplet_record(&self, droplet_id: u64) -> Option<DropletRecord> {
+        self.with(|w| w.records.get(&droplet_id).cloned())
     }
 
     /// Make the metadata service answer as `droplet_id` (`None`: answer 404).
@@ -230,12 +279,84 @@ impl Sim {
     pub fn state(&self) -> Value {
         self.with(|w| w.summary())
     }
+
+    // ----- machine mode -----
+
+    fn host(&self) -> Result<&Arc<machine::Host>, SimError> {
+        self.machines.as_ref().ok_or(SimError::NoMachines)
+    }
+
+    /// Machine mode: a droplet's container, while the droplet exists.
+    pub fn machine(&self, droplet_id: u64) -> Option<MachineInfo> {
+        self.machines.as_ref()?.info(droplet_id)
+    }
+
+    /// Machine mode: an image's root filesystem tree (a snapshot's, or the base
+    /// for a public slug); `None` once the image is deleted.
+    pub fn image_tree(&self, image_id: u64) -> Option<std::path::PathBuf> {
+        // Through the world lock: a snapshot's tree is claimed when the world
+        // sees its action complete.
+        self.with(|_| ());
+        self.machines.as_ref()?.image_tree(image_id)
+    }
+
+    /// Machine mode: a running droplet's root directory as its container sees it.
+    pub fn droplet_tree(&self, droplet_id: u64) -> Option<std::path::PathBuf> {
+        self.machines.as_ref()?.droplet_root(droplet_id)
+    }
+
+    /// Machine mode: run a command inside a running droplet (`nsenter`).
+    pub async fn exec(
+        &self,
+        droplet_id: u64,
+        argv: &[&str],
+    ) -> Result<std::process::Output, SimError> {
+        Ok(self.host()?.exec(droplet_id, argv).await?)
+    }
+
+    /// Machine mode: a TCP connection made from inside a droplet's network
+    /// namespace (to reach a service in the droplet, e.g. `127.0.0.1:22`).
+    pub async fn connect_in_droplet(
+        &self,
+        droplet_id: u64,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpStream, SimError> {
+        Ok(self.host()?.connect(droplet_id, addr).await?)
+    }
+
+    /// Machine mode: wait until `probe` returns `Some`. It is asked now and after
+    /// every change the containers make (boots, exits, snapshots, removals), so a
+    /// test waits for an event, not for a time.
+    pub async fn wait_until<T>(&self, mut probe: impl FnMut(&Sim) -> Option<T>) -> T {
+        let Some(host) = &self.machines else {
+            panic!("wait_until needs machine mode (SimConfig::machines)");
+        };
+        let mut changes = host.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if let Some(found) = probe(self) {
+                return found;
+            }
+            if changes.changed().await.is_err() {
+                panic!("the machine host stopped while waiting");
+            }
+        }
+    }
+
+    /// Machine mode: this run's directory (droplet disks, snapshot trees).
+    pub fn machine_run_dir(&self) -> Option<&std::path::Path> {
+        self.machines.as_ref().map(|m| m.run_dir())
+    }
 }
 
 impl Drop for Sim {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        // Machine mode: no container, process or tree outlives the simulator.
+        if let Some(host) = &self.machines {
+            host.shutdown();
         }
     }
 }

@@ -1,4 +1,5 @@
 //! `do-sim --listen 127.0.0.1:PORT [--metadata-listen 127.0.0.1:PORT] [--config faults.json]`
+//! `do-sim --sweep [--config machines.json]`
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -18,6 +19,11 @@ struct Args {
     /// JSON config: timings, limits, restricted sizes, faults (see README).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Remove the leftovers of killed machine-mode runs (containers, trees) under
+    /// the state directory (`machines.state_dir` of --config, else /var/tmp/do-sim)
+    /// and exit.
+    #[arg(long)]
+    sweep: bool,
 }
 
 #[tokio::main]
@@ -39,6 +45,20 @@ async fn main() -> anyhow::Result<()> {
         }
         None => do_sim::SimConfig::default(),
     };
+    if args.sweep {
+        let config: do_sim::SimConfig = config;
+        let state_dir = config.machines.map_or_else(
+            || PathBuf::from(do_sim::machine::DEFAULT_STATE_DIR),
+            |m| m.state_dir,
+        );
+        let swept = do_sim::machine::sweep(&state_dir)
+            .with_context(|| format!("sweeping {}", state_dir.display()))?;
+        println!(
+            "{}",
+            serde_json::json!({"runs": swept.runs, "processes": swept.processes})
+        );
+        return Ok(());
+    }
     let api = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

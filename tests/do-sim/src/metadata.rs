@@ -1,7 +1,9 @@
 //! The droplet metadata service (`http://169.254.169.254` on a real droplet),
 //! served on its own listener. It answers for the droplet chosen with
 //! [`crate::Sim::act_as`] (or `POST /_sim/metadata {"droplet_id": N}`), and 404s
-//! when none is chosen or that droplet was destroyed.
+//! when none is chosen or that droplet was destroyed. In machine mode each
+//! droplet also has a listener of its own that always answers as that droplet
+//! ([`router_for`]).
 //!
 //! Plain-text items (one value per line): `/metadata/v1/id`, `hostname`,
 //! `region`, `user-data`, `tags` (and `tags/`), plus the `/metadata/v1.json`
@@ -19,7 +21,31 @@ use serde_json::json;
 use crate::api::Shared;
 use crate::state::{Droplet, World};
 
+/// Who a metadata listener answers for.
+#[derive(Clone)]
+struct Asker {
+    shared: Arc<Shared>,
+    /// `None`: the droplet chosen with `act_as`.
+    droplet_id: Option<u64>,
+}
+
+/// The shared listener: answers as the droplet chosen with `act_as`.
 pub fn router(shared: Arc<Shared>) -> Router {
+    routes().with_state(Asker {
+        shared,
+        droplet_id: None,
+    })
+}
+
+/// A listener that only one droplet reaches: always answers as that droplet.
+pub fn router_for(shared: Arc<Shared>, droplet_id: u64) -> Router {
+    routes().with_state(Asker {
+        shared,
+        droplet_id: Some(droplet_id),
+    })
+}
+
+fn routes() -> Router<Asker> {
     Router::new()
         .route("/metadata/v1/", get(index))
         .route("/metadata/v1/id", get(|s| item(s, |_, d| d.id.to_string())))
@@ -49,7 +75,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/metadata/v1.json", get(all_json))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found").into_response() })
-        .with_state(shared)
 }
 
 fn text(body: String) -> Response {
@@ -61,25 +86,29 @@ fn text(body: String) -> Response {
         .into_response()
 }
 
-fn with_droplet(shared: &Shared, f: impl FnOnce(&World, &Droplet) -> Response) -> Response {
-    let w = shared.lock();
-    match w.metadata_droplet.and_then(|id| w.droplets.get(&id)) {
+fn with_droplet(asker: &Asker, f: impl FnOnce(&World, &Droplet) -> Response) -> Response {
+    let w = asker.shared.lock();
+    match asker
+        .droplet_id
+        .or(w.metadata_droplet)
+        .and_then(|id| w.droplets.get(&id))
+    {
         Some(d) => f(&w, d),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
 
-async fn item(State(s): State<Arc<Shared>>, f: fn(&World, &Droplet) -> String) -> Response {
+async fn item(State(s): State<Asker>, f: fn(&World, &Droplet) -> String) -> Response {
     with_droplet(&s, |w, d| text(f(w, d)))
 }
 
-async fn index(State(s): State<Arc<Shared>>) -> Response {
+async fn index(State(s): State<Asker>) -> Response {
     with_droplet(&s, |_, _| {
         text("id\nhostname\nuser-data\nvendor-data\npublic-keys\nregion\ninterfaces/\ndns/\nfloating_ip/\nreserved_ip/\ntags/\nfeatures/".to_owned())
     })
 }
 
-async fn all_json(State(s): State<Arc<Shared>>) -> Response {
+async fn all_json(State(s): State<Asker>) -> Response {
     with_droplet(&s, |w, d| {
         let body = json!({
             "droplet_id": d.id,

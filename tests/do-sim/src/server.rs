@@ -2,7 +2,8 @@
 //! fault can close a connection without any response, plus everything every
 //! `/v2` response shares: bearer auth (401), the rate-limit window and its
 //! headers (`ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`),
-//! `x-request-id`, injected faults and the request log.
+//! `x-request-id`, injected faults (held responses wait at their gate) and the
+//! request log.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -85,6 +86,7 @@ fn fault_name(f: &Fault) -> String {
         Fault::Drop => "drop",
         Fault::DropAfterCommit => "drop_after_commit",
         Fault::Delay { .. } => "delay",
+        Fault::Hold { .. } => "hold",
         Fault::Respond { .. } => "respond",
     }
     .to_owned()
@@ -122,7 +124,7 @@ async fn handle(
         let fault = w.count_and_match_fault(&route);
         let rate = w.consume_rate();
         let reset_secs = w.seconds_until_reset();
-        let authorized = authorized(&req, w.config.token.as_deref());
+        let authorized = authorized(&req, &w.config, method.as_str(), &path);
         (fault, rate, reset_secs, authorized)
     };
     let (limit, remaining, reset_epoch, exhausted) = rate;
@@ -138,14 +140,26 @@ async fn handle(
             status,
             request_id: request_id.clone(),
             fault: fault.as_ref().map(fault_name),
+            token: match &authorized {
+                Auth::Scoped(name) | Auth::OutOfScope(name) => Some(name.clone()),
+                _ => None,
+            },
         });
     };
 
-    let mut resp = if !authorized {
+    let mut resp = if authorized == Auth::No {
         error_response(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "Unable to authenticate you",
+            &request_id,
+        )
+    } else if let Auth::OutOfScope(_) = authorized {
+        // DigitalOcean's answer to a token without the scope (403 `Forbidden`).
+        error_response(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "You are not authorized to perform this operation",
             &request_id,
         )
     } else if exhausted {
@@ -176,6 +190,10 @@ async fn handle(
                         tokio::time::sleep(Duration::from_millis(*ms)).await;
                         resp
                     }
+                    Some(Fault::Hold { gate }) => {
+                        shared.gates.hold(gate).await;
+                        resp
+                    }
                     _ => resp,
                 }
             }
@@ -204,7 +222,25 @@ fn rate_limited(retry_after_secs: u64, request_id: &str) -> Response<Body> {
     resp
 }
 
-fn authorized(req: &Request<Body>, expected: Option<&str>) -> bool {
+/// Who a request is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Auth {
+    /// No token, or an unknown one.
+    No,
+    /// The full-access token.
+    Full,
+    /// A scoped token (its name) allowed this request.
+    Scoped(String),
+    /// A scoped token (its name) without the scope this request needs.
+    OutOfScope(String),
+}
+
+fn authorized(
+    req: &Request<Body>,
+    config: &crate::config::SimConfig,
+    method: &str,
+    path: &str,
+) -> Auth {
     let Some(token) = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -212,11 +248,19 @@ fn authorized(req: &Request<Body>, expected: Option<&str>) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
     else {
-        return false;
+        return Auth::No;
     };
-    match expected {
-        Some(want) => token == want,
-        None => !token.is_empty(),
+    if let Some(scoped) = config.scoped_tokens.iter().find(|t| t.token == token) {
+        return if scoped.allows(method, path) {
+            Auth::Scoped(scoped.name.clone())
+        } else {
+            Auth::OutOfScope(scoped.name.clone())
+        };
+    }
+    match config.token.as_deref() {
+        Some(want) if token == want => Auth::Full,
+        None if !token.is_empty() => Auth::Full,
+        _ => Auth::No,
     }
 }
 

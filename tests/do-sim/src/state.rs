@@ -65,6 +65,19 @@ pub struct Droplet {
     pub pending_plan: Option<ProvisionPlan>,
 }
 
+/// What a droplet was created as and where it went, kept after it is deleted
+/// (a bake destroys its builder before a test can look at it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DropletRecord {
+    pub name: String,
+    pub image_id: u64,
+    pub region: String,
+    pub size: String,
+    pub tags: Vec<String>,
+    /// Ids of the projects it was assigned to, in order.
+    pub projects: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ActionStatus {
     #[serde(rename = "in-progress")]
@@ -149,6 +162,9 @@ pub struct LoggedRequest {
     pub request_id: String,
     /// Name of the injected fault, if any.
     pub fault: Option<String>,
+    /// The scoped token the request came with (its name), if it was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,7 +185,8 @@ pub struct World {
     next_image_id: u64,
     next_key_id: u64,
     pub droplets: BTreeMap<u64, Droplet>,
-    pub deleted_droplets: BTreeSet<u64>,
+    /// Every droplet ever created (existing and deleted).
+    pub records: BTreeMap<u64, DropletRecord>,
     pub actions: BTreeMap<u64, Action>,
     pub images: BTreeMap<u64, Image>,
     /// Custom image imports (`POST /v2/images`), by image id.
@@ -187,6 +204,8 @@ pub struct World {
     pub metadata_droplet: Option<u64>,
     /// What the VM player did, per droplet (kept after the droplet is deleted).
     pub played: BTreeMap<u64, crate::vm::Played>,
+    /// Machine mode's hooks (`SimConfig::machines`); `None` otherwise.
+    pub machines: Option<std::sync::Arc<crate::machine::Host>>,
 }
 
 pub const DEFAULT_PROJECT_ID: &str = "6b5d6e0a-7c1b-4f0e-9a3e-2f6c1d0a0001";
@@ -242,7 +261,7 @@ impl World {
             next_image_id: 150_000_001,
             next_key_id: 5_000_001,
             droplets: BTreeMap::new(),
-            deleted_droplets: BTreeSet::new(),
+            records: BTreeMap::new(),
             actions: BTreeMap::new(),
             images,
             imports: BTreeMap::new(),
@@ -270,6 +289,7 @@ impl World {
             rate_reset_at,
             metadata_droplet: None,
             played: BTreeMap::new(),
+            machines: None,
         }
     }
 
@@ -388,6 +408,10 @@ impl World {
                         source_droplet: Some(droplet.id),
                     },
                 );
+                // Machine mode: the snapshot's tree becomes this image's.
+                if let Some(machines) = &self.machines {
+                    machines.snapshot_image(action.id, image_id);
+                }
             }
             _ => {}
         }
@@ -567,7 +591,12 @@ impl World {
         let size = catalog::size(&d.size_slug);
         let region = catalog::region(&d.region_slug);
         let image = self.images.get(&d.image_id).map(|i| self.image_json(i));
-        let ip = &self.config.droplet_ipv4;
+        let public = self
+            .machines
+            .as_ref()
+            .and_then(|m| m.public_ip(d.id))
+            .map(|ip| ip.to_string());
+        let ip = public.as_ref().unwrap_or(&self.config.droplet_ipv4);
         json!({
             "id": d.id,
             "name": d.name,
@@ -650,13 +679,18 @@ impl World {
             .collect();
         json!({
             "droplets": droplets,
-            "deleted_droplets": self.deleted_droplets,
+            "deleted_droplets": self
+                .records
+                .keys()
+                .filter(|id| !self.droplets.contains_key(id))
+                .collect::<Vec<_>>(),
             "actions": actions,
             "images": images,
             "projects": self.projects,
             "tags": self.tags.keys().collect::<Vec<_>>(),
             "ssh_keys": self.ssh_keys.values().collect::<Vec<_>>(),
             "metadata_droplet": self.metadata_droplet,
+            "machines": self.machines.as_ref().map(|m| m.summary()),
             "total_requests": self.total_requests,
             "requests_by_route": self.counts,
         })

@@ -1,17 +1,18 @@
 //! The VM player: the in-VM part of an `image-builder bake`, played by the
 //! simulator so a bake (or a benchmark) runs end to end without a real VM.
 //!
-//! A bake's user-data carries two presigned URLs (see `provision`):
-//! the agent download (`url = "..."` in the agent-install step) and the seal
-//! report upload (`REPORT_URL = "..."` in the finisher). The player reads them,
-//! GETs the agent (recording its sha256), PUTs a seal report, and then lets the
-//! droplet power itself off, as the real finisher does.
+//! A bake's user-data carries two presigned URLs (see `provision`): the agent
+//! download (the `AGENT_URL` parameter of the agent-install step) and the seal
+//! report upload (`report_url` in the finisher's config, a `provision::FinisherConfig`).
+//! The player reads them, GETs the agent (recording its sha256), PUTs a seal report
+//! (a `provision::SealReport`), and then lets the droplet power itself off, as the
+//! real finisher does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use provision::{SealReport, SealStatus, StepResult, Versions};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::api::Shared;
@@ -32,42 +33,65 @@ pub struct Played {
     pub report_url: Option<String>,
 }
 
+/// The part of cloud-config user-data the player reads.
+#[derive(Deserialize)]
+struct UserData {
+    #[serde(default)]
+    write_files: Vec<WrittenFile>,
+}
+
+#[derive(Deserialize)]
+struct WrittenFile {
+    path: String,
+    #[serde(default)]
+    content: String,
+}
+
 /// The `(agent_url, report_url)` an image-builder bake put into user-data.
 pub fn bake_urls(user_data: &str) -> (Option<String>, Option<String>) {
-    (
-        python_string_after(user_data, "url = "),
-        python_string_after(user_data, "REPORT_URL = "),
-    )
+    let Ok(user_data) = serde_saphyr::from_str::<UserData>(user_data) else {
+        return (None, None);
+    };
+    let files = &user_data.write_files;
+    let agent_url = files
+        .iter()
+        .find_map(|f| provision::script_param(&f.content, provision::AGENT_URL_PARAM))
+        .filter(|url| !url.is_empty());
+    let report_url = files
+        .iter()
+        .find(|f| f.path == provision::FINISHER_CONFIG_PATH)
+        .and_then(|f| serde_json::from_str::<provision::FinisherConfig>(&f.content).ok())
+        .and_then(|config| config.report_url);
+    (agent_url, report_url)
 }
 
-/// The JSON/Python string literal following `prefix` at the start of a line
-/// (leading whitespace allowed).
-fn python_string_after(text: &str, prefix: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let rest = line.trim_start().strip_prefix(prefix)?;
-        let mut it = serde_json::Deserializer::from_str(rest.trim()).into_iter::<String>();
-        it.next()?.ok()
-    })
-}
-
-/// The seal report the player sends (same shape as `provision::SealReport`).
-fn report(result: ProvisionResult) -> serde_json::Value {
+/// The seal report the player sends.
+fn report(result: ProvisionResult) -> SealReport {
+    let step = |name: &str, exit_code, seconds| StepResult {
+        name: name.to_owned(),
+        exit_code,
+        seconds,
+    };
+    let finished_at = Some("2026-01-01T00:00:00Z".to_owned());
     match result {
-        ProvisionResult::Ok => json!({
-            "version": 1, "status": "ok",
-            "steps": [{"name": "apt-update", "exit_code": 0, "seconds": 1},
-                      {"name": "agent-install", "exit_code": 0, "seconds": 1}],
-            "log_tail": ["image-builder: sealed"],
-            "versions": {"cloud_init": "do-sim", "os": "Debian GNU/Linux 12 (bookworm)"},
-            "finished_at": "2026-01-01T00:00:00Z"
-        }),
-        ProvisionResult::Failed => json!({
-            "version": 1, "status": "failed",
-            "reason": "step apt-install failed", "failed_step": "apt-install",
-            "steps": [{"name": "apt-install", "exit_code": 100, "seconds": 2}],
-            "log_tail": ["E: Unable to locate package no-such-package"],
-            "finished_at": "2026-01-01T00:00:00Z"
-        }),
+        ProvisionResult::Ok => SealReport {
+            steps: vec![step("apt-update", 0, 1), step("agent-install", 0, 1)],
+            log_tail: vec!["image-builder: sealed".to_owned()],
+            versions: Versions {
+                cloud_init: "do-sim".to_owned(),
+                kernel: String::new(),
+                os: "Debian GNU/Linux 12 (bookworm)".to_owned(),
+            },
+            finished_at,
+            ..SealReport::new(SealStatus::Ok)
+        },
+        ProvisionResult::Failed => SealReport {
+            failed_step: Some("apt-install".to_owned()),
+            steps: vec![step("apt-install", 100, 2)],
+            log_tail: vec!["E: Unable to locate package no-such-package".to_owned()],
+            finished_at,
+            ..SealReport::failed("step apt-install failed")
+        },
     }
 }
 
@@ -100,7 +124,8 @@ pub fn spawn_player(shared: Arc<Shared>, id: u64, user_data: String, play: PlayV
         if !play.no_report {
             match &report_url {
                 Some(url) => {
-                    let body = report(play.result).to_string();
+                    // A report of plain strings and numbers always serializes.
+                    let body = serde_json::to_string(&report(play.result)).unwrap_or_default();
                     match http
                         .put(url)
                         .header("content-type", "application/json")
@@ -132,16 +157,58 @@ pub fn spawn_player(shared: Arc<Shared>, id: u64, user_data: String, play: PlayV
 #[cfg(test)]
 mod tests {
     use super::*;
+    use provision::{AgentSource, BakedInfo, FinisherConfig};
+
+    /// user-data shaped as `image-builder render` writes it: the step and the
+    /// finisher config as literal blocks.
+    fn user_data(agent: &provision::Step, finisher: &FinisherConfig) -> String {
+        let block = |text: &str| {
+            text.lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        };
+        format!(
+            "#cloud-config\nwrite_files:\n- path: /var/lib/image-builder/steps/05-agent-install.sh\n  content: |\n{}  permissions: \"0700\"\n- path: {}\n  content: |\n{}runcmd:\n- [/bin/sh, /x]\n",
+            block(&agent.script),
+            provision::FINISHER_CONFIG_PATH,
+            block(&finisher.to_json()),
+        )
+    }
 
     #[test]
     fn urls_are_read_from_the_rendered_scripts() {
-        let ud = "write_files:\n  - content: |\n      import sys\n      url = \"http://127.0.0.1:9/a?X-Amz-Signature=1&b=\\\"q\"\n      REPORT_URL = \"http://127.0.0.1:9/r?s=2\"\n";
-        let (a, r) = bake_urls(ud);
+        let agent_url = "http://127.0.0.1:9/a?X-Amz-Signature=1&b=\"q'";
+        let report_url = "http://127.0.0.1:9/r?s=2";
+        let agent =
+            provision::agent_install(&AgentSource::Url(agent_url.into()), "ab", "[Unit]\n", "");
+        let baked = BakedInfo {
+            image: "i".into(),
+            spec_sha256: "s".into(),
+            image_builder_version: "v".into(),
+        };
+        let finisher = FinisherConfig::new(Some(report_url.into()), baked.clone());
+        let (a, r) = bake_urls(&user_data(&agent, &finisher));
+        assert_eq!(a.as_deref(), Some(agent_url));
+        assert_eq!(r.as_deref(), Some(report_url));
+
+        // A local bake: the agent is a file, no report URL.
+        let agent = provision::agent_install(&AgentSource::Path("/x".into()), "ab", "[Unit]\n", "");
+        let finisher = FinisherConfig::new(None, baked);
+        assert_eq!(bake_urls(&user_data(&agent, &finisher)), (None, None));
         assert_eq!(
-            a.as_deref(),
-            Some("http://127.0.0.1:9/a?X-Amz-Signature=1&b=\"q")
+            bake_urls("#!/bin/sh\necho not cloud-config\n"),
+            (None, None)
         );
-        assert_eq!(r.as_deref(), Some("http://127.0.0.1:9/r?s=2"));
-        assert_eq!(bake_urls("REPORT_URL = None\n"), (None, None));
+    }
+
+    #[test]
+    fn reports_are_seal_reports() {
+        for result in [ProvisionResult::Ok, ProvisionResult::Failed] {
+            let json = serde_json::to_string(&report(result)).unwrap_or_default();
+            let back: SealReport = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back, report(result));
+        }
+        assert_eq!(report(ProvisionResult::Ok).status, SealStatus::Ok);
+        assert_eq!(report(ProvisionResult::Failed).status, SealStatus::Failed);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use do_sim::api::refusal;
 use do_sim::{Fault, FaultRule, ProvisionPlan, ProvisionResult, SeedImage, Sim, SimConfig};
 use serde_json::{Value, json};
 
@@ -126,9 +127,18 @@ async fn droplet_lifecycle_actions_and_snapshots() {
         )
         .await;
     assert_eq!(
-        (s, e["id"].as_str()),
-        (422, Some("unprocessable_entity")),
+        (s, e["id"].as_str(), e["message"].as_str()),
+        (
+            422,
+            Some("unprocessable_entity"),
+            Some(refusal::PENDING_EVENT)
+        ),
         "{e}"
+    );
+    assert_eq!(
+        refusal::PENDING_EVENT,
+        "Droplet already has a pending event.",
+        "DigitalOcean's wording (hashicorp/packer#1814)"
     );
     assert_eq!(api.wait_action(action).await["status"], "completed");
     api.wait_droplet(id, "off").await;
@@ -330,31 +340,59 @@ async fn auth_headers_errors_and_limits() {
     ] {
         assert!(h.contains_key(name), "missing header {name}");
     }
-    // Restricted size, size not in region, bad image, droplet limit: 422 with DO's error shape.
+    // Each create refusal: 422, DO's error shape, and DigitalOcean's own words
+    // (spelled out here as well as in the simulator: the constants must not drift).
+    let golden = sim.seed_private_image(SeedImage {
+        name: "golden-sfo".into(),
+        created_at: None,
+        tags: vec![],
+        region: Some("sfo3".into()),
+    });
     let cases = [
         (
             json!({"name": "a", "size": "g-2vcpu-8gb", "image": "debian-12-x64", "region": "nyc3"}),
-            "restricted",
+            refusal::SIZE_RESTRICTED,
+            "This size is currently restricted please send an additional payment to unlock.",
         ),
         (
             json!({"name": "a", "size": "s-4vcpu-8gb", "image": "debian-12-x64", "region": "sgp1"}),
-            "not available in this region",
+            refusal::SIZE_NOT_IN_REGION,
+            "Size is not available in this region.",
+        ),
+        (
+            json!({"name": "a", "size": "s-1vcpu-1gb", "image": "debian-12-x64", "region": "nyc1"}),
+            refusal::REGION_NOT_AVAILABLE,
+            "Region is not available",
+        ),
+        (
+            json!({"name": "a", "size": "s-0vcpu-0gb", "image": "debian-12-x64", "region": "nyc3"}),
+            refusal::INVALID_SIZE,
+            "You specified an invalid size for Droplet creation.",
         ),
         (
             json!({"name": "a", "size": "s-1vcpu-1gb", "image": "golden-snapshot-name", "region": "nyc3"}),
-            "invalid image",
+            refusal::INVALID_IMAGE,
+            "You specified an invalid image for Droplet creation.",
+        ),
+        (
+            json!({"name": "a", "size": "s-1vcpu-1gb", "image": golden, "region": "nyc3"}),
+            refusal::IMAGE_NOT_IN_REGION,
+            "The image you specified is not available in the selected region, you can transfer it to this region from the images pages.",
+        ),
+        (
+            json!({"name": "a_b", "size": "s-1vcpu-1gb", "image": "debian-12-x64", "region": "nyc3"}),
+            refusal::INVALID_HOSTNAME,
+            "Only valid hostname characters are allowed. (a-z, A-Z, 0-9, . and -)",
         ),
     ];
-    for (body, needle) in cases {
+    for (body, message, digitaloceans) in cases {
+        assert_eq!(message, digitaloceans);
         let (s, h, e) = api
             .call(reqwest::Method::POST, "/v2/droplets", Some(body))
             .await;
         assert_eq!(s, 422, "{e}");
         assert_eq!(e["id"], "unprocessable_entity");
-        assert!(
-            e["message"].as_str().is_some_and(|m| m.contains(needle)),
-            "{e}"
-        );
+        assert_eq!(e["message"].as_str(), Some(message), "{e}");
         assert_eq!(
             e["request_id"].as_str(),
             h.get("x-request-id").and_then(|v| v.to_str().ok())
@@ -368,10 +406,9 @@ async fn auth_headers_errors_and_limits() {
         )
         .await;
     assert_eq!(s, 422);
-    assert!(
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("droplet limit")),
+    assert_eq!(
+        e["message"].as_str(),
+        Some("creating this/these droplet(s) will exceed your droplet limit"),
         "{e}"
     );
 }
@@ -463,6 +500,50 @@ async fn faults_and_request_log() {
 }
 
 #[tokio::test]
+async fn a_held_response_waits_for_its_gate_and_the_request_is_processed_first() {
+    let sim = Sim::start(fast()).await.expect("sim starts");
+    sim.set_faults(vec![FaultRule {
+        route: "POST /v2/droplets".into(),
+        nth: 1,
+        times: 1,
+        fault: Fault::Hold {
+            gate: "create".into(),
+        },
+    }]);
+    let api = Api::new(&sim);
+    let create = tokio::spawn(async move { api.create("held").await });
+    tokio::time::timeout(Duration::from_secs(30), sim.wait_held("create", 1))
+        .await
+        .expect("the create is held at its gate");
+    // Held: processed (the droplet exists), not answered, not yet logged.
+    assert_eq!(sim.droplet_ids().len(), 1);
+    assert!(
+        !create.is_finished(),
+        "the response went out before the release"
+    );
+    assert_eq!(sim.requests().entries.len(), 0);
+    assert_eq!(
+        sim.gates().get("create").map(|g| (g.held, g.released)),
+        Some((1, false))
+    );
+    sim.release("create");
+    let id = create.await.expect("the create answers once released");
+    assert_eq!(sim.droplet_ids(), vec![id]);
+    let log = sim.requests();
+    assert_eq!(
+        log.entries
+            .iter()
+            .map(|e| (e.status, e.fault.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![(202, Some("hold"))]
+    );
+    // Only the rule's calls are held: the next create answers at once.
+    let api = Api::new(&sim);
+    api.create("not-held").await;
+    assert_eq!(sim.gates().get("create").map(|g| g.held), Some(1));
+}
+
+#[tokio::test]
 async fn rate_limit_window_runs_out() {
     let mut cfg = fast();
     cfg.ratelimit.remaining = 2;
@@ -537,13 +618,17 @@ async fn projects_tags_keys_images() {
         )
         .await;
     assert_eq!(s, 201);
-    let (s, _) = api
+    let (s, e) = api
         .post(
             "/v2/account/keys",
             json!({"name": "k2", "public_key": "ssh-ed25519 AAAAC3Nza test"}),
         )
         .await;
-    assert_eq!(s, 422, "same key twice");
+    assert_eq!(
+        (s, e["message"].as_str()),
+        (422, Some("SSH Key is already in use on your account")),
+        "same key twice"
+    );
     let fp = k["ssh_key"]["fingerprint"].as_str().expect("fingerprint");
     assert_eq!(api.get(&format!("/v2/account/keys/{fp}")).await.0, 200);
 
@@ -645,4 +730,65 @@ async fn metadata_service_answers_as_a_droplet() {
             .as_u16(),
         404
     );
+}
+
+/// A scoped token (a fleet's worker token: `droplet:read` + `droplet:delete`) may read and
+/// delete droplets and nothing else (403, DigitalOcean's wording); the log names it.
+#[tokio::test]
+async fn scoped_tokens_are_held_to_their_scopes_and_named_in_the_log() {
+    let sim = Sim::start(SimConfig {
+        token: Some(TOKEN.into()),
+        scoped_tokens: vec![do_sim::ScopedToken {
+            name: "worker".into(),
+            token: "worker-token".into(),
+            scopes: vec!["droplet:read".into(), "droplet:delete".into()],
+        }],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let api = Api::new(&sim);
+    let id = api.create("w-1").await;
+    let http = reqwest::Client::new();
+    let as_worker = |m: reqwest::Method, path: &str| {
+        http.request(m, format!("{}{path}", sim.api_url()))
+            .header("authorization", "Bearer worker-token")
+    };
+    let created = as_worker(reqwest::Method::POST, "/v2/droplets")
+        .header("content-type", "application/json")
+        .body(
+            json!({"name": "x", "size": "s-1vcpu-1gb", "image": "debian-12-x64", "region": "nyc3"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 403);
+    let body: Value = created.json().await.unwrap();
+    assert_eq!(body["id"], "Forbidden");
+    let read = as_worker(reqwest::Method::GET, &format!("/v2/droplets/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+    let deleted = as_worker(reqwest::Method::DELETE, &format!("/v2/droplets/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let log = sim.requests();
+    let delete = log
+        .entries
+        .iter()
+        .find(|e| e.route == "DELETE /v2/droplets/{id}")
+        .expect("the delete is logged");
+    assert_eq!(delete.token.as_deref(), Some("worker"), "{delete:?}");
+    let create = log
+        .entries
+        .iter()
+        .find(|e| e.route == "POST /v2/droplets" && e.status == 202)
+        .unwrap();
+    assert_eq!(create.token, None, "the full token is not a scoped one");
+    assert_eq!(sim.count("POST /v2/droplets"), 2);
+    assert!(sim.droplet_ids().is_empty());
 }

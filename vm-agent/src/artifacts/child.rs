@@ -12,6 +12,7 @@
 //! The protocol is private to one binary (parent and child are always the same build), but it
 //! is still one definition: [`PullJob`] and [`Line`], used by both sides.
 
+use crate::error::Error;
 use artifact_store::s3::HickoryDns;
 use artifact_store::{PullConfig, PullReport, S3Credentials, S3Settings, pull};
 use indicatif::ProgressBar;
@@ -159,9 +160,10 @@ pub async fn run(
     }
 }
 
-/// `vm-agent pull-worker`: read one [`PullJob`] from stdin, pull, print [`Line`]s. Exit 0
-/// when a result line was printed (whatever the result), 1 when the job could not be read.
-pub fn main() -> i32 {
+/// `vm-agent pull-worker`: read one [`PullJob`] from stdin, pull, print [`Line`]s. `Ok` (exit
+/// 0) when a result line was printed (whatever the result), an error (exit 1) when the job
+/// could not be read.
+pub fn main() -> Result<(), Error> {
     // Die with the daemon: a daemon killed mid-pull (SIGKILL, OOM) must not leave a pull
     // running on its own. (The daemon's runtime is current-thread on its main thread, and the
     // signal follows the thread that started us; a daemon gone before this line shows up as
@@ -169,16 +171,7 @@ pub fn main() -> i32 {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
         tracing::warn!("{SUBCOMMAND}: cannot tie this process to the daemon's life: {e}");
     }
-    let job: PullJob = match serde_json::from_reader(std::io::stdin().lock()) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!(
-                "vm-agent {SUBCOMMAND}: cannot read the pull job from stdin ({e}); \
-                 this command is started by the daemon, not by hand"
-            );
-            return 1;
-        }
-    };
+    let job: PullJob = serde_json::from_reader(std::io::stdin().lock()).map_err(Error::PullJob)?;
     let workers = std::thread::available_parallelism()
         .map(|n| n.get().clamp(2, 4))
         .unwrap_or(2);
@@ -194,7 +187,7 @@ pub fn main() -> i32 {
                 unavailable: false,
                 message: format!("artifact failed: cannot start a runtime: {e}"),
             }));
-            return 0;
+            return Ok(());
         }
     };
     let line = rt.block_on(async move {
@@ -246,7 +239,7 @@ pub fn main() -> i32 {
         }
     });
     emit(&line);
-    0
+    Ok(())
 }
 
 /// One line on stdout. A parent that went away ends the child.

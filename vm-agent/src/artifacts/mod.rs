@@ -27,12 +27,76 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
+/// Where a pull is. The boot pull starts `none` (nothing to pull at boot) or `pending`;
+/// every pull is then `fetching` and ends `installed`, `unavailable` or `failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactState {
+    /// No boot pull configured (`artifacts.sha` unset, or no `[artifacts]` at all).
+    #[default]
+    None,
+    /// The boot pull has not started yet.
+    Pending,
+    Fetching,
+    /// Every file's sha256 matched the manifest.
+    Installed,
+    /// Not there or not reachable (no credentials, no manifest, access denied).
+    Unavailable,
+    /// There but not installable (checksum mismatch, disk full, bad manifest, timeout).
+    Failed,
+}
+
+impl ArtifactState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactState::None => "none",
+            ArtifactState::Pending => "pending",
+            ArtifactState::Fetching => "fetching",
+            ArtifactState::Installed => "installed",
+            ArtifactState::Unavailable => "unavailable",
+            ArtifactState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ArtifactState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Compares with the wire spelling. Only for `cli.rs`, which still writes
+/// `item.state == "installed"`; compare with the variants everywhere else.
+impl PartialEq<&str> for ArtifactState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// What started a pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactTrigger {
+    /// The boot pull of `artifacts.sha` (the `fetching-artifacts` stage).
+    Boot,
+    /// `vm-agent pull SHA`.
+    Pull,
+}
+
+impl std::fmt::Display for ArtifactTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            ArtifactTrigger::Boot => "boot",
+            ArtifactTrigger::Pull => "pull",
+        })
+    }
+}
+
 /// The artifact part of `vm-agent status` (and of the readiness report).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactReport {
-    /// Of the boot pull: `none` (nothing configured), `pending`, `fetching`, `installed`,
-    /// `unavailable`, `failed`.
-    pub state: String,
+    /// Of the boot pull.
+    pub state: ArtifactState,
     /// Why `none`, `unavailable` or `failed` (e.g. "artifact unavailable: …").
     pub detail: Option<String>,
     /// The build pulled at boot (`artifacts.sha`).
@@ -55,10 +119,9 @@ pub struct ArtifactReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactItem {
     pub sha: String,
-    /// `fetching`, `installed`, `unavailable`, `failed`.
-    pub state: String,
-    /// `boot` or `pull` (on demand).
-    pub trigger: String,
+    /// `fetching`, then `installed`, `unavailable` or `failed`.
+    pub state: ArtifactState,
+    pub trigger: ArtifactTrigger,
     /// Why `unavailable` or `failed`.
     pub reason: Option<String>,
     /// `<state_dir>/artifacts/<sha>` once installed.
@@ -86,11 +149,11 @@ pub struct ArtifactItem {
 
 impl ArtifactItem {
     /// A pull that has just started.
-    pub fn fetching(sha: &str, trigger: &str) -> ArtifactItem {
+    pub fn fetching(sha: &str, trigger: ArtifactTrigger) -> ArtifactItem {
         ArtifactItem {
             sha: sha.to_string(),
-            state: "fetching".into(),
-            trigger: trigger.into(),
+            state: ArtifactState::Fetching,
+            trigger,
             reason: None,
             path: None,
             files: 0,
@@ -109,9 +172,9 @@ impl ArtifactItem {
 
     /// `vm-agent pull` exit code: 0 installed, 1 failed, 2 unavailable.
     pub fn exit_code(&self) -> i32 {
-        match self.state.as_str() {
-            "installed" => 0,
-            "unavailable" => 2,
+        match self.state {
+            ArtifactState::Installed => 0,
+            ArtifactState::Unavailable => 2,
             _ => 1,
         }
     }
@@ -162,7 +225,7 @@ impl ArtifactFetcher for NoArtifacts {
 
     fn report(&self) -> ArtifactReport {
         ArtifactReport {
-            state: "none".into(),
+            state: ArtifactState::None,
             detail: Some("no artifacts configured".into()),
             ..Default::default()
         }

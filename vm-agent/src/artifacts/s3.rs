@@ -12,7 +12,10 @@
 //! statically linked agent never enters NSS.
 
 use super::child;
-use super::{ArtifactFetcher, ArtifactItem, ArtifactOutcome, ArtifactReport, PullRefused};
+use super::{
+    ArtifactFetcher, ArtifactItem, ArtifactOutcome, ArtifactReport, ArtifactState, ArtifactTrigger,
+    PullRefused,
+};
 use crate::config::{ArtifactsConfig, Secrets};
 use artifact_store::{S3Credentials, S3Settings};
 use futures::future::BoxFuture;
@@ -64,7 +67,7 @@ pub fn credentials(secrets: &Secrets) -> Credentials {
 }
 
 struct State {
-    boot_state: String,
+    boot_state: ArtifactState,
     boot_detail: Option<String>,
     items: Vec<ArtifactItem>,
     live: HashMap<String, ProgressBar>,
@@ -81,9 +84,9 @@ pub struct S3Fetcher {
 impl S3Fetcher {
     pub fn new(cfg: ArtifactsConfig, state_dir: PathBuf, creds: Credentials) -> S3Fetcher {
         let (boot_state, boot_detail) = match &cfg.sha {
-            Some(_) => ("pending".to_string(), None),
+            Some(_) => (ArtifactState::Pending, None),
             None => (
-                "none".to_string(),
+                ArtifactState::None,
                 Some("no artifacts.sha configured: pull on demand with `vm-agent pull SHA`".into()),
             ),
         };
@@ -123,7 +126,7 @@ impl S3Fetcher {
     }
 
     /// One pull, start to finish; never fails (the item says how it ended).
-    async fn pull_one(&self, sha: &str, trigger: &str) -> ArtifactItem {
+    async fn pull_one(&self, sha: &str, trigger: ArtifactTrigger) -> ArtifactItem {
         let mut item = ArtifactItem::fetching(sha, trigger);
         let bar = ProgressBar::hidden();
         {
@@ -131,7 +134,7 @@ impl S3Fetcher {
             self.lock().live.insert(sha.to_string(), bar.clone());
         }
         let start = Instant::now();
-        tracing::info!(sha, trigger, bucket = %self.cfg.bucket, "artifact pull: started");
+        tracing::info!(sha, %trigger, bucket = %self.cfg.bucket, "artifact pull: started");
         let result = match &self.creds.keys {
             Err(msg) => Err(child::Failure {
                 unavailable: true,
@@ -154,7 +157,7 @@ impl S3Fetcher {
         item.duration_secs = start.elapsed().as_secs_f64();
         match result {
             Ok(r) => {
-                item.state = "installed".into();
+                item.state = ArtifactState::Installed;
                 item.verified = true;
                 item.path = Some(r.dir.display().to_string());
                 item.files = r.files as u64;
@@ -182,12 +185,16 @@ impl S3Fetcher {
             }) => {
                 item.bytes = bar.length().unwrap_or(0);
                 item.bytes_done = bar.position();
-                item.state = if unavailable { "unavailable" } else { "failed" }.into();
+                item.state = if unavailable {
+                    ArtifactState::Unavailable
+                } else {
+                    ArtifactState::Failed
+                };
                 item.reason = Some(message);
             }
         }
         if let Some(r) = &item.reason {
-            tracing::warn!(sha, trigger, "artifact pull: {}: {r}", item.state);
+            tracing::warn!(sha, %trigger, "artifact pull: {}: {r}", item.state);
         }
         self.put_item(item.clone());
         item
@@ -202,12 +209,12 @@ impl ArtifactFetcher for S3Fetcher {
             };
             {
                 let mut st = self.lock();
-                st.boot_state = "fetching".into();
+                st.boot_state = ArtifactState::Fetching;
             }
-            let item = self.pull_one(&sha, "boot").await;
+            let item = self.pull_one(&sha, ArtifactTrigger::Boot).await;
             {
                 let mut st = self.lock();
-                st.boot_state = item.state.clone();
+                st.boot_state = item.state;
                 st.boot_detail = item.reason.clone();
             }
             let degraded = match (&item.reason, self.cfg.required) {
@@ -226,14 +233,17 @@ impl ArtifactFetcher for S3Fetcher {
                     reason: e.to_string(),
                 });
             }
-            Ok(self.pull_one(&sha, "pull").await)
+            Ok(self.pull_one(&sha, ArtifactTrigger::Pull).await)
         })
     }
 
     fn report(&self) -> ArtifactReport {
         let st = self.lock();
         let mut items = st.items.clone();
-        for it in items.iter_mut().filter(|i| i.state == "fetching") {
+        for it in items
+            .iter_mut()
+            .filter(|i| i.state == ArtifactState::Fetching)
+        {
             if let Some(bar) = st.live.get(&it.sha) {
                 it.bytes = bar.length().unwrap_or(0);
                 it.bytes_done = bar.position();
@@ -244,7 +254,7 @@ impl ArtifactFetcher for S3Fetcher {
             }
         }
         ArtifactReport {
-            state: st.boot_state.clone(),
+            state: st.boot_state,
             detail: st.boot_detail.clone(),
             sha: self.cfg.sha.clone(),
             required: self.cfg.required,
@@ -311,7 +321,7 @@ mod tests {
             },
         );
         let r = f.report();
-        assert_eq!(r.state, "none");
+        assert_eq!(r.state, ArtifactState::None);
         assert!(r.detail.as_deref().unwrap_or("").contains("vm-agent pull"));
         assert_eq!(
             r.store.as_deref(),

@@ -5,7 +5,7 @@
 use super::{Agent, RunAs};
 use crate::config::{Limit, parse_limit};
 use crate::jobs::{JobRecord, JobState};
-use crate::protocol::ErrorKind;
+use crate::protocol::{ErrorKind, JobEnv, JobStdin};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::os::unix::process::ExitStatusExt;
@@ -63,10 +63,15 @@ impl Agent {
         argv: Vec<String>,
         name: Option<String>,
         timeout: Option<String>,
+        env: JobEnv,
+        stdin: Option<JobStdin>,
         by_uid: u32,
     ) -> Result<JobRecord, ReqError> {
         if argv.is_empty() || argv[0].is_empty() {
             return Err((ErrorKind::BadRequest, "no command given".into()));
+        }
+        if let Some(p) = env.0.iter().find_map(|(k, _)| JobEnv::name_problem(k)) {
+            return Err((ErrorKind::BadRequest, format!("--env: {p}")));
         }
         let limit = match &timeout {
             Some(t) => {
@@ -116,7 +121,8 @@ impl Agent {
         tracing::info!(job = rec.id, by_uid, argv = ?rec.argv, "job accepted");
         let me = self.clone();
         let id = rec.id;
-        tokio::spawn(async move { me.run_job(id, rx, limit).await });
+        // The environment stays in memory, with this task: never in the job record on disk.
+        tokio::spawn(async move { me.run_job(id, rx, limit, env, stdin).await });
         Ok(rec)
     }
 
@@ -144,6 +150,8 @@ impl Agent {
         id: u64,
         mut cancel: watch::Receiver<Option<JobState>>,
         limit: Limit,
+        env: JobEnv,
+        stdin: Option<JobStdin>,
     ) {
         // 1. Wait for readiness (ready or degraded).
         let mut stage = self.stage_tx.subscribe();
@@ -176,7 +184,13 @@ impl Agent {
         }
         // 3. Spawn.
         let Some(rec) = self.job(id) else { return };
-        let mut child = match spawn(&rec, &self.run_as, &self.cfg.jobs.path_env) {
+        let mut child = match spawn(
+            &rec,
+            &self.run_as,
+            &self.cfg.jobs.path_env,
+            &env,
+            stdin.is_some(),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start {:?}: {e}", rec.argv[0]);
@@ -186,6 +200,14 @@ impl Agent {
                 return;
             }
         };
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // Written by its own task so a job that does not read it cannot stall the daemon;
+            // dropping the pipe closes the job's stdin (EOF).
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let _written = pipe.write_all(input.0.as_bytes()).await;
+            });
+        }
         let pid = child.id().and_then(|p| i32::try_from(p).ok());
         self.update(id, |r| {
             r.state = JobState::Running;
@@ -283,6 +305,8 @@ fn spawn(
     rec: &JobRecord,
     run_as: &RunAs,
     path_env: &str,
+    env: &JobEnv,
+    with_stdin: bool,
 ) -> std::io::Result<tokio::process::Child> {
     use std::os::unix::fs::OpenOptionsExt;
     let log = std::fs::OpenOptions::new()
@@ -299,13 +323,18 @@ fn spawn(
         .env("SHELL", &run_as.shell)
         .env("PATH", path_env)
         .env("LANG", "C.UTF-8")
+        .envs(env.0.iter().map(|(k, v)| (k, v)))
         .env("VM_AGENT_JOB_ID", rec.id.to_string())
         .current_dir(if run_as.home.is_dir() {
             run_as.home.as_path()
         } else {
             std::path::Path::new("/")
         })
-        .stdin(Stdio::null())
+        .stdin(if with_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)

@@ -8,7 +8,8 @@ pub mod server;
 use crate::artifacts::{ArtifactFetcher, ArtifactItem, PullRefused};
 use crate::cloud_init::{self, CloudInitState, CloudInitStatus};
 use crate::config::{Config, ConfigError, Secrets};
-use crate::destroy::{self, Destroyer, Guard, Outcome};
+use crate::destroy::{self, DestroyState, Destroyer, Guard, Outcome};
+use crate::error::{EXIT_CONFIG, EXIT_FAILURE, Error};
 use crate::hostkeys;
 use crate::jobs::{JobRecord, JobState, JobStore};
 use crate::report::{
@@ -24,12 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Semaphore, watch};
-
-/// Exit code for a config/secrets problem. The systemd unit lists it in
-/// `RestartPreventExitStatus=` so a bad config does not restart-loop.
-pub const EXIT_CONFIG: i32 = 78;
-/// Exit code for any other startup failure (systemd restarts it).
-pub const EXIT_FAILURE: i32 = 1;
 
 /// Who jobs run as.
 #[derive(Debug, Clone)]
@@ -60,6 +55,7 @@ pub enum StartError {
 }
 
 impl StartError {
+    /// 78 for a config problem (systemd does not restart), 1 for anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::Config(_) | StartError::Field { .. } => EXIT_CONFIG,
@@ -230,7 +226,7 @@ impl Agent {
                 draining: None,
                 destroy: DestroyStatus {
                     provider,
-                    state: "armed".into(),
+                    state: DestroyState::Armed,
                     ..Default::default()
                 },
                 destroy_done: false,
@@ -467,6 +463,13 @@ impl Agent {
                 idle_since: i.idle_since,
                 busy,
                 jobs_ever: !i.jobs.is_empty(),
+                job_ended: i.jobs.values().any(|j| {
+                    !matches!(
+                        j.state,
+                        JobState::Queued | JobState::Running | JobState::Lost
+                    )
+                }),
+                jobs_active: i.jobs_in(JobState::Running) + i.jobs_in(JobState::Queued) > 0,
             };
             let (statuses, fired) = timers::evaluate(&self.cfg.timers, &inputs);
             i.timers = statuses;
@@ -476,8 +479,8 @@ impl Agent {
                 {
                     i.destroying = true;
                     i.draining = Some(format!("{} timer fired: {}", f.timer, f.reason));
-                    i.destroy.state = "draining".into();
-                    i.destroy.timer = Some(f.timer.clone());
+                    i.destroy.state = DestroyState::Draining;
+                    i.destroy.timer = Some(f.timer);
                     i.destroy.at = Some(now);
                     Some(f)
                 }
@@ -506,11 +509,30 @@ impl Agent {
             }
         }
         tokio::time::sleep(grace).await;
-        self.lock().destroy.state = "destroying".into();
+        let record = {
+            let mut i = self.lock();
+            i.destroy.state = DestroyState::Destroying;
+            format!(
+                "vm-agent: destroying this machine ({}): {reason}; jobs running {}, queued {}\n",
+                self.cfg.destroy.provider,
+                i.jobs_in(JobState::Running),
+                i.jobs_in(JobState::Queued)
+            )
+        };
+        // The agent's own record of why the machine ends, where an operator (or a test)
+        // reads it after the machine is gone: e.g. /dev/console, the serial console.
+        if let Some(path) = &self.cfg.destroy.record_file
+            && let Err(e) = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, record.as_bytes()))
+        {
+            tracing::warn!("cannot write the destroy record to {}: {e}", path.display());
+        }
         let guard = AgentGuard { agent: &self };
         let outcome = self.parts.destroyer.destroy(&guard, &reason).await;
         let mut i = self.lock();
-        i.destroy.state = outcome.state().into();
+        i.destroy.state = outcome.state();
         i.destroy.detail = Some(outcome.detail().to_string());
         i.destroy.at = Some(SystemTime::now());
         i.destroying = false;
@@ -678,24 +700,15 @@ fn system_stats(state_dir: &Path) -> SystemStats {
     }
 }
 
-/// Load config + secrets and run the daemon until SIGTERM/SIGINT. Returns the exit code.
-pub fn main(config_path: &Path, dry_run: bool) -> i32 {
-    let cfg = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("vm-agent: refusing to start: {e}");
-            return EXIT_CONFIG;
-        }
-    };
+/// Load config + secrets and run the daemon until SIGTERM/SIGINT.
+pub fn main(config_path: &Path, dry_run: bool) -> Result<(), Error> {
+    let cfg = Config::load(config_path).map_err(|e| {
+        tracing::error!("{e}");
+        Error::Refused(e.into())
+    })?;
     let euid = nix::unistd::geteuid().as_raw();
-    let secrets = match Secrets::load(&cfg.paths.secrets_file, euid) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("vm-agent: refusing to start: {e}");
-            return EXIT_CONFIG;
-        }
-    };
+    let secrets =
+        Secrets::load(&cfg.paths.secrets_file, euid).map_err(|e| Error::Refused(e.into()))?;
     let parts = Parts {
         sessions: Box::new(SystemSessions {
             logind_dir: cfg.sessions.logind_dir.clone(),
@@ -704,32 +717,14 @@ pub fn main(config_path: &Path, dry_run: bool) -> i32 {
         fetcher: crate::artifacts::from_config(&cfg, &secrets),
         destroyer: destroy::from_config(&cfg, &secrets, dry_run),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vm-agent: cannot start the runtime: {e}");
-            return EXIT_FAILURE;
-        }
-    };
+        .map_err(Error::Runtime)?;
     rt.block_on(async move {
-        let agent = match Agent::new(cfg, secrets, parts) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("vm-agent: refusing to start: {e}");
-                return e.exit_code();
-            }
-        };
-        match serve(agent).await {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("vm-agent: {e}");
-                e.exit_code()
-            }
-        }
+        let agent = Agent::new(cfg, secrets, parts).map_err(Error::Refused)?;
+        Ok(serve(agent).await?)
     })
 }
 

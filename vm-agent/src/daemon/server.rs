@@ -228,8 +228,10 @@ async fn handle(agent: Arc<Agent>, stream: UnixStream) -> std::io::Result<()> {
             name,
             timeout,
             detach,
+            env,
+            stdin,
         } => {
-            let job = match agent.submit(argv, name, timeout, uid) {
+            let job = match agent.submit(argv, name, timeout, env, stdin, uid) {
                 Ok(j) => j,
                 Err((k, m)) => return send(&mut w, &err(k, m)).await,
             };

@@ -7,10 +7,51 @@ pub mod local;
 
 use crate::config::{Config, Provider, Secrets};
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 /// Re-checked right before destroying. `Err(reason)` blocks.
 pub trait Guard: Send + Sync {
     fn check(&self) -> Result<(), String>;
+}
+
+/// Where self-destroy is (`vm-agent status`, `destroy.state`): `armed` until a timer
+/// fires, `draining` during the grace period, `destroying` during the provider's
+/// call, then the [`Outcome`]'s state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DestroyState {
+    #[default]
+    Armed,
+    Draining,
+    Destroying,
+    Destroyed,
+    DryRun,
+    Blocked,
+    Refused,
+    PoweredOff,
+    Failed,
+}
+
+impl DestroyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestroyState::Armed => "armed",
+            DestroyState::Draining => "draining",
+            DestroyState::Destroying => "destroying",
+            DestroyState::Destroyed => "destroyed",
+            DestroyState::DryRun => "dry-run",
+            DestroyState::Blocked => "blocked",
+            DestroyState::Refused => "refused",
+            DestroyState::PoweredOff => "powered-off",
+            DestroyState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for DestroyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,14 +71,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn state(&self) -> &'static str {
+    pub fn state(&self) -> DestroyState {
         match self {
-            Outcome::Destroyed(_) => "destroyed",
-            Outcome::DryRun(_) => "dry-run",
-            Outcome::Blocked(_) => "blocked",
-            Outcome::Refused(_) => "refused",
-            Outcome::PoweredOff(_) => "powered-off",
-            Outcome::Failed(_) => "failed",
+            Outcome::Destroyed(_) => DestroyState::Destroyed,
+            Outcome::DryRun(_) => DestroyState::DryRun,
+            Outcome::Blocked(_) => DestroyState::Blocked,
+            Outcome::Refused(_) => DestroyState::Refused,
+            Outcome::PoweredOff(_) => DestroyState::PoweredOff,
+            Outcome::Failed(_) => DestroyState::Failed,
         }
     }
     pub fn detail(&self) -> &str {

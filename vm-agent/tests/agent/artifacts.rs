@@ -4,7 +4,7 @@
 use crate::common::*;
 use crate::s3::*;
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 use vm_agent::config::{ArtifactsConfig, Limit};
@@ -506,19 +506,24 @@ fn a_killed_daemon_leaves_no_pull_process_behind() {
     let (server, _build, mut a) = ready_with_a_published_build();
     let daemon = a.pid();
     signal("-STOP", server.pid());
-    let worker = std::thread::scope(|s| {
+    let (worker, progress) = std::thread::scope(|s| {
         let h = s.spawn(|| a.cli(&["pull", OTHER_SHA]));
         let worker = wait_pull_worker(daemon);
-        // Past its first progress line (it reports every 200 ms, and only changes), so from
-        // here on the stalled worker has nothing to write and would not notice a closed pipe.
-        std::thread::sleep(Duration::from_millis(800));
+        // A second reader on the worker's progress pipe (its stdout): once the daemon is gone,
+        // the worker's next progress line still has a reader, so it cannot end on a broken
+        // pipe; only the parent-death signal can end it.
+        let progress = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(format!("/proc/{worker}/fd/1"))
+            .expect("open the worker's progress pipe");
         signal("-KILL", daemon);
         let out = h.join().expect("cli thread");
         assert_ne!(code(&out), 0, "the pull cannot succeed without its daemon");
-        worker
+        (worker, progress)
     });
-    // While the store is still frozen: the worker makes no progress and writes nothing, so
-    // only the parent-death signal can end it now.
+    // While the store is still frozen: the worker makes no progress, so only the
+    // parent-death signal can end it now.
     wait_until("the orphaned pull-worker to end", 10, || {
         // Gone, or a zombie nobody has reaped yet.
         std::fs::read_to_string(format!("/proc/{worker}/stat"))
@@ -528,6 +533,7 @@ fn a_killed_daemon_leaves_no_pull_process_behind() {
             })
             .unwrap_or(true)
     });
+    drop(progress);
     signal("-CONT", server.pid());
     a.kill();
     assert!(

@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use vm_agent::config::{Config, Dur, Limit, Provider};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vm-agent");
@@ -21,6 +22,9 @@ pub struct Agent {
     pub log_path: PathBuf,
     child: Option<Child>,
     pub env: Vec<(String, String)>,
+    /// Run the daemon as this (uid, gid) instead of the test's own user; `start` hands the
+    /// temp dir to it.
+    pub daemon_user: Option<(u32, u32)>,
 }
 
 impl Agent {
@@ -85,6 +89,7 @@ impl Agent {
             log_path,
             child: None,
             env: vec![],
+            daemon_user: None,
         }
     }
 
@@ -144,6 +149,10 @@ impl Agent {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        if let Some((uid, gid)) = self.daemon_user {
+            chown_tree(self.dir.path(), uid, gid);
+            cmd.uid(uid).gid(gid);
+        }
         let mut child = cmd.spawn().expect("spawn daemon");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&self.cfg.socket.path).is_err() {
@@ -164,12 +173,18 @@ impl Agent {
         self.child.as_ref().map(|c| c.id()).expect("running")
     }
 
-    /// SIGKILL the daemon (a crash).
+    /// SIGKILL the daemon (a crash). It must still have been running (or been SIGKILLed by
+    /// the test itself): a daemon that exited on its own fails the test with its log.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let mut daemon = self.child.take().expect("the daemon was started");
+        daemon.kill().expect("SIGKILL the daemon");
+        let status = daemon.wait().expect("reap the daemon");
+        assert_eq!(
+            status.signal(),
+            Some(nix::sys::signal::Signal::SIGKILL as i32),
+            "the daemon had already ended ({status}):\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -223,6 +238,7 @@ impl Agent {
 
     pub fn job(&self, id: u64) -> Value {
         let out = self.cli(&["jobs", "--json"]);
+        assert_eq!(code(&out), 0, "jobs --json: {}", text(&out.stderr));
         let jobs: Value = serde_json::from_slice(&out.stdout).expect("jobs json");
         jobs.as_array()
             .and_then(|a| a.iter().find(|j| j["id"] == id).cloned())
@@ -253,14 +269,95 @@ impl Agent {
     }
 
     pub fn close_session(&self, pid: u32) {
-        let _ = std::fs::remove_dir_all(self.path(&format!("proc/{pid}")));
+        std::fs::remove_dir_all(self.path(&format!("proc/{pid}"))).expect("close session");
+    }
+
+    /// `vm-agent run --detach -- ARGV`: accepted (exit 0), and the job id it printed.
+    pub fn run_detached(&self, argv: &[&str]) -> u64 {
+        let out = self.cli(&[&["run", "--detach", "--"], argv].concat());
+        assert_eq!(
+            code(&out),
+            0,
+            "run --detach {argv:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("job id from {:?}: {e}", text(&out.stdout)))
+    }
+
+    /// Wait until the daemon has run a timer tick at or after `at` (by its clock), and return
+    /// a status from after that tick. A tick rescans the sessions before it reads the clock
+    /// and evaluates the timers, so a witness session created once the daemon's clock has
+    /// passed `at` and then seen in status proves such a tick ran. The witness is closed (and
+    /// seen gone) before returning. While open it is a session like any other, so use this
+    /// only where something else (a hold, a finished destroy) already decides the outcome.
+    pub fn wait_tick_after(&self, at: SystemTime) -> Value {
+        self.wait_status("the daemon's clock", 30, |s| status_time(&s["now"]) >= at);
+        let witness = self.path("sessions/tick-witness");
+        std::fs::write(&witness, "REMOTE=1\nUSER=tick-witness\nSTATE=active\n")
+            .expect("witness session");
+        let has_witness = |s: &Value| {
+            s["sessions"]
+                .as_array()
+                .expect("sessions")
+                .iter()
+                .any(|x| x["user"] == "tick-witness")
+        };
+        let seen = self.wait_status("a tick that sees the witness session", 30, has_witness);
+        std::fs::remove_file(&witness).expect("close the witness session");
+        self.wait_status("a tick without the witness session", 30, |s| {
+            !has_witness(s)
+        });
+        seen
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.kill();
+        if std::thread::panicking() {
+            // The test already failed: stop the daemon, report nothing more.
+            if let Some(mut daemon) = self.child.take() {
+                daemon.kill().ok();
+                daemon.wait().ok();
+            }
+        } else if self.child.is_some() {
+            self.kill();
+        }
     }
+}
+
+/// Hand every file under `dir` (and `dir`) to `uid:gid`.
+fn chown_tree(dir: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() && !path.is_symlink() {
+            chown_tree(&path, uid, gid);
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+        }
+    }
+}
+
+/// A timestamp of a status report (RFC 3339, milliseconds).
+pub fn status_time(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339_weak(v.as_str().unwrap_or_else(|| panic!("timestamp: {v}")))
+        .unwrap_or_else(|e| panic!("timestamp {v}: {e}"))
+}
+
+/// When the status report's history entered `stage`.
+pub fn stage_entered(status: &Value, stage: &str) -> SystemTime {
+    let entry = status["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .find(|h| h["stage"] == stage)
+        .unwrap_or_else(|| panic!("no {stage} in the history: {status:#}"));
+    status_time(&entry["at"])
 }
 
 pub fn code(o: &Output) -> i32 {

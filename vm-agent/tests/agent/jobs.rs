@@ -1,4 +1,7 @@
 use crate::common::*;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::time::Duration;
 
 fn ready_agent(tweak: impl FnOnce(&mut Agent)) -> Agent {
@@ -8,6 +11,21 @@ fn ready_agent(tweak: impl FnOnce(&mut Agent)) -> Agent {
     a.start();
     a.wait_ready();
     a
+}
+
+/// Shell that blocks a job until the test opens `gate` (creates the file). It also gives up
+/// once the agent's temp dir is gone, so a test that fails first leaves no job behind.
+fn until_open(gate: &Path) -> String {
+    let dir = gate.parent().expect("gate in the temp dir");
+    format!(
+        "until [ -e {} ] || [ ! -d {} ]; do sleep 0.05; done",
+        gate.display(),
+        dir.display()
+    )
+}
+
+fn open_gate(gate: &Path) {
+    std::fs::write(gate, "").expect("open the gate");
 }
 
 #[test]
@@ -44,26 +62,47 @@ fn run_streams_output_and_propagates_the_exit_code() {
     assert_eq!(code(&missing), 127);
 }
 
+/// An agent that is not root runs jobs as itself, not as `jobs.user`, and says so. Run as
+/// root, the test starts the daemon as an unprivileged uid of its own.
+#[test]
+fn an_unprivileged_agent_runs_jobs_as_itself_and_says_so() {
+    let a = ready_agent(|a| {
+        a.cfg.jobs.user = Some("builder".into());
+        if is_root() {
+            let home = a.path("home-agent");
+            std::fs::create_dir_all(&home).expect("home");
+            let mut passwd = std::fs::read_to_string(a.path("passwd")).expect("passwd");
+            passwd.push_str(&format!("agent:x:4321:4321::{}:/bin/sh\n", home.display()));
+            std::fs::write(a.path("passwd"), passwd).expect("passwd");
+            a.daemon_user = Some((4321, 4321));
+        }
+    });
+    let daemon_uid = a
+        .daemon_user
+        .map_or(nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
+    assert_ne!(daemon_uid, 0);
+    assert_ne!(
+        daemon_uid, 65534,
+        "builder's uid: the test could not tell them apart"
+    );
+    let out = a.cli(&["run", "--", "id", "-u"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), daemon_uid.to_string());
+    assert_eq!(a.job(1)["uid"], daemon_uid);
+    let s = a.status();
+    let run_as = &s["jobs"]["run_as"];
+    assert_eq!(run_as["uid"], daemon_uid, "{s:#}");
+    assert_ne!(run_as["user"], "builder", "{s:#}");
+    assert!(
+        run_as["note"].as_str().unwrap_or("").contains("not root"),
+        "{s:#}"
+    );
+}
+
 #[test]
 fn jobs_run_as_the_build_user_with_its_groups() {
     if !is_root() {
-        // Unprivileged: the agent runs jobs as itself and says so.
-        let a = ready_agent(|a| a.cfg.jobs.user = Some("builder".into()));
-        let out = a.cli(&["run", "--", "id", "-u"]);
-        assert_eq!(
-            text(&out.stdout).trim(),
-            nix::unistd::geteuid().as_raw().to_string()
-        );
-        let s = a.status();
-        assert!(
-            s["jobs"]["run_as"]["note"]
-                .as_str()
-                .unwrap_or("")
-                .contains("not root"),
-            "{s:#}"
-        );
-        eprintln!("NOTE: not root, so only the run-as-self path was tested");
-        return;
+        panic!("this test needs root to switch jobs to the build user (CI runs as root)");
     }
     let a = ready_agent(|a| {
         a.cfg.jobs.user = Some("builder".into());
@@ -134,17 +173,21 @@ fn cancel_terminates_the_whole_process_group() {
 #[test]
 fn cancel_escalates_to_sigkill_after_the_grace_period() {
     let a = ready_agent(|_| {});
-    let marker = a.path("trapped");
+    // The job ignores SIGTERM (and so do its children, which inherit that), and says so by
+    // creating `armed` only once the trap is set.
+    let armed = a.path("armed");
     let script = format!(
-        "trap 'echo term > {}' TERM; while true; do sleep 0.1; done",
-        marker.display()
+        "trap '' TERM; touch {}; while true; do sleep 0.1; done",
+        armed.display()
     );
-    a.cli(&["run", "--detach", "--", "sh", "-c", &script]);
-    a.wait_job(1, 10, |j| j["state"] == "running");
-    std::thread::sleep(Duration::from_millis(300));
-    a.cli(&["cancel", "1"]);
-    let j = a.wait_job(1, 10, |j| j["state"] == "cancelled");
+    let id = a.run_detached(&["sh", "-c", &script]);
+    wait_until("the job to ignore SIGTERM", 10, || armed.exists());
+    assert_eq!(a.job(id)["state"], "running");
+    let c = a.cli(&["cancel", &id.to_string()]);
+    assert_eq!(code(&c), 0, "{}", text(&c.stderr));
+    let j = a.wait_job(id, 10, |j| j["state"] == "cancelled");
     assert_eq!(j["signal"], 9, "{j:#}");
+    assert!(a.log().contains("job ignored SIGTERM"), "{}", a.log());
 }
 
 #[test]
@@ -174,21 +217,31 @@ fn client_hangup_cancels_an_attached_job() {
         .expect("spawn");
     a.wait_job(1, 10, |j| j["state"] == "running");
     child.kill().expect("kill client");
-    let _ = child.wait();
+    let st = child.wait().expect("reap the client");
+    assert_eq!(st.signal(), Some(9), "the client was still attached: {st}");
     a.wait_job(1, 10, |j| j["state"] == "cancelled");
 }
 
 #[test]
 fn concurrency_limit_queues_jobs() {
     let a = ready_agent(|a| a.cfg.jobs.max_concurrent = 1);
-    a.cli(&["run", "--detach", "--", "sleep", "2"]);
-    a.cli(&["run", "--detach", "--", "true"]);
+    // Job 1 holds the only slot until the test opens the gate.
+    let gate = a.path("gate");
+    assert_eq!(a.run_detached(&["sh", "-c", &until_open(&gate)]), 1);
+    assert_eq!(a.run_detached(&["true"]), 2);
     a.wait_job(1, 10, |j| j["state"] == "running");
     assert_eq!(a.job(2)["state"], "queued");
     let s = a.status();
     assert_eq!(s["jobs"]["running"], 1);
     assert_eq!(s["jobs"]["queued"], 1);
-    a.wait_job(2, 10, |j| j["state"] == "succeeded");
+    open_gate(&gate);
+    let second = a.wait_job(2, 10, |j| j["state"] == "succeeded");
+    let first = a.job(1);
+    assert_eq!(first["state"], "succeeded", "{first:#}");
+    assert!(
+        status_time(&second["started_at"]) >= status_time(&first["finished_at"]),
+        "job 2 started only once job 1 had finished: {first:#} {second:#}"
+    );
     // Queued jobs wait for readiness too: covered by `jobs_wait_for_readiness`.
 }
 
@@ -196,27 +249,47 @@ fn concurrency_limit_queues_jobs() {
 fn jobs_wait_for_readiness() {
     let mut a = Agent::new();
     a.start();
-    let out = a.cli(&["run", "--detach", "--", "true"]);
-    assert_eq!(code(&out), 0);
-    std::thread::sleep(Duration::from_millis(500));
+    // The job reports the agent's stage as the job sees it when it runs.
+    let cfg = a.cfg_path.display().to_string();
+    let out = a.cli(&[
+        "run", "--detach", "--", BIN, "--config", &cfg, "status", "--json",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let s = a.status();
+    assert_ne!(s["stage"], "ready", "{s:#}");
     assert_eq!(a.job(1)["state"], "queued");
     a.cloud_init_done();
-    a.wait_job(1, 10, |j| j["state"] == "succeeded");
+    let j = a.wait_job(1, 10, |j| j["finished_at"].is_string());
+    let logs = a.cli(&["logs", "1"]);
+    assert_eq!(code(&logs), 0, "{}", text(&logs.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&logs.stdout)
+        .unwrap_or_else(|e| panic!("the job's status: {e}: {}", text(&logs.stdout)));
+    assert_eq!(
+        seen["stage"], "ready",
+        "the job ran before readiness: {seen:#}"
+    );
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    let s = a.status();
+    assert!(
+        status_time(&j["started_at"]) >= stage_entered(&s, "ready"),
+        "started before readiness: {j:#} {s:#}"
+    );
 }
 
 #[test]
 fn records_survive_a_restart_and_running_jobs_become_lost() {
     let mut a = ready_agent(|_| {});
     assert_eq!(code(&a.cli(&["run", "--", "echo", "hi"])), 0);
-    a.cli(&["run", "--detach", "--", "sleep", "300"]);
+    assert_eq!(a.run_detached(&["sleep", "300"]), 2);
     let j = a.wait_job(2, 10, |j| j["state"] == "running");
     let job_pid = j["pid"].as_i64().expect("pid") as i32;
     a.kill();
     // The orphaned job (systemd would kill the cgroup; here we do).
-    let _ = nix::sys::signal::killpg(
+    nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(job_pid),
         nix::sys::signal::Signal::SIGKILL,
-    );
+    )
+    .expect("kill the orphaned job's process group");
     a.start();
     let j1 = a.job(1);
     assert_eq!(j1["state"], "succeeded");
@@ -225,27 +298,50 @@ fn records_survive_a_restart_and_running_jobs_become_lost() {
     assert!(j2["detail"].as_str().unwrap_or("").contains("was running"));
     assert_eq!(text(&a.cli(&["logs", "1"]).stdout), "hi\n");
     a.wait_ready();
-    a.cli(&["run", "--detach", "--", "true"]);
-    assert_eq!(
-        a.wait_job(3, 10, |j| j["state"] == "succeeded")["id"],
-        3,
-        "ids continue"
-    );
+    assert_eq!(a.run_detached(&["true"]), 3, "ids continue");
+    a.wait_job(3, 10, |j| j["state"] == "succeeded");
 }
 
 #[test]
 fn logs_follow_streams_until_the_job_ends() {
     let a = ready_agent(|_| {});
-    a.cli(&[
-        "run",
-        "--detach",
-        "--",
-        "sh",
-        "-c",
-        "echo one; sleep 1; echo two",
-    ]);
-    let out = a.cli(&["logs", "-f", "1"]);
-    assert_eq!(text(&out.stdout), "one\ntwo\n");
+    let gate = a.path("gate");
+    let script = format!("echo one; {}; echo two", until_open(&gate));
+    let id = a.run_detached(&["sh", "-c", &script]);
+    let mut follow = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&a.cfg_path)
+        .args(["logs", "-f", &id.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let mut stdout = BufReader::new(follow.stdout.take().expect("stdout"));
+    // `one` arrives while the job is still blocked on the gate: streamed, not read at the end.
+    // (Read on a thread: a `logs -f` that never streams must fail the test, not hang it.)
+    let (first, rest) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = scope.spawn(move || {
+            let mut first = String::new();
+            stdout.read_line(&mut first).expect("read logs -f");
+            tx.send(first.clone()).expect("send");
+            let mut rest = String::new();
+            stdout.read_to_string(&mut rest).expect("read logs -f");
+            rest
+        });
+        let first = rx.recv_timeout(Duration::from_secs(30));
+        if first.is_err() {
+            follow.kill().expect("kill logs -f");
+        }
+        let first = first.expect("the first line while the job runs");
+        open_gate(&gate);
+        (first, reader.join().expect("reader"))
+    });
+    assert_eq!(first, "one\n");
+    assert_eq!(rest, "two\n");
+    let st = follow.wait().expect("logs -f");
+    assert!(st.success(), "logs -f: {st}");
+    assert_eq!(a.job(id)["state"], "succeeded");
 }
 
 #[test]

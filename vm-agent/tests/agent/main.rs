@@ -2,6 +2,8 @@
 mod artifacts;
 mod common;
 mod config_errors;
+mod exit_codes;
+mod fleet_contract;
 mod jobs;
 mod readiness;
 mod s3;

@@ -13,8 +13,9 @@ fn stages_advance_with_cloud_init_and_status_exit_codes_follow() {
     )
     .expect("status.json");
     a.start();
-    let s = a.wait_status("waiting-cloud-init", 10, |s| {
-        s["stage"] == "waiting-cloud-init"
+    // The stage changes before the agent first reads cloud-init's status: wait for that read.
+    let s = a.wait_status("the agent to read cloud-init's status", 10, |s| {
+        s["stage"] == "waiting-cloud-init" && s["cloud_init"]["state"] != "not-started"
     });
     assert_eq!(s["cloud_init"]["state"], "running");
     assert_eq!(s["cloud_init"]["stage"], "modules-config");
@@ -150,7 +151,7 @@ fn readiness_callback_posts_the_report_with_the_bearer_token() {
             .await
             .expect("bind");
         let addr = l.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(l, app).await });
+        tokio::spawn(async move { axum::serve(l, app).await.expect("callback server") });
         format!("http://{addr}/ready")
     });
     let mut a = Agent::new();
@@ -169,7 +170,7 @@ fn readiness_callback_posts_the_report_with_the_bearer_token() {
             .unwrap_or("")
             .starts_with("SHA256:")
     );
-    let s = a.wait_status("callback result", 5, |s| s["callback"].is_string());
+    let s = a.wait_status("callback result", 15, |s| s["callback"].is_string());
     assert!(
         s["callback"].as_str().unwrap_or("").contains("200"),
         "{s:#}"
@@ -191,7 +192,7 @@ fn host_key_fingerprint_matches_ssh_keygen() {
     };
     let mut a = Agent::new();
     let key = a.path("ssh/ssh_host_ed25519_key");
-    let _ = std::fs::remove_file(a.path("ssh/ssh_host_ed25519_key.pub"));
+    std::fs::remove_file(a.path("ssh/ssh_host_ed25519_key.pub")).expect("remove the fake key");
     let st = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(&key)
@@ -203,11 +204,13 @@ fn host_key_fingerprint_matches_ssh_keygen() {
         .arg(a.path("ssh/ssh_host_ed25519_key.pub"))
         .output()
         .expect("ssh-keygen -l");
+    assert!(out.status.success(), "ssh-keygen -l: {}", text(&out.stderr));
     let expected = text(&out.stdout)
         .split_whitespace()
         .nth(1)
         .unwrap_or("")
         .to_string();
+    assert!(expected.starts_with("SHA256:"), "{}", text(&out.stdout));
     a.cloud_init_done();
     a.start();
     let s = a.wait_ready();

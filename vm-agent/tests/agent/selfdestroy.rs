@@ -14,6 +14,10 @@ fn fired(s: &serde_json::Value, state: &str) -> bool {
     s["destroy"]["state"] == state
 }
 
+fn detail(s: &serde_json::Value) -> &str {
+    s["destroy"]["detail"].as_str().unwrap_or("")
+}
+
 struct DoEnv {
     sim: Sim,
     droplet: u64,
@@ -103,15 +107,19 @@ fn no_job_timer_fires_and_a_job_satisfies_it() {
     let s = a.wait_status("no-job timer", 15, |s| fired(s, "dry-run"));
     assert_eq!(s["destroy"]["timer"], "no-job");
 
+    // A job submitted before readiness (so before the no-job timer starts) satisfies it. The
+    // idle timer is the witness that the no-job deadline passed: it counts from the end of
+    // that job, after readiness, so it fires later than no-job would have, and the earliest
+    // timer due is the one that fires.
     let mut b = Agent::new();
     b.cfg.timers.no_job_timeout = secs(2);
-    b.cloud_init_done();
+    b.cfg.timers.idle_timeout = secs(2);
     b.start();
-    b.wait_ready();
-    assert_eq!(code(&b.cli(&["run", "--", "true"])), 0);
-    std::thread::sleep(Duration::from_secs(3));
-    let s = b.status();
-    assert_eq!(s["destroy"]["state"], "armed", "{s:#}");
+    assert_eq!(b.run_detached(&["true"]), 1);
+    b.cloud_init_done();
+    b.wait_job(1, 15, |j| j["state"] == "succeeded");
+    let s = b.wait_status("the idle timer", 15, |s| fired(s, "dry-run"));
+    assert_eq!(s["destroy"]["timer"], "idle", "{s:#}");
     let t = s["timers"]
         .as_array()
         .expect("timers")
@@ -141,31 +149,37 @@ fn max_lifetime_fires_and_local_provider_powers_off() {
 fn hold_blocks_the_idle_timer_until_released() {
     let mut a = Agent::new();
     a.cfg.timers.idle_timeout = secs(2);
-    a.cloud_init_done();
+    // Held before readiness, so before the idle timer starts.
     a.start();
-    a.wait_ready();
     assert_eq!(code(&a.cli(&["hold", "--reason", "debug"])), 0);
-    std::thread::sleep(Duration::from_secs(3));
-    let s = a.status();
+    a.cloud_init_done();
+    let s = a.wait_ready();
+    // A tick past the moment the idle timer would have fired without the hold.
+    let due = stage_entered(&s, "ready") + Duration::from_millis(2001);
+    let s = a.wait_tick_after(due);
     assert_eq!(s["destroy"]["state"], "armed", "{s:#}");
-    assert_eq!(s["timers"][0]["state"], "paused: hold");
+    assert_eq!(s["timers"][0]["state"], "paused: hold", "{s:#}");
     assert_eq!(code(&a.cli(&["release"])), 0);
-    a.wait_status("idle after release", 15, |s| fired(s, "dry-run"));
+    let s = a.wait_status("idle after release", 15, |s| fired(s, "dry-run"));
+    assert_eq!(s["destroy"]["timer"], "idle", "{s:#}");
 }
 
 #[test]
 fn open_session_blocks_idle_and_is_warned_on_max_lifetime() {
     let mut a = Agent::new();
     a.cfg.timers.idle_timeout = secs(1);
+    // The witness that the idle deadline passed: no job ever comes, so the no-job timer fires
+    // a second after idle would have, whatever the session; had idle fired by then, it would
+    // be the timer named (the earliest due fires).
+    a.cfg.timers.no_job_timeout = secs(2);
     a.cfg.destroy.provider = Provider::Local;
     a.open_session(4242, "alice", "pts/5");
     std::fs::write(a.path("dev/pts/5"), "").expect("fake tty");
     a.cloud_init_done();
     a.start();
-    a.wait_ready();
-    std::thread::sleep(Duration::from_secs(2));
-    let s = a.status();
-    assert_eq!(s["destroy"]["state"], "armed");
+    let s = a.wait_status("the no-job timer, blocked", 15, |s| fired(s, "blocked"));
+    assert_eq!(s["destroy"]["timer"], "no-job", "{s:#}");
+    assert!(detail(&s).contains("session"), "{s:#}");
     assert!(
         s["timers"][0]["state"]
             .as_str()
@@ -176,21 +190,18 @@ fn open_session_blocks_idle_and_is_warned_on_max_lifetime() {
     assert_eq!(s["sessions"][0]["user"], "alice");
     assert!(!a.path("powered-off").exists());
     a.kill();
+    std::fs::write(a.path("dev/pts/5"), "").expect("clear the fake tty");
 
     // Max lifetime fires regardless of idleness: users are warned, the guard still blocks.
+    a.cfg.timers.no_job_timeout = Limit::Never;
     a.cfg.timers.max_lifetime = secs(1);
     a.start();
     let s = a.wait_status("blocked", 15, |s| fired(s, "blocked"));
-    assert!(
-        s["destroy"]["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("session"),
-        "{s:#}"
-    );
+    assert_eq!(s["destroy"]["timer"], "max-lifetime", "{s:#}");
+    assert!(detail(&s).contains("session"), "{s:#}");
     let tty = std::fs::read_to_string(a.path("dev/pts/5")).expect("tty");
     assert!(
-        tty.contains("will be destroyed"),
+        tty.contains("will be destroyed") && tty.contains("max-lifetime"),
         "warning written: {tty:?}"
     );
     assert!(
@@ -219,9 +230,9 @@ fn digitalocean_deletes_its_own_tagged_droplet_and_never_leaks_the_token() {
     wait_until("droplet gone", 10, || {
         !env.sim.droplet_ids().contains(&env.droplet)
     });
-    // Once destroyed: stays drained and destroyed, no second attempt.
-    std::thread::sleep(Duration::from_millis(1500));
-    let s = a.status();
+    // Once destroyed: stays drained and destroyed, no second attempt (a tick after it would
+    // have started one).
+    let s = a.wait_tick_after(std::time::SystemTime::now());
     assert_eq!(s["destroy"]["state"], "destroyed", "{s:#}");
     assert!(s["draining"].is_string());
     assert_eq!(env.sim.count(DELETE), 1);
@@ -265,24 +276,54 @@ fn digitalocean_refuses_without_the_ephemeral_tag() {
 #[test]
 fn running_job_blocks_the_delete_until_it_ends() {
     let env = do_env(&["ephemeral"]);
+    // Max lifetime is over from the start; an open session (no terminal) blocks the delete
+    // until the job runs, so the timer cannot win a race against the job's start.
     let a = do_agent(&env, |a| {
-        a.cfg.timers.max_lifetime = secs(uptime_secs() + 4)
+        a.cfg.timers.max_lifetime = secs(1);
+        a.open_session(4242, "alice", "notty");
     });
+    let s = a.wait_status("blocked by the session", 20, |s| fired(s, "blocked"));
+    assert_eq!(s["destroy"]["timer"], "max-lifetime", "{s:#}");
+    assert!(detail(&s).contains("session"), "{s:#}");
     a.wait_ready();
-    a.cli(&["run", "--detach", "--", "sleep", "300"]);
-    a.wait_job(1, 10, |j| j["state"] == "running");
-    let s = a.wait_status("blocked", 20, |s| fired(s, "blocked"));
-    assert!(
-        s["destroy"]["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("running"),
-        "{s:#}"
-    );
+    let id = submit_between_rechecks(&a, &["sleep", "300"]);
+    a.wait_job(id, 10, |j| j["state"] == "running");
+    a.close_session(4242);
+    let s = a.wait_status("the re-check after the session closed", 20, |s| {
+        !matches!(
+            s["destroy"]["state"].as_str(),
+            Some("armed" | "draining" | "destroying")
+        ) && !detail(s).contains("session")
+    });
+    assert_eq!(s["destroy"]["state"], "blocked", "{s:#}");
+    assert!(detail(&s).contains("running"), "{s:#}");
     assert_eq!(env.sim.count(DELETE), 0);
-    a.cli(&["cancel", "1"]);
+    let c = a.cli(&["cancel", &id.to_string()]);
+    assert_eq!(code(&c), 0, "{}", text(&c.stderr));
     a.wait_status("destroyed", 20, |s| fired(s, "destroyed"));
     assert_eq!(env.sim.count(DELETE), 1);
+}
+
+/// `run --detach ARGV` on an agent whose blocked self-destroy is re-checked every few ticks:
+/// each re-check drains the agent for a moment (jobs refused with 125), so a submission that
+/// meets one waits for that drain to end and is made again.
+fn submit_between_rechecks(a: &Agent, argv: &[&str]) -> u64 {
+    for _ in 0..20 {
+        let out = a.cli(&[&["run", "--detach", "--"], argv].concat());
+        if code(&out) == 0 {
+            return text(&out.stdout).trim().parse().expect("job id");
+        }
+        assert_eq!(code(&out), 125, "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("not accepting jobs"),
+            "{}",
+            text(&out.stderr)
+        );
+        a.wait_status("the re-check's drain to end", 10, |s| {
+            s["draining"].is_null()
+        });
+    }
+    panic!("every submission met a drain:\n{}", a.log());
 }
 
 #[test]
@@ -349,7 +390,8 @@ fn digitalocean_falls_back_to_power_off_loudly() {
 fn draining_refuses_new_jobs() {
     let mut a = Agent::new();
     a.cfg.timers.idle_timeout = secs(1);
-    a.cfg.timers.warn_grace = Dur(Duration::from_secs(30));
+    // Drains for the whole test: the grace outlasts any test run.
+    a.cfg.timers.warn_grace = Dur(Duration::from_secs(24 * 3600));
     a.cloud_init_done();
     a.start();
     a.wait_status("draining", 15, |s| s["draining"].is_string());

@@ -53,6 +53,14 @@ struct CreateEnvelope {
     links: CreateLinks,
 }
 
+#[derive(Deserialize)]
+struct CreateManyEnvelope {
+    droplets: Vec<Droplet>,
+}
+
+/// At most this many names in one `POST /v2/droplets` (`names[]`), as the contract says.
+pub const MAX_NAMES_PER_CREATE: usize = 10;
+
 #[derive(Deserialize, Default)]
 struct CreateLinks {
     #[serde(default)]
@@ -147,6 +155,88 @@ impl Client {
                 });
             }
             tracing::warn!(tag = reconcile_tag, error = %err, "droplet create failed and no droplet carries the tag: creating again");
+            attempt += 1;
+        }
+    }
+
+    /// Create droplets `names` (at most [`MAX_NAMES_PER_CREATE`]) in one `POST /v2/droplets`
+    /// with `names[]`, everything else as in `template` (whose `name` is ignored), so that a
+    /// retry never makes a second droplet of one name.
+    ///
+    /// `reconcile_tag` must be in `template.tags` and carried only by this batch's droplets
+    /// (e.g. a fleet's tag: droplets of earlier batches carry it too, which is what makes
+    /// the create idempotent). Before each POST the tagged droplets are listed and only the
+    /// names none of them has are sent; after an unknown outcome (5xx, a lost connection)
+    /// the list is read again. Refusals (4xx) return at once. Returns the batch's droplets,
+    /// found or created, in the order of `names`. `tagged`: the droplets the caller has
+    /// just listed by that tag, which spares the first listing (None: list them).
+    pub async fn create_droplets_reconciled(
+        &self,
+        template: &DropletCreate,
+        names: &[String],
+        reconcile_tag: &str,
+        tagged: Option<Vec<Droplet>>,
+    ) -> Result<Vec<Droplet>, DoError> {
+        if !template.tags.iter().any(|t| t == reconcile_tag) {
+            return Err(DoError::MissingReconcileTag {
+                name: names.join(","),
+                tag: reconcile_tag.to_owned(),
+            });
+        }
+        assert!(
+            names.len() <= MAX_NAMES_PER_CREATE,
+            "create_droplets_reconciled: at most {MAX_NAMES_PER_CREATE} names per POST"
+        );
+        let mut attempt = 0u32;
+        let mut tagged = tagged;
+        loop {
+            let existing = match tagged.take() {
+                Some(known) => known,
+                None => self.list_droplets_by_tag(reconcile_tag).await?,
+            };
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|n| !existing.iter().any(|d| &d.name == *n))
+                .collect();
+            if missing.is_empty() {
+                return Ok(in_order(existing, names));
+            }
+            let mut body = serde_json::to_value(template).map_err(|source| DoError::Decode {
+                method: "POST".into(),
+                path: "/v2/droplets".into(),
+                status: 0,
+                source,
+            })?;
+            if let Some(obj) = body.as_object_mut() {
+                obj.remove("name");
+                obj.insert("names".into(), serde_json::json!(missing));
+            }
+            let err = match self
+                .write::<_, CreateManyEnvelope>(
+                    Method::POST,
+                    "/v2/droplets",
+                    &body,
+                    Idempotency::Once,
+                )
+                .await
+            {
+                Ok(created) => {
+                    let mut all = existing;
+                    all.extend(created.droplets);
+                    return Ok(in_order(all, names));
+                }
+                Err(e) => e,
+            };
+            let unknown_outcome = match &err {
+                DoError::Api { status, .. } => *status >= 500,
+                DoError::Transport { .. } | DoError::Decode { .. } => true,
+                _ => false,
+            };
+            if !unknown_outcome || !self.policy().allows_retry(attempt) {
+                return Err(err);
+            }
+            tracing::warn!(tag = reconcile_tag, error = %err, "droplets create failed with an unknown outcome: listing by tag before sending the missing names again");
+            tokio::time::sleep(self.policy().delay(attempt)).await;
             attempt += 1;
         }
     }
@@ -375,6 +465,15 @@ impl Client {
         )
         .await
     }
+}
+
+/// The droplets named `names`, in that order (the oldest of a name if several).
+fn in_order(mut found: Vec<Droplet>, names: &[String]) -> Vec<Droplet> {
+    found.sort_by_key(|d| d.id);
+    names
+        .iter()
+        .filter_map(|n| found.iter().find(|d| &d.name == n).cloned())
+        .collect()
 }
 
 /// The droplet a reconciled create made: the one with the requested name,

@@ -48,8 +48,8 @@ mod token;
 
 pub use client::{API_URL_ENV, Client, DEFAULT_API_URL, DEFAULT_PAGE_SIZE};
 pub use custom_images::{CustomImageCreate, ImportState};
-pub use droplets::{Deleted, Poll};
-pub use error::{DoError, TokenError};
+pub use droplets::{Deleted, MAX_NAMES_PER_CREATE, Poll};
+pub use error::{DoError, Refusal, TokenError, UNPROCESSABLE_ENTITY};
 pub use models::*;
 pub use retry::{RetryPolicy, parse_retry_after};
 pub use token::{TOKEN_ENV_VARS, Token};

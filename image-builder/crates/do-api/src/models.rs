@@ -22,6 +22,18 @@ pub enum DropletStatus {
     Unknown,
 }
 
+impl std::fmt::Display for DropletStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::New => "new",
+            Self::Active => "active",
+            Self::Off => "off",
+            Self::Archive => "archive",
+            Self::Unknown => "unknown",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RegionRef {
     pub slug: String,
@@ -194,7 +206,7 @@ pub struct Action {
     pub id: u64,
     pub status: ActionStatus,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: ActionType,
     #[serde(default)]
     pub started_at: Option<String>,
     #[serde(default)]
@@ -220,15 +232,62 @@ pub enum DropletAction {
 }
 
 impl DropletAction {
-    pub fn kind(&self) -> &'static str {
+    /// The `type` this request sends (and its action reports).
+    pub fn kind(&self) -> ActionType {
         match self {
+            Self::Shutdown => ActionType::Shutdown,
+            Self::PowerOff => ActionType::PowerOff,
+            Self::PowerOn => ActionType::PowerOn,
+            Self::Reboot => ActionType::Reboot,
+            Self::PowerCycle => ActionType::PowerCycle,
+            Self::Snapshot { .. } => ActionType::Snapshot,
+        }
+    }
+}
+
+impl std::fmt::Display for DropletAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind().as_str())
+    }
+}
+
+/// `action.type`: the ones our code sends or looks for; any other type is kept as
+/// it was spelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionType {
+    Create,
+    Destroy,
+    Shutdown,
+    PowerOff,
+    PowerOn,
+    Reboot,
+    PowerCycle,
+    Snapshot,
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl ActionType {
+    /// The contract's spelling (`power_off`).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Create => "create",
+            Self::Destroy => "destroy",
             Self::Shutdown => "shutdown",
             Self::PowerOff => "power_off",
             Self::PowerOn => "power_on",
             Self::Reboot => "reboot",
             Self::PowerCycle => "power_cycle",
-            Self::Snapshot { .. } => "snapshot",
+            Self::Snapshot => "snapshot",
+            Self::Other(other) => other,
         }
+    }
+}
+
+impl std::fmt::Display for ActionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -418,6 +477,30 @@ mod tests {
         );
         let body = serde_json::to_value(DropletAction::PowerOff).expect("serialise");
         assert_eq!(body, serde_json::json!({"type": "power_off"}));
+    }
+
+    #[test]
+    fn action_types_match_the_requests_and_keep_unknown_spellings() {
+        for action in [
+            DropletAction::Shutdown,
+            DropletAction::PowerOff,
+            DropletAction::PowerOn,
+            DropletAction::Reboot,
+            DropletAction::PowerCycle,
+            DropletAction::Snapshot { name: "x".into() },
+        ] {
+            let body = serde_json::to_value(&action).expect("serialise");
+            assert_eq!(body["type"], action.kind().as_str());
+            let back: ActionType = serde_json::from_value(body["type"].clone()).expect("decode");
+            assert_eq!(back, action.kind());
+        }
+        let t: ActionType = serde_json::from_str("\"enable_ipv6\"").expect("decode");
+        assert_eq!(t, ActionType::Other("enable_ipv6".into()));
+        assert_eq!(t.to_string(), "enable_ipv6");
+        assert_eq!(
+            serde_json::to_value(&t).expect("serialise"),
+            serde_json::json!("enable_ipv6")
+        );
     }
 
     #[test]

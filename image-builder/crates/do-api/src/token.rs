@@ -68,8 +68,9 @@ impl Token {
         Self::new(&text, &path.display().to_string())
     }
 
-    /// The secret itself, for the `Authorization` header only.
-    pub(crate) fn expose(&self) -> &str {
+    /// The secret itself: for the `Authorization` header, and for the 0600 secrets file a
+    /// fleet hands its workers (their own delete-scoped token). Never log it.
+    pub fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -17,6 +17,12 @@
 //!   moved into place;
 //! - a seal that removes cloud-init state, logs and build secrets before a snapshot.
 //!
+//! The scripts are real files in `scripts/` (included with `include_str!`), each
+//! starting with a comment that names its parameters. A step assigns them first,
+//! shell-quoted (`TIMEOUT_SECS=600`), so a script body never goes through `format!`;
+//! the watcher takes positional arguments and the Python finisher a JSON
+//! [`FinisherConfig`]. [`script_param`] reads a parameter back out of a rendered step.
+//!
 //! `cloud-init status --wait` appears only in [`wait_cloud_init_outside`], which is
 //! for callers outside cloud-init (Packer over SSH). Called from inside a cloud-init
 //! stage it would wait for the stage it runs in, forever.
@@ -29,6 +35,13 @@ pub const WORK_DIR: &str = "/var/lib/image-builder";
 pub const RUN_DIR: &str = "/run/image-builder";
 /// The apt drop-in that makes apt/dpkg wait for the dpkg lock instead of failing.
 pub const APT_LOCK_DROPIN: &str = "/etc/apt/apt.conf.d/90image-builder-dpkg-lock";
+/// The sshd drop-in that accepts the variables `image-builder fleet run --env` sends
+/// (`SendEnv`), so job secrets travel in the SSH protocol, never on a command line.
+pub const SSHD_ACCEPT_ENV_DROPIN: &str = "/etc/ssh/sshd_config.d/60-image-builder-env.conf";
+/// The prefix of those variables; `vm-agent run --env-prefix` strips it for the job.
+pub const JOB_ENV_PREFIX: &str = "IMAGE_BUILDER_ENV_";
+/// The drop-in's content.
+pub const SSHD_ACCEPT_ENV_CONTENT: &str = "# Installed by image-builder: job variables sent by `fleet run --env` (SendEnv).\nAcceptEnv IMAGE_BUILDER_ENV_*\n";
 /// Where the vm-agent binary is installed.
 pub const AGENT_BIN: &str = "/usr/local/bin/vm-agent";
 /// Where the vm-agent systemd unit is installed.
@@ -42,6 +55,24 @@ pub use agent_config::DEFAULT_CONFIG_PATH as AGENT_CONFIG_PATH;
 pub use agent_config::DEFAULT_SECRETS_PATH as AGENT_SECRETS_PATH;
 /// Non-secret record of the bake, kept in the image.
 pub const BAKED_INFO: &str = "/etc/image-builder/baked.json";
+
+mod seal;
+
+pub use seal::{
+    BakedInfo, CLOUD_INIT_LOG, CLOUD_INIT_RESULT, FINISHER, FINISHER_CONFIG_PATH, FINISHER_PATH,
+    FinisherConfig, REPORT_BEGIN, REPORT_END, SEAL_CLEAN_PATH, SealReport, SealStatus, StepResult,
+    Versions, seal_clean, seal_watcher_command,
+};
+
+// The step bodies, real scripts in `scripts/`. Each one's header comment names its
+// parameters; `Step::from_script` assigns them (shell-quoted) before the body.
+const WAIT_APT_IDLE: &str = include_str!("../scripts/wait-apt-idle.sh");
+const APT_UPDATE: &str = include_str!("../scripts/apt-update.sh");
+const APT_GET: &str = include_str!("../scripts/apt-get.sh");
+const SUDOERS_INSTALL: &str = include_str!("../scripts/sudoers-install.sh");
+const WAIT_CLOUD_INIT: &str = include_str!("../scripts/wait-cloud-init.sh");
+const AGENT_INSTALL: &str = include_str!("../scripts/agent-install.sh");
+const RUN_STEPS: &str = include_str!("../scripts/run-steps.sh");
 
 /// One provisioning step: a name (shown in progress and in the seal report) and a
 /// complete `sh` script.
@@ -61,6 +92,67 @@ impl Step {
             name,
         }
     }
+
+    /// A step from a script in `scripts/`: `params` are assigned (shell-quoted)
+    /// right after its header comment.
+    fn from_script(name: &str, params: &[(&str, &str)], body: &str) -> Self {
+        Step::new(name, &after_header(body, &assignments(params)))
+    }
+}
+
+/// `script` with `insert` placed after its leading comment lines (the header that
+/// names the parameters `insert` sets).
+fn after_header(script: &str, insert: &str) -> String {
+    let header_len: usize = script
+        .split_inclusive('\n')
+        .take_while(|line| line.starts_with('#'))
+        .map(str::len)
+        .sum();
+    let (header, rest) = script.split_at(header_len);
+    format!("{header}{insert}{rest}")
+}
+
+/// `NAME=value` lines, each value quoted with [`sh_quote`].
+fn assignments(params: &[(&str, &str)]) -> String {
+    params
+        .iter()
+        .map(|(name, value)| format!("{name}={}\n", sh_quote(value)))
+        .collect()
+}
+
+/// The value a step script assigns to `name` (a `NAME=value` line of its
+/// parameters), unquoted: how a reader of rendered user-data (do-sim) finds, say,
+/// the agent URL without knowing the rest of the script.
+pub fn script_param(script: &str, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    let mut offset = 0;
+    for line in script.split_inclusive('\n') {
+        if line.starts_with(&prefix) {
+            return sh_unquote_word(&script[offset + prefix.len()..]);
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// The first shell word of `text` (quoted as [`sh_quote`] quotes), unquoted.
+fn sh_unquote_word(text: &str) -> Option<String> {
+    let mut word = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => loop {
+                match chars.next()? {
+                    '\'' => break,
+                    q => word.push(q),
+                }
+            },
+            '\\' => word.push(chars.next()?),
+            c if c.is_whitespace() || c == ';' => break,
+            c => word.push(c),
+        }
+    }
+    Some(word)
 }
 
 /// A user command as a step: the snippet runs with `sh -eu`.
@@ -115,90 +207,35 @@ pub fn apt_lock_dropin(lock_timeout: Duration) -> Step {
 
 /// Wait (bounded) until apt's boot-time jobs are done and no apt/dpkg process runs.
 pub fn wait_apt_idle(timeout: Duration) -> Step {
-    let body = format!(
-        r#"deadline=$(( $(date +%s) + {secs} ))
-busy() {{
-  if command -v systemctl >/dev/null 2>&1 &&
-     systemctl is-active --quiet apt-daily.service apt-daily-upgrade.service 2>/dev/null; then
-    echo "systemd apt-daily job"; return 0
-  fi
-  for c in /proc/[0-9]*/comm; do
-    read -r name < "$c" 2>/dev/null || continue
-    case "$name" in
-      apt|apt-get|aptitude|dpkg|unattended-upgr|apt.systemd.dai) echo "$name (pid $(basename "$(dirname "$c")"))"; return 0 ;;
-    esac
-  done
-  return 1
-}}
-while who=$(busy); do
-  if [ "$(date +%s)" -ge "$deadline" ]; then
-    echo "image-builder: apt is still busy after {secs}s ($who); continuing, DPkg::Lock::Timeout applies" >&2
-    break
-  fi
-  echo "image-builder: waiting for apt to be idle: $who"
-  sleep 3
-done
-"#,
-        secs = timeout.as_secs().max(1)
-    );
-    Step::new("wait-apt-idle", &body)
+    let secs = timeout.as_secs().max(1).to_string();
+    Step::from_script("wait-apt-idle", &[("TIMEOUT_SECS", &secs)], WAIT_APT_IDLE)
 }
 
 /// `apt-get update`, retried while another process holds the lists lock (bounded).
 pub fn apt_update(retries: u32) -> Step {
-    let body = format!(
-        r#"export DEBIAN_FRONTEND=noninteractive
-n=0
-while :; do
-  n=$((n + 1))
-  # apt-get update exits 0 when index files fail to download: treat that as a failure.
-  if out=$(apt-get update -q 2>&1) &&
-     ! printf '%s\n' "$out" | grep -q -e '^W: Failed to fetch' -e '^E: ' -e 'Some index files failed to download'; then
-    printf '%s\n' "$out"; break
-  fi
-  printf '%s\n' "$out" >&2
-  if [ "$n" -ge {retries} ]; then
-    echo "image-builder: apt-get update failed {retries} times; giving up" >&2
-    exit 1
-  fi
-  case "$out" in
-    *"Could not get lock"*|*"lists/lock"*|*"Unable to lock directory"*) why="the lists lock is held" ;;
-    *"Failed to fetch"*|*"index files failed"*) why="index files failed to download" ;;
-    *) why="it failed" ;;
-  esac
-  echo "image-builder: apt-get update: $why; retry $n/{retries} in $((n * 3))s" >&2
-  sleep $((n * 3))
-done
-"#,
-        retries = retries.max(1)
-    );
-    Step::new("apt-update", &body)
+    let retries = retries.max(1).to_string();
+    Step::from_script("apt-update", &[("RETRIES", &retries)], APT_UPDATE)
 }
 
-const APT_GET: &str =
-    "apt-get -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold";
+/// [`APT_GET`] with `args` as its positional parameters.
+fn apt_get(name: &str, args: &[&str]) -> Step {
+    let args: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
+    Step::new(
+        name,
+        &after_header(APT_GET, &format!("set -- {}\n", args.join(" "))),
+    )
+}
 
 /// `apt-get upgrade`.
 pub fn apt_upgrade() -> Step {
-    Step::new(
-        "apt-upgrade",
-        &format!("export DEBIAN_FRONTEND=noninteractive\n{APT_GET} upgrade\n"),
-    )
+    apt_get("apt-upgrade", &["upgrade"])
 }
 
 /// `apt-get install` of the given packages (a transient dpkg failure is retried once).
 pub fn apt_install(packages: &[String]) -> Step {
-    let list = packages
-        .iter()
-        .map(|p| sh_quote(p))
-        .collect::<Vec<_>>()
-        .join(" ");
-    Step::new(
-        "apt-install",
-        &format!(
-            "export DEBIAN_FRONTEND=noninteractive\n{APT_GET} install {list} || {{\n  echo 'image-builder: apt-get install failed; retrying once' >&2\n  sleep 5\n  {APT_GET} install {list}\n}}\n"
-        ),
-    )
+    let mut args = vec!["install"];
+    args.extend(packages.iter().map(String::as_str));
+    apt_get("apt-install", &args)
 }
 
 /// The sudoers drop-in path for a user.
@@ -215,62 +252,33 @@ pub fn sudoers_content(user: &str) -> String {
 
 /// Validate a staged sudoers drop-in with `visudo -cf` and move it into place (0440 root:root).
 pub fn sudoers_install(user: &str, staged: &str) -> Step {
-    let body = format!(
-        r#"staged={staged}
-target={target}
-if ! command -v visudo >/dev/null 2>&1; then
-  echo "image-builder: visudo not found: install the sudo package to get passwordless sudo" >&2
-  exit 1
-fi
-chown root:root "$staged"
-chmod 0440 "$staged"
-visudo -cf "$staged"
-mkdir -p /etc/sudoers.d
-cp -p "$staged" "$target.tmp"
-chmod 0440 "$target.tmp"
-mv -f "$target.tmp" "$target"
-rm -f "$staged"
-visudo -c >/dev/null
-"#,
-        staged = sh_quote(staged),
-        target = sh_quote(&sudoers_path(user)),
-    );
-    Step::new("sudoers", &body)
+    Step::from_script(
+        "sudoers",
+        &[("STAGED", staged), ("TARGET", &sudoers_path(user))],
+        SUDOERS_INSTALL,
+    )
 }
 
 /// Write, validate and install the sudoers drop-in in one step (no staged file needed).
 pub fn sudoers_write_and_install(user: &str) -> Step {
     let staged = format!("{WORK_DIR}/staged/sudoers-90-{user}");
     let write = write_file_snippet(&staged, &sudoers_content(user), "0440");
-    let install = sudoers_install(user, &staged);
-    let install_body = install
-        .script
-        .split_once("set -eu\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Step::new("sudoers", &format!("{write}{install_body}"))
+    Step::from_script(
+        "sudoers",
+        &[("STAGED", &staged), ("TARGET", &sudoers_path(user))],
+        &format!("{write}{SUDOERS_INSTALL}"),
+    )
 }
 
 /// Bounded wait for cloud-init to finish, for callers OUTSIDE cloud-init only (e.g.
 /// Packer over SSH). Never use this from user-data: it would wait for itself.
 pub fn wait_cloud_init_outside(timeout: Duration) -> Step {
-    let body = format!(
-        r#"if ! command -v cloud-init >/dev/null 2>&1; then
-  echo "image-builder: cloud-init is not installed; nothing to wait for"
-  exit 0
-fi
-rc=0
-timeout {secs} cloud-init status --wait >/dev/null || rc=$?
-case "$rc" in
-  0) echo "image-builder: cloud-init is done" ;;
-  124) echo "image-builder: cloud-init did not finish within {secs}s" >&2; exit 1 ;;
-  2) echo "image-builder: cloud-init finished with recoverable errors" >&2; cloud-init status --long >&2 || true ;;
-  *) echo "image-builder: cloud-init failed (status exit $rc)" >&2; cloud-init status --long >&2 || true; exit 1 ;;
-esac
-"#,
-        secs = timeout.as_secs().max(1)
-    );
-    Step::new("wait-cloud-init", &body)
+    let secs = timeout.as_secs().max(1).to_string();
+    Step::from_script(
+        "wait-cloud-init",
+        &[("TIMEOUT_SECS", &secs)],
+        WAIT_CLOUD_INIT,
+    )
 }
 
 /// Where the agent binary comes from during a bake.
@@ -282,329 +290,49 @@ pub enum AgentSource {
     Path(String),
 }
 
+/// The parameter of [`agent_install`]'s script that holds an [`AgentSource::Url`].
+pub const AGENT_URL_PARAM: &str = "AGENT_URL";
+
 /// Install vm-agent: fetch or take the binary, check its sha256, install it with its
 /// unit and config, and enable the unit so that it starts on every boot.
 pub fn agent_install(source: &AgentSource, sha256: &str, unit: &str, config_toml: &str) -> Step {
-    let fetch = match source {
-        AgentSource::Url(url) => format!(
-            r#"python3 - "$tmp" <<'IMAGE_BUILDER_PY'
-import sys, time, urllib.request
-url = {url}
-for attempt in range(1, 6):
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(sys.argv[1], "wb") as f:
-            while True:
-                b = r.read(1 << 20)
-                if not b:
-                    break
-                f.write(b)
-        break
-    except Exception as e:
-        print("image-builder: fetching vm-agent failed (attempt %d/5): %s" % (attempt, e), file=sys.stderr)
-        if attempt == 5:
-            sys.exit(1)
-        time.sleep(2 * attempt)
-IMAGE_BUILDER_PY
-"#,
-            url = py_str(url)
-        ),
-        AgentSource::Path(p) => format!("cp {} \"$tmp\"\n", sh_quote(p)),
+    let (url, path) = match source {
+        AgentSource::Url(url) => (url.as_str(), ""),
+        AgentSource::Path(path) => ("", path.as_str()),
     };
-    let body = format!(
-        r#"tmp={bin}.download
-rm -f "$tmp"
-{fetch}got=$(sha256sum "$tmp" | cut -d' ' -f1)
-if [ "$got" != {sha} ]; then
-  echo "image-builder: vm-agent checksum mismatch: expected {sha}, got $got" >&2
-  rm -f "$tmp"
-  exit 1
-fi
-chmod 0755 "$tmp"
-mv -f "$tmp" {bin}
-{unit_write}{config_write}systemctl daemon-reload 2>/dev/null || true
-systemctl enable vm-agent.service
-echo "image-builder: vm-agent installed and enabled (sha256 {sha})"
-"#,
-        bin = AGENT_BIN,
-        sha = sh_quote(sha256),
-        unit_write = write_file_snippet(AGENT_UNIT, unit, "0644"),
-        config_write = write_file_snippet(AGENT_CONFIG_PATH, config_toml, "0644"),
-    );
-    Step::new("agent-install", &body)
-}
-
-/// A Python string literal (JSON string syntax is valid Python).
-fn py_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "''".to_owned())
-}
-
-/// The seal report: written by the bake finisher in the VM, read by every bake backend.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SealReport {
-    /// Format version (1).
-    pub version: u32,
-    /// `ok` or `failed`.
-    pub status: String,
-    /// Why it failed.
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// The step that failed (`seal` when sealing itself failed).
-    #[serde(default)]
-    pub failed_step: Option<String>,
-    /// cloud-init's own errors (from `result.json`).
-    #[serde(default)]
-    pub cloud_init_errors: Vec<String>,
-    /// Steps that ran, with exit codes and durations.
-    #[serde(default)]
-    pub steps: Vec<StepResult>,
-    /// The tail of `/var/log/cloud-init-output.log`.
-    #[serde(default)]
-    pub log_tail: Vec<String>,
-    /// cloud-init, kernel and OS versions.
-    #[serde(default)]
-    pub versions: std::collections::BTreeMap<String, String>,
-    /// When the finisher ran (UTC, RFC 3339).
-    #[serde(default)]
-    pub finished_at: Option<String>,
-}
-
-/// One step in a [`SealReport`].
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StepResult {
-    /// Step name.
-    pub name: String,
-    /// Its exit code.
-    pub exit_code: i32,
-    /// How long it took.
-    pub seconds: u64,
-}
-
-/// The part of the seal that removes state and secrets (no report, no power-off).
-/// Run last, right before a snapshot.
-pub fn seal_clean() -> Step {
-    let body = format!(
-        r#"rm -rf {work}
-# cloud-init state: processed user-data (with any secret in it), instance data, logs, seed.
-if command -v cloud-init >/dev/null 2>&1; then
-  cloud-init clean --logs --seed --machine-id || cloud-init clean --logs
-fi
-# journald may hold command output.
-if command -v journalctl >/dev/null 2>&1; then
-  journalctl --flush >/dev/null 2>&1 || true
-  journalctl --rotate >/dev/null 2>&1 || true
-  journalctl --vacuum-time=1s >/dev/null 2>&1 || true
-fi
-rm -f /var/log/journal/*/*.journal /var/log/journal/*/*.journal~ 2>/dev/null || true
-# Per-instance identity is regenerated on the next boot.
-rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
-rm -f /root/.bash_history /home/*/.bash_history
-: > /var/log/wtmp 2>/dev/null || true
-: > /var/log/lastlog 2>/dev/null || true
-# Deleted files keep their blocks on a block-level snapshot: discard them.
-fstrim -a >/dev/null 2>&1 || true
-sync
-echo "image-builder: sealed"
-"#,
-        work = WORK_DIR
-    );
-    Step::new("seal", &body)
-}
-
-/// The bake finisher, a Python 3 script (python3 is always there with cloud-init).
-///
-/// Started detached at boot, it waits for cloud-init to finish all its stages
-/// (`/run/cloud-init/result.json`), builds the seal report (the contract between
-/// the VM and the bake), seals the image on success, prints the report on the
-/// console between markers, PUTs it to `report_url` when given, and powers off.
-pub fn seal_finisher(
-    report_url: Option<&str>,
-    seal_clean_path: &str,
-    baked_info_json: &str,
-) -> String {
-    format!(
-        r#"#!/usr/bin/python3
-# image-builder bake finisher: report the provisioning result, seal, power off.
-import json, os, subprocess, sys, time, urllib.request
-
-REPORT_URL = {url}
-SEAL = {seal}
-RUN = {run}
-BAKED_INFO = {baked_path}
-BAKED = {baked}
-BEGIN, END = "IMAGE-BUILDER-SEAL-REPORT-BEGIN", "IMAGE-BUILDER-SEAL-REPORT-END"
-
-
-def read(path, default=None):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return default
-
-
-def console(text):
-    for dev in ("/dev/console", "/dev/ttyS0"):
-        try:
-            with open(dev, "w") as f:
-                f.write(text + "\n")
-            return
-        except OSError:
-            continue
-    print(text)
-
-
-def main():
-    result = None
-    raw = read("/run/cloud-init/result.json")
-    if raw:
-        try:
-            result = json.loads(raw).get("v1", {{}})
-        except ValueError:
-            result = None
-    errors = list((result or {{}}).get("errors") or [])
-    failed_step = (read(RUN + "/failed-step") or "").strip() or None
-    steps = []
-    for line in (read(RUN + "/steps.tsv") or "").splitlines():
-        parts = line.split("\t")
-        if len(parts) == 3:
-            steps.append({{"name": parts[0], "exit_code": int(parts[1]), "seconds": int(parts[2])}})
-    tail = (read("/var/log/cloud-init-output.log") or "").splitlines()[-60:]
-    status = "ok"
-    reason = None
-    if result is None:
-        status, reason = "failed", "cloud-init did not finish (no /run/cloud-init/result.json)"
-    elif failed_step:
-        status, reason = "failed", "step %s failed" % failed_step
-    elif errors:
-        status, reason = "failed", "cloud-init reported errors: %s" % "; ".join(map(str, errors))
-    elif not os.path.exists(RUN + "/done"):
-        status, reason = "failed", "provisioning steps did not run to the end"
-    os_release = dict(
-        l.split("=", 1) for l in (read("/etc/os-release") or "").splitlines() if "=" in l
-    )
-    report = {{
-        "version": 1,
-        "status": status,
-        "reason": reason,
-        "failed_step": failed_step,
-        "cloud_init_errors": errors,
-        "steps": steps,
-        "log_tail": tail,
-        "versions": {{
-            "cloud_init": (subprocess.run(["cloud-init", "--version"], capture_output=True, text=True).stdout
-                           or subprocess.run(["cloud-init", "--version"], capture_output=True, text=True).stderr).strip(),
-            "kernel": os.uname().release,
-            "os": os_release.get("PRETTY_NAME", "").strip('"'),
-        }},
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }}
-    if status == "ok":
-        BAKED["baked_at"] = report["finished_at"]
-        os.makedirs(os.path.dirname(BAKED_INFO), exist_ok=True)
-        with open(BAKED_INFO + ".tmp", "w") as f:
-            json.dump(BAKED, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(BAKED_INFO + ".tmp", BAKED_INFO)
-        seal = subprocess.run(["sh", "-eu", SEAL], capture_output=True, text=True)
-        if seal.returncode != 0:
-            report["status"] = "failed"
-            report["failed_step"] = "seal"
-            report["reason"] = "the seal step failed (exit %d)" % seal.returncode
-            report["log_tail"] = (seal.stdout + seal.stderr).splitlines()[-60:]
-    body = json.dumps(report, sort_keys=True)
-    os.makedirs(RUN, exist_ok=True)
-    with open(RUN + "/seal-report.json", "w") as f:
-        f.write(body + "\n")
-    console(BEGIN + "\n" + body + "\n" + END)
-    if REPORT_URL:
-        for attempt in range(1, 6):
-            try:
-                req = urllib.request.Request(REPORT_URL, data=body.encode(), method="PUT",
-                                             headers={{"Content-Type": "application/json"}})
-                urllib.request.urlopen(req, timeout=30).read()
-                break
-            except Exception as e:
-                console("image-builder: report upload failed (attempt %d/5): %s" % (attempt, e))
-                time.sleep(2 * attempt)
-    try:
-        os.remove(os.path.abspath(__file__))
-    except OSError:
-        pass
-    os.sync()
-    subprocess.run(["systemctl", "poweroff"])
-
-
-main()
-"#,
-        url = report_url.map(py_str).unwrap_or_else(|| "None".to_owned()),
-        seal = py_str(seal_clean_path),
-        run = py_str(RUN_DIR),
-        baked_path = py_str(BAKED_INFO),
-        baked = baked_info_json,
+    Step::from_script(
+        "agent-install",
+        &[
+            (AGENT_URL_PARAM, url),
+            ("AGENT_PATH", path),
+            ("AGENT_SHA256", sha256),
+            ("AGENT_BIN", AGENT_BIN),
+            ("UNIT_PATH", AGENT_UNIT),
+            ("UNIT_CONTENT", unit),
+            ("CONFIG_PATH", AGENT_CONFIG_PATH),
+            ("CONFIG_CONTENT", config_toml),
+        ],
+        AGENT_INSTALL,
     )
 }
 
-/// The boot-time watcher for a bake: started from `bootcmd` in its own transient unit
-/// (so no cloud-init stage waits for it), it waits for cloud-init to finish and runs
-/// the finisher; if provisioning broke before the finisher was written it still
-/// reports on the console and powers off, so a bake never waits for its timeout.
-pub fn seal_watcher_command(finisher_path: &str, timeout: Duration) -> Vec<String> {
-    let script = format!(
-        "i=0; while [ ! -e /run/cloud-init/result.json ] && [ $i -lt {secs} ]; do sleep 1; i=$((i+1)); done; \
-         if [ -f {f} ]; then exec python3 {f}; fi; \
-         echo 'IMAGE-BUILDER-SEAL-REPORT-BEGIN' > /dev/console; \
-         echo '{{\"version\":1,\"status\":\"failed\",\"reason\":\"provisioning failed before the seal step was installed\"}}' > /dev/console; \
-         echo 'IMAGE-BUILDER-SEAL-REPORT-END' > /dev/console; systemctl poweroff",
-        secs = timeout.as_secs().max(1),
-        f = sh_quote(finisher_path)
-    );
-    [
-        "systemd-run",
-        "--no-block",
-        "--collect",
-        "--unit=image-builder-seal",
-        "--description=image-builder bake finisher",
-        "/bin/sh",
-        "-c",
-        &script,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
-}
-
-/// The step runner: runs each step file in order with `sh -eu`, records name, exit
-/// code and seconds in `RUN_DIR/steps.tsv`, and stops at the first failure (recorded
-/// in `RUN_DIR/failed-step`), exiting non-zero so cloud-init marks its result failed.
+/// The step runner: runs each `(name, path)` step file in order with `sh -eu`,
+/// records name, exit code and seconds in `RUN_DIR/steps.tsv`, and stops at the
+/// first failure (recorded in `RUN_DIR/failed-step`), exiting non-zero so cloud-init
+/// marks its result failed.
 pub fn runner_script(steps: &[(String, String)]) -> String {
-    let mut s = format!(
-        r#"#!/bin/sh
-# image-builder step runner (generated): each step runs with `sh -eu`, in order.
-set -u
-RUN={run}
-mkdir -p "$RUN"
-: > "$RUN/steps.tsv"
-rm -f "$RUN/failed-step" "$RUN/done"
-run_step() {{
-  echo "image-builder: ==> $1"
-  t0=$(date +%s)
-  sh -eu "$2"
-  rc=$?
-  printf '%s\t%s\t%s\n' "$1" "$rc" "$(( $(date +%s) - t0 ))" >> "$RUN/steps.tsv"
-  if [ "$rc" -ne 0 ]; then
-    echo "$1" > "$RUN/failed-step"
-    echo "image-builder: step $1 failed with exit code $rc" >&2
-    exit "$rc"
-  fi
-}}
-"#,
-        run = RUN_DIR
+    let mut script = format!(
+        "#!/bin/sh\n{}",
+        after_header(
+            RUN_STEPS,
+            &format!("set -u\n{}", assignments(&[("RUN", RUN_DIR)]))
+        )
     );
     for (name, path) in steps {
-        s.push_str(&format!("run_step {} {}\n", sh_quote(name), sh_quote(path)));
+        script.push_str(&format!("run_step {} {}\n", sh_quote(name), sh_quote(path)));
     }
-    s.push_str("touch \"$RUN/done\"\necho 'image-builder: all steps done'\n");
-    s
+    script.push_str("all_done\n");
+    script
 }
 
 #[cfg(test)]
@@ -798,9 +526,9 @@ mod tests {
                 s.name
             );
         }
-        assert!(!seal_finisher(None, "/x", "{}").contains("status --wait"));
+        assert!(!FINISHER.contains("status --wait"));
         assert!(
-            !seal_watcher_command("/x", Duration::from_secs(5))
+            !seal_watcher_command(Duration::from_secs(5))
                 .join(" ")
                 .contains("status --wait")
         );
@@ -809,5 +537,166 @@ mod tests {
                 .script
                 .contains("status --wait")
         );
+    }
+
+    /// A directory of fake commands (`name`, body) first on PATH.
+    fn fake_bin(dir: &std::path::Path, tools: &[(&str, &str)]) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for (name, body) in tools {
+            let p = bin.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    #[test]
+    fn script_params_read_back_what_was_assigned() {
+        let url = "https://s.example/a b?X-Amz-Signature=1&x='q'\"$HOME`";
+        let step = agent_install(
+            &AgentSource::Url(url.into()),
+            &"ab".repeat(32),
+            "[Unit]\nDescription=it's\n",
+            "",
+        );
+        assert_eq!(
+            script_param(&step.script, AGENT_URL_PARAM).as_deref(),
+            Some(url)
+        );
+        assert_eq!(
+            script_param(&step.script, "AGENT_PATH").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            script_param(&step.script, "UNIT_CONTENT").as_deref(),
+            Some("[Unit]\nDescription=it's\n")
+        );
+        assert_eq!(
+            script_param(&step.script, "AGENT_BIN").as_deref(),
+            Some(AGENT_BIN)
+        );
+        assert_eq!(script_param(&step.script, "NOT_THERE"), None);
+        // The shell agrees.
+        let out = sh_ok(&format!(
+            "{}printf %s \"$AGENT_URL\"",
+            assignments(&[(AGENT_URL_PARAM, url)])
+        ));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), url);
+    }
+
+    /// Run the agent-install step with its paths moved into `dir` and a fake systemctl.
+    fn install_agent(
+        dir: &std::path::Path,
+        source: &AgentSource,
+        sha: &str,
+    ) -> std::process::Output {
+        let mut script = agent_install(source, sha, "[Unit]\n", "[agent]\nx = 'y'\n").script;
+        for (name, path) in [
+            ("AGENT_BIN", AGENT_BIN),
+            ("UNIT_PATH", AGENT_UNIT),
+            ("CONFIG_PATH", AGENT_CONFIG_PATH),
+        ] {
+            let moved = dir.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+            script = script.replace(
+                &format!("{name}={path}\n"),
+                &format!("{name}={}\n", sh_quote(moved.to_str().unwrap())),
+            );
+        }
+        Command::new("sh")
+            .arg("-euc")
+            .arg(script)
+            .env(
+                "PATH",
+                fake_bin(dir, &[("systemctl", "echo \"$*\" >> \"$CALLS\"\n")]),
+            )
+            .env("CALLS", dir.join("calls"))
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn agent_install_checks_the_sha256_and_installs_unit_and_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("staged-agent");
+        std::fs::write(&agent, "#!/bin/sh\necho agent\n").unwrap();
+        let sha = "02fbd0d2a2e3ba89e1b3ba89fc2e6a0bd4b4e1c32f8a8b47a99b0d2ab6e4cd54";
+        let got = Command::new("sha256sum").arg(&agent).output().unwrap();
+        let real = String::from_utf8_lossy(&got.stdout)[..64].to_owned();
+        assert_ne!(real, sha);
+
+        // From a path: a wrong checksum stops it before anything is installed.
+        let from_path = AgentSource::Path(agent.to_str().unwrap().to_owned());
+        let out = install_agent(dir.path(), &from_path, sha);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+        let bin = dir.path().join(AGENT_BIN.trim_start_matches('/'));
+        assert!(!bin.exists());
+
+        let out = install_agent(dir.path(), &from_path, &real);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(&bin).unwrap(),
+            "#!/bin/sh\necho agent\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(AGENT_CONFIG_PATH.trim_start_matches('/')))
+                .unwrap(),
+            "[agent]\nx = 'y'\n"
+        );
+        assert!(
+            std::fs::read_to_string(dir.path().join("calls"))
+                .unwrap()
+                .contains("enable vm-agent.service")
+        );
+
+        // From a URL (file:// is enough for the fetch loop).
+        std::fs::remove_file(&bin).unwrap();
+        let url = AgentSource::Url(format!("file://{}", agent.display()));
+        let out = install_agent(dir.path(), &url, &real);
+        assert!(out.status.success(), "{out:?}");
+        assert!(bin.exists());
+    }
+
+    #[test]
+    fn apt_install_quotes_packages_and_retries_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fake_bin(
+            dir.path(),
+            &[
+                (
+                    "apt-get",
+                    "printf '%s|' \"$@\" >> \"$CALLS\"; echo >> \"$CALLS\"\n[ -e \"$CALLS.ok\" ] || { touch \"$CALLS.ok\"; exit 100; }\n",
+                ),
+                ("sleep", "exit 0\n"),
+            ],
+        );
+        let run = |step: Step| {
+            let _ = std::fs::remove_file(dir.path().join("calls"));
+            let _ = std::fs::remove_file(dir.path().join("calls.ok"));
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(step.script)
+                .env("PATH", &path)
+                .env("CALLS", dir.path().join("calls"))
+                .output()
+                .unwrap();
+            let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+            (out.status.success(), calls)
+        };
+        let (ok, calls) = run(apt_install(&["git".into(), "a b".into()]));
+        assert!(ok);
+        let once = "-y|-q|-o|Dpkg::Options::=--force-confdef|-o|Dpkg::Options::=--force-confold|install|git|a b|\n";
+        assert_eq!(calls, format!("{once}{once}"));
+        // upgrade is not retried.
+        let (ok, calls) = run(apt_upgrade());
+        assert!(!ok);
+        assert_eq!(calls.lines().count(), 1);
     }
 }

@@ -15,78 +15,55 @@
 //! DigitalOcean boots custom images from their own bootloader.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ObjectCannedAcl;
-use clap::Args;
 use serde::Serialize;
 
 use artifact_store::s3::{self, S3Credentials, S3Settings};
 use do_api::{Client, CustomImageCreate, ImportState, Poll};
 
 use super::DoBakeError;
-use super::cli::ConnArgs;
 use crate::backend::qemu::{self, run_logged};
 
 /// A single PUT carries at most this much (S3's limit).
 const MAX_SINGLE_PUT: u64 = 5 << 30;
 
-/// `image-builder images import`.
-#[derive(Debug, Args)]
-pub struct ImportArgs {
-    /// The disk to import (the golden qcow2 of `bake --backend qemu`, or raw).
-    #[arg(required_unless_present = "url")]
-    pub disk: Option<PathBuf>,
-    /// Import from this URL instead (it must answer HEAD and GET), uploading nothing.
-    #[arg(long, value_name = "URL", conflicts_with = "disk")]
-    pub url: Option<String>,
+/// Where the disk comes from.
+#[derive(Debug)]
+pub enum ImportSource {
+    /// A URL the caller hosts (it must answer HEAD and GET); nothing is uploaded.
+    Url(String),
+    /// A local disk, uploaded to a Space first.
+    Disk {
+        /// The disk (the golden qcow2 of `bake --backend qemu`, or raw).
+        path: PathBuf,
+        /// The Space.
+        space: S3Settings,
+        /// Its keys.
+        credentials: S3Credentials,
+    },
+}
+
+/// What `images import` does.
+#[derive(Debug)]
+pub struct ImportOptions {
+    /// The disk or URL.
+    pub source: ImportSource,
     /// The custom image's name.
-    #[arg(long)]
     pub name: String,
-    /// The region to import into (e.g. nyc3).
-    #[arg(long)]
+    /// The region it is imported into.
     pub region: String,
-    /// The distribution DigitalOcean shows.
-    #[arg(long, default_value = "Debian")]
+    /// The distribution DigitalOcean shows (e.g. Debian).
     pub distribution: String,
     /// A description.
-    #[arg(long)]
     pub description: Option<String>,
-    /// A tag for the image (repeatable).
-    #[arg(long = "tag", value_name = "TAG")]
+    /// Tags for the image.
     pub tags: Vec<String>,
-    /// S3 endpoint of the Space the disk is uploaded to (e.g. https://nyc3.digitaloceanspaces.com).
-    #[arg(long, value_name = "URL", required_unless_present = "url")]
-    pub space_endpoint: Option<String>,
-    /// The Space (bucket).
-    #[arg(long, value_name = "NAME", required_unless_present = "url")]
-    pub space_bucket: Option<String>,
-    /// Signing region of the Space.
-    #[arg(long, value_name = "REGION")]
-    pub space_region: Option<String>,
-    /// Path-style Space URLs (self-hosted S3 servers).
-    #[arg(long)]
-    pub space_path_style: bool,
-    /// KEY=VALUE file (mode 0600) with SPACES_ACCESS_KEY_ID and SPACES_SECRET_ACCESS_KEY
-    /// [default: those environment variables].
-    #[arg(long, value_name = "FILE")]
-    pub space_credentials_file: Option<PathBuf>,
     /// Leave the uploaded (public) object in the Space.
-    #[arg(long)]
     pub keep_upload: bool,
-    /// Give up waiting for `available` after this long.
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-    /// How often to poll the image.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub poll_interval: Duration,
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// API access.
-    #[command(flatten)]
-    pub conn: ConnArgs,
+    /// How often and how long to wait for `available`.
+    pub poll: Poll,
 }
 
 /// What an import did.
@@ -156,24 +133,16 @@ fn object_url(settings: &S3Settings, key: &str) -> String {
 }
 
 /// Run `images import`.
-pub async fn import(args: &ImportArgs, client: &Client) -> Result<ImportReport, DoBakeError> {
-    let (url, upload) = match (&args.url, &args.disk) {
-        (Some(url), _) => (url.clone(), None),
-        (None, Some(disk)) => {
-            let settings = S3Settings {
-                endpoint: args.space_endpoint.clone().unwrap_or_default(),
-                region: args.space_region.clone().unwrap_or_else(s3::default_region),
-                bucket: args.space_bucket.clone().unwrap_or_default(),
-                path_style: args.space_path_style,
-            };
-            let creds = match &args.space_credentials_file {
-                Some(f) => S3Credentials::from_file(f),
-                None => S3Credentials::from_env()
-                    .and_then(|c| c.ok_or(artifact_store::s3::CredentialsError::Missing)),
-            }
-            .map_err(|e| config(format!("Space credentials: {e}")))?;
+pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportReport, DoBakeError> {
+    let (url, upload) = match &opts.source {
+        ImportSource::Url(url) => (url.clone(), None),
+        ImportSource::Disk {
+            path: disk,
+            space: settings,
+            credentials,
+        } => {
             let work = tempfile::tempdir().map_err(|e| config(format!("temp dir: {e}")))?;
-            let file = work.path().join(format!("{}.qcow2", args.name));
+            let file = work.path().join(format!("{}.qcow2", opts.name));
             tracing::info!("converting {} for import", disk.display());
             let size = importable_qcow2(disk, &file)?;
             if size > MAX_SINGLE_PUT {
@@ -183,8 +152,8 @@ pub async fn import(args: &ImportArgs, client: &Client) -> Result<ImportReport, 
                 )));
             }
             let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-            let key = format!("imports/{}-{suffix}.qcow2", args.name);
-            let s3 = s3::client(&settings, &creds, None);
+            let key = format!("imports/{}-{suffix}.qcow2", opts.name);
+            let s3 = s3::client(settings, credentials, None);
             tracing::info!(
                 "uploading {size} bytes to s3://{}/{key} (public-read until the import ends)",
                 settings.bucket
@@ -205,40 +174,33 @@ pub async fn import(args: &ImportArgs, client: &Client) -> Result<ImportReport, 
                     during: "uploading the disk",
                     source: Box::new(s3::classify(&e, "PutObject", &settings.bucket, &key).into()),
                 })?;
-            let url = object_url(&settings, &key);
-            (url, Some((s3, settings, key, size)))
+            let url = object_url(settings, &key);
+            (url, Some((s3, settings.bucket.clone(), key, size)))
         }
-        (None, None) => return Err(config("give a DISK or --url".into())),
     };
 
-    let result = create_and_wait(args, client, &url).await;
+    let result = create_and_wait(opts, client, &url).await;
 
     let uploaded = match upload {
         None => None,
-        Some((s3, settings, key, size)) => {
-            let deleted = if args.keep_upload {
+        Some((s3, bucket, key, size)) => {
+            let deleted = if opts.keep_upload {
                 false
             } else {
-                match s3
-                    .delete_object()
-                    .bucket(&settings.bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                {
+                match s3.delete_object().bucket(&bucket).key(&key).send().await {
                     Ok(_) => true,
                     Err(e) => {
                         tracing::warn!(
                             "could not delete the uploaded disk: {}; delete s3://{}/{key} yourself (it is public)",
                             s3::error_chain(&e),
-                            settings.bucket
+                            bucket
                         );
                         false
                     }
                 }
             };
             Some(Uploaded {
-                object: format!("s3://{}/{key}", settings.bucket),
+                object: format!("s3://{bucket}/{key}"),
                 size,
                 deleted,
             })
@@ -256,7 +218,7 @@ pub async fn import(args: &ImportArgs, client: &Client) -> Result<ImportReport, 
 }
 
 async fn create_and_wait(
-    args: &ImportArgs,
+    opts: &ImportOptions,
     client: &Client,
     url: &str,
 ) -> Result<do_api::Image, DoBakeError> {
@@ -268,12 +230,12 @@ async fn create_and_wait(
     };
     let created = client
         .create_custom_image(&CustomImageCreate {
-            name: args.name.clone(),
+            name: opts.name.clone(),
             url: url.to_owned(),
-            region: args.region.clone(),
-            distribution: Some(args.distribution.clone()),
-            description: args.description.clone(),
-            tags: args.tags.clone(),
+            region: opts.region.clone(),
+            distribution: Some(opts.distribution.clone()),
+            description: opts.description.clone(),
+            tags: opts.tags.clone(),
         })
         .await
         .map_err(api("creating the custom image"))?;
@@ -283,13 +245,7 @@ async fn create_and_wait(
         created.status.as_deref().unwrap_or("NEW")
     );
     let image = client
-        .wait_custom_image(
-            created.id,
-            Poll::new(
-                args.poll_interval.max(Duration::from_millis(10)),
-                args.timeout,
-            ),
-        )
+        .wait_custom_image(created.id, opts.poll)
         .await
         .map_err(api("waiting for the custom image"))?;
     match ImportState::of(&image) {

@@ -17,7 +17,8 @@
 //!    only every few polls, to notice a builder that powered off without
 //!    reporting). A failed report fails the bake with its reason and log tail.
 //! 5. **Power off** (normally the finisher already did): wait for `off`, else
-//!    `shutdown`, then `power_off` after a bound; 422 "pending event" is retried.
+//!    `shutdown`, then `power_off` after a bound; a 422 that says the droplet
+//!    is busy ("pending event") is retried, no other 422 is.
 //! 6. **Snapshot**: `errored` fails at once; the timeout scales with the disk.
 //!    The image id comes from `GET /v2/droplets/{id}/snapshots`, matched by name.
 //!    The image is described and tagged.
@@ -25,7 +26,6 @@
 //!    error, Ctrl-C, SIGTERM. A SIGKILL (or a power cut) cannot be caught: the
 //!    [`state`] file and the tags make `bake --resume STATE` and [`reap`] work.
 
-pub mod cli;
 pub mod images;
 pub mod import;
 pub mod preflight;
@@ -36,15 +36,15 @@ pub mod state;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::backend::{AgentArtifact, BakeResult};
+use crate::backend::{AgentArtifact, BakeResult, BakeStep, Timings};
 use crate::render::{self, AgentBinary, Mode, RenderOptions};
 use crate::spec::LoadedSpec;
-use artifact_store::s3::{S3Credentials, S3Settings};
+use artifact_store::s3::{CredentialsError, S3Credentials, S3Settings};
 use do_api::{
-    ActionStatus, Client, DoError, DropletCreate, DropletStatus, ImageUpdate, Poll, RetryPolicy,
-    TagTarget, Token,
+    ActionStatus, ActionType, Client, DoError, DropletAction, DropletCreate, DropletStatus,
+    ImageUpdate, Poll, Refusal, RetryPolicy, TagTarget, Token,
 };
-use provision::{AgentSource, SealReport};
+use provision::{AgentSource, SealReport, SealStatus};
 
 use self::preflight::Plan;
 use self::space::Space;
@@ -135,9 +135,15 @@ impl Default for DoBakeOptions {
 /// Errors of a DigitalOcean bake.
 #[derive(Debug, thiserror::Error)]
 pub enum DoBakeError {
-    /// The spec or the options lack something.
+    /// A required setting is missing (the Space, its keys).
     #[error("{0}")]
     Config(String),
+    /// The spec lacks what the DigitalOcean backend needs.
+    #[error("{0}")]
+    Spec(String),
+    /// The Space's keys cannot be had.
+    #[error("Space credentials: {0}")]
+    SpaceCredentials(#[source] CredentialsError),
     /// An API call failed.
     #[error("{during}: {source}")]
     Api {
@@ -167,11 +173,17 @@ pub enum DoBakeError {
     #[error("{0}")]
     Refused(String),
     /// Not confirmed, and no terminal to ask on.
-    #[error("stdin is not a terminal: pass --yes to confirm the resources shown above")]
-    NeedsConfirmation,
+    #[error("stdin is not a terminal: pass --yes to {action}")]
+    NeedsConfirmation {
+        /// What `--yes` confirms, e.g. "create the resources shown above".
+        action: &'static str,
+    },
     /// The user said no.
-    #[error("not confirmed: nothing was created")]
-    Declined,
+    #[error("not confirmed: did not {action}")]
+    Declined {
+        /// What was not done.
+        action: &'static str,
+    },
     /// The builder reported a failed provisioning.
     #[error(
         "provisioning of droplet {droplet} failed: {reason}{step}\n--- cloud-init log tail ---\n{tail}"
@@ -203,7 +215,7 @@ pub enum DoBakeError {
         /// The bound.
         timeout: Duration,
         /// Its last status.
-        status: String,
+        status: DropletStatus,
     },
     /// The droplet disappeared under the bake.
     #[error("droplet {droplet} no longer exists (deleted by someone else?)")]
@@ -268,10 +280,33 @@ pub enum DoBakeError {
     Internal(String),
 }
 
-fn api(during: &'static str) -> impl FnOnce(DoError) -> DoBakeError {
+/// Wrap an API error with what was being done.
+pub(crate) fn api(during: &'static str) -> impl FnOnce(DoError) -> DoBakeError {
     move |source| DoBakeError::Api {
         during,
         source: Box::new(source),
+    }
+}
+
+/// Spending or deleting must be explicit: `yes` (the `--yes` flag), or a "y" typed
+/// on a terminal. `action` completes "pass --yes to …" and "did not …".
+pub fn confirm(yes: bool, question: &str, action: &'static str) -> Result<(), DoBakeError> {
+    use std::io::IsTerminal as _;
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(DoBakeError::NeedsConfirmation { action });
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| DoBakeError::Internal(format!("reading the answer: {e}")))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(DoBakeError::Declined { action })
     }
 }
 
@@ -363,7 +398,7 @@ fn open_space(loaded: &LoadedSpec, opts: &DoBakeOptions) -> Result<Space, DoBake
     let creds = match &opts.space_credentials {
         Some(c) => c.clone(),
         None => S3Credentials::from_env()
-            .map_err(|e| DoBakeError::Config(format!("Space credentials: {e}")))?
+            .map_err(DoBakeError::SpaceCredentials)?
             .ok_or_else(|| {
                 DoBakeError::Config(
                     "no Space credentials: set SPACES_ACCESS_KEY_ID and SPACES_SECRET_ACCESS_KEY (or give --space-credentials-file, mode 0600)"
@@ -397,13 +432,13 @@ pub async fn bake(
     opts: &DoBakeOptions,
 ) -> Result<(BakeResult, String), DoBakeError> {
     let do_spec = loaded.spec.digitalocean.as_ref().ok_or_else(|| {
-        DoBakeError::Config(format!(
+        DoBakeError::Spec(format!(
             "{}: the spec has no `digitalocean` section (region, size): the DigitalOcean backend needs it",
             loaded.path.display()
         ))
     })?;
     let base = loaded.spec.base.digitalocean.clone().ok_or_else(|| {
-        DoBakeError::Config(format!(
+        DoBakeError::Spec(format!(
             "{}: base.digitalocean is not set: the DigitalOcean backend needs a base image (slug, id or image name)",
             loaded.path.display()
         ))
@@ -468,7 +503,7 @@ pub async fn bake(
                 image_id: None,
                 agent_key: None,
                 report: None,
-                timings: Vec::new(),
+                timings: Timings::default(),
                 error: None,
                 droplet_destroyed: false,
             };
@@ -525,7 +560,7 @@ pub async fn bake(
         let project = plan.project_id.clone();
         bake.sf.update(|s| s.project_id = Some(project))?;
         bake.plan = Some(plan);
-        bake.mark("preflight")?;
+        bake.mark(BakeStep::Preflight)?;
     }
 
     // From here on the builder may exist: every exit path destroys it.
@@ -575,11 +610,10 @@ impl Bake<'_> {
         format!("{BAKE_TAG_PREFIX}{}", self.sf.state.bake_id)
     }
 
-    fn mark(&mut self, step: &str) -> Result<(), DoBakeError> {
-        let t = self.lap.elapsed().as_secs_f64();
+    fn mark(&mut self, step: BakeStep) -> Result<(), DoBakeError> {
+        let seconds = self.lap.elapsed().as_secs_f64();
         self.lap = Instant::now();
-        let step = step.to_owned();
-        self.sf.update(|s| s.timings.push((step, t)))?;
+        self.sf.update(|s| s.timings.push(step, seconds))?;
         Ok(())
     }
 
@@ -735,7 +769,7 @@ impl Bake<'_> {
                 ""
             }
         );
-        self.mark("create")?;
+        self.mark(BakeStep::Create)?;
         Ok(())
     }
 
@@ -776,7 +810,7 @@ impl Bake<'_> {
         let poll = self.opts.poll;
         let key = self.sf.state.report_key.clone();
         let mut store_errors = 0u32;
-        let mut last_status = "new".to_owned();
+        let mut last_status = DropletStatus::New;
         let mut last_progress = Instant::now();
         tracing::info!(
             "[{}] waiting for droplet {id} to provision and report (timeout {})",
@@ -801,7 +835,7 @@ impl Bake<'_> {
             if i % 6 == 0 {
                 match self.client.get_droplet(id).await {
                     Ok(d) => {
-                        last_status = format!("{:?}", d.status).to_lowercase();
+                        last_status = d.status;
                         if d.status == DropletStatus::Off && !d.locked {
                             // The report may have landed just before the power-off.
                             if let Ok(Some(r)) = self.space.read_report(&key).await {
@@ -838,7 +872,7 @@ impl Bake<'_> {
     }
 
     fn got_report(&mut self, id: u64, r: SealReport) -> Result<(), DoBakeError> {
-        let ok = r.status == "ok";
+        let ok = r.status == SealStatus::Ok;
         let failure = (!ok).then(|| DoBakeError::ProvisioningFailed {
             droplet: id,
             reason: r.reason.clone().unwrap_or_else(|| "unknown".into()),
@@ -857,7 +891,7 @@ impl Bake<'_> {
             "[{}] droplet {id} reported: provisioning ok",
             self.elapsed()
         );
-        self.mark("provision")?;
+        self.mark(BakeStep::Provision)?;
         Ok(())
     }
 
@@ -880,19 +914,28 @@ impl Bake<'_> {
         }
     }
 
-    /// Send a power action; retry 422 "pending event" while the droplet is
-    /// locked (for at most `bound`). An unknown outcome is left to the wait.
-    async fn power_action(&self, id: u64, kind: &str, bound: Duration) -> Result<(), DoBakeError> {
+    /// Send a power action; retry while DigitalOcean refuses it because the
+    /// droplet is busy (422 "Droplet already has a pending event.", for at most
+    /// `bound`). "Droplet is already powered off" is what the action was for.
+    /// An unknown outcome is left to the wait.
+    async fn power_action(
+        &self,
+        id: u64,
+        action: DropletAction,
+        bound: Duration,
+    ) -> Result<(), DoBakeError> {
         let start = Instant::now();
         loop {
-            let r = match kind {
-                "shutdown" => self.client.shutdown(id).await,
-                _ => self.client.power_off(id).await,
-            };
-            match r {
+            match self.client.droplet_action(id, &action).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_unprocessable() && start.elapsed() < bound => {
-                    tracing::info!("{kind} of droplet {id} refused ({e}); retrying");
+                Err(e) if e.refusal() == Some(Refusal::AlreadyPoweredOff) => {
+                    tracing::info!("{action} of droplet {id}: already off ({e})");
+                    return Ok(());
+                }
+                Err(e) if e.refusal().is_some_and(Refusal::is_busy) && start.elapsed() < bound => {
+                    tracing::info!(
+                        "{action} of droplet {id} refused while it is busy ({e}); retrying"
+                    );
                 }
                 Err(e) if e.is_not_found() => {
                     return Err(DoBakeError::DropletVanished { droplet: id });
@@ -901,7 +944,7 @@ impl Bake<'_> {
                     if e.status().is_none_or(|s| s >= 500) =>
                 {
                     tracing::warn!(
-                        "{kind} of droplet {id}: outcome unknown ({e}); waiting for the droplet"
+                        "{action} of droplet {id}: outcome unknown ({e}); waiting for the droplet"
                     );
                     return Ok(());
                 }
@@ -921,13 +964,15 @@ impl Bake<'_> {
                 "droplet {id} is not off {} after its report: sending shutdown",
                 secs(bound)
             );
-            self.power_action(id, "shutdown", bound).await?;
+            self.power_action(id, DropletAction::Shutdown, bound)
+                .await?;
             if !self.wait_off(id, bound).await? {
                 tracing::warn!(
                     "droplet {id} did not shut down within {}: sending power_off",
                     secs(bound)
                 );
-                self.power_action(id, "power_off", bound).await?;
+                self.power_action(id, DropletAction::PowerOff, bound)
+                    .await?;
                 if !self.wait_off(id, bound).await? {
                     return Err(DoBakeError::Api {
                         during: "powering off the builder",
@@ -939,7 +984,7 @@ impl Bake<'_> {
                 }
             }
         }
-        self.mark("power_off")?;
+        self.mark(BakeStep::PowerOff)?;
         Ok(())
     }
 
@@ -969,7 +1014,7 @@ impl Bake<'_> {
         let image = self.find_image(id, &name).await?;
         self.sf.update(|s| s.image_id = Some(image))?;
         tracing::info!("[{}] snapshot done: image {image}", self.elapsed());
-        self.mark("snapshot")?;
+        self.mark(BakeStep::Snapshot)?;
         Ok(())
     }
 
@@ -1043,9 +1088,9 @@ impl Bake<'_> {
         loop {
             match self.client.snapshot(id, name).await {
                 Ok(a) => return Ok(a.id),
-                Err(e) if e.is_unprocessable() && start.elapsed() < bound => {
+                Err(e) if e.refusal().is_some_and(Refusal::is_busy) && start.elapsed() < bound => {
                     tracing::info!(
-                        "snapshot of droplet {id} refused ({e}); retrying while it is locked"
+                        "snapshot of droplet {id} refused while it is busy ({e}); retrying"
                     );
                 }
                 Err(e) if e.is_not_found() => {
@@ -1064,7 +1109,7 @@ impl Bake<'_> {
                         .map_err(api("checking whether the snapshot started"))?;
                     if let Some(a) = actions
                         .iter()
-                        .filter(|a| a.kind == "snapshot")
+                        .filter(|a| a.kind == ActionType::Snapshot)
                         .max_by_key(|a| a.id)
                     {
                         tracing::warn!(
@@ -1181,7 +1226,7 @@ impl Bake<'_> {
             }
         }
         self.phase(Phase::Destroying)?;
-        self.mark("finish")?;
+        self.mark(BakeStep::Finish)?;
         Ok(())
     }
 
@@ -1253,7 +1298,7 @@ impl Bake<'_> {
         {
             tracing::warn!("could not delete the seal report from the Space: {e}");
         }
-        self.mark("destroy")?;
+        self.mark(BakeStep::Destroy)?;
         Ok(())
     }
 
@@ -1265,17 +1310,10 @@ impl Bake<'_> {
             builder_type: BUILDER_TYPE.to_owned(),
             files: Vec::new(),
             timings: st.timings.clone(),
-            report: st.report.clone().unwrap_or_else(|| SealReport {
-                version: 1,
-                status: "ok".into(),
-                reason: None,
-                failed_step: None,
-                cloud_init_errors: Vec::new(),
-                steps: Vec::new(),
-                log_tail: Vec::new(),
-                versions: Default::default(),
-                finished_at: None,
-            }),
+            report: st
+                .report
+                .clone()
+                .unwrap_or_else(|| SealReport::new(SealStatus::Ok)),
             details: serde_json::json!({
                 "bake_id": st.bake_id,
                 "image_id": image,

@@ -7,13 +7,12 @@
 //! the private images when a name is given), and `GET /v2/projects` only when
 //! the project is given by name.
 
-use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use crate::spec::DigitalOcean;
-use do_api::{Client, DoError, ImageSpec, Size};
+use do_api::{Client, DoError, ImageSpec, Refusal, Size};
 
-use super::DoBakeError;
+use super::{DoBakeError, api};
 
 /// What a bake will create, resolved against the account.
 #[derive(Clone, Debug)]
@@ -32,13 +31,6 @@ pub struct Plan {
     pub project_label: String,
     /// Droplets that exist now, and the account's limit.
     pub droplets: (usize, u64),
-}
-
-fn api(during: &'static str) -> impl FnOnce(DoError) -> DoBakeError {
-    move |source| DoBakeError::Api {
-        during,
-        source: Box::new(source),
-    }
 }
 
 /// Run the pre-flight checks for `spec` with base image `base`.
@@ -89,7 +81,7 @@ pub async fn check(client: &Client, spec: &DigitalOcean, base: &str) -> Result<P
     };
     if !size.available || !size.regions.contains(&region) {
         return Err(DoBakeError::Preflight(format!(
-            "size {} is not offered in region {region} (DigitalOcean would answer 422 \"Size is not available in this region\"); \
+            "size {} is not offered in region {region} (DigitalOcean would refuse it: \"Size is not available in this region.\"); \
              it is offered in: {}. Pick another size or region in the spec's `digitalocean` section",
             size.slug,
             if size.regions.is_empty() {
@@ -247,56 +239,53 @@ pub fn describe(
 
 /// Spending must be explicit: `--yes`, or a "y" typed on a terminal.
 pub async fn confirm(yes: bool) -> Result<(), DoBakeError> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(DoBakeError::NeedsConfirmation);
-    }
-    eprint!("Create these resources? [y/N] ");
-    let answer = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
+    tokio::task::spawn_blocking(move || {
+        super::confirm(
+            yes,
+            "Create these resources?",
+            "create the resources shown above",
+        )
     })
     .await
     .map_err(|e| DoBakeError::Internal(e.to_string()))?
-    .map_err(|e| DoBakeError::Internal(format!("reading the answer: {e}")))?;
-    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-        Ok(())
-    } else {
-        Err(DoBakeError::Declined)
-    }
 }
 
-/// Turn DigitalOcean's 422 refusals of a droplet create into advice.
+/// Turn DigitalOcean's 422 refusals of a droplet create into advice. Which
+/// refusal it is comes from [`DoError::refusal`] (DigitalOcean's own wordings,
+/// matched in one place, `do-api`'s `error.rs`); DigitalOcean's message is
+/// quoted as it came.
 pub fn explain_create_refusal(e: &DoError, size: &str, region: &str) -> Option<String> {
-    if !e.is_unprocessable() {
-        return None;
-    }
+    let refusal = e.refusal()?;
     let DoError::Api { message, .. } = e else {
         return None;
     };
-    let m = message.to_ascii_lowercase();
-    Some(if m.contains("restricted") {
-        format!(
+    Some(match refusal {
+        Refusal::SizeRestricted => format!(
             "DigitalOcean refused size {size} for this account ({message}): choose another size in the spec \
              (digitalocean.size) or open a support ticket to unlock it"
-        )
-    } else if m.contains("droplet limit") {
-        format!(
+        ),
+        Refusal::DropletLimit => format!(
             "DigitalOcean refused the droplet: the account's droplet limit is reached ({message}); delete droplets \
              (`image-builder reap` removes builders left by earlier bakes) or ask support to raise the limit"
-        )
-    } else if m.contains("not available in this region") || m.contains("region is not available") {
-        format!(
+        ),
+        Refusal::SizeNotInRegion | Refusal::RegionNotAvailable => format!(
             "DigitalOcean refused size {size} in region {region} ({message}): choose another size or region in the spec"
-        )
-    } else if m.contains("invalid image") {
-        format!(
+        ),
+        Refusal::InvalidSize => format!(
+            "DigitalOcean does not know size {size} ({message}): choose a size listed by GET /v2/sizes in the spec \
+             (digitalocean.size)"
+        ),
+        Refusal::InvalidImage => format!(
             "DigitalOcean refused the base image ({message}): a private image must be given by id or by its exact name"
-        )
-    } else {
-        format!("DigitalOcean refused the droplet ({message})")
+        ),
+        Refusal::ImageNotInRegion => format!(
+            "DigitalOcean refused the base image in region {region} ({message}): transfer the image there \
+             or bake in one of its regions"
+        ),
+        Refusal::PendingEvent
+        | Refusal::BlockingEvents
+        | Refusal::AlreadyPoweredOff
+        | Refusal::Other => format!("DigitalOcean refused the droplet ({message})"),
     })
 }
 
@@ -321,8 +310,9 @@ mod tests {
             message: m.into(),
             request_id: None,
         };
+        // DigitalOcean's own wordings (sources in do-api's `Refusal`).
         let r = explain_create_refusal(
-            &e("This size is currently restricted for your account."),
+            &e("This size is currently restricted please send an additional payment to unlock."),
             "g-2vcpu-8gb",
             "nyc3",
         )
@@ -338,15 +328,47 @@ mod tests {
         )
         .expect("422");
         assert!(r.contains("reap"), "{r}");
+        for m in [
+            "Size is not available in this region.",
+            "Region is not available",
+        ] {
+            let r = explain_create_refusal(&e(m), "s-4vcpu-8gb", "sgp1").expect("422");
+            assert!(
+                r.contains("sgp1") && r.contains("another size or region") && r.contains(m),
+                "{r}"
+            );
+        }
         let r = explain_create_refusal(
-            &e("Size is not available in this region."),
-            "s-4vcpu-8gb",
-            "sgp1",
+            &e("You specified an invalid image for Droplet creation."),
+            "s",
+            "r",
         )
         .expect("422");
-        assert!(
-            r.contains("sgp1") && r.contains("another size or region"),
-            "{r}"
-        );
+        assert!(r.contains("by id or by its exact name"), "{r}");
+        let r = explain_create_refusal(
+            &e("You specified an invalid size for Droplet creation."),
+            "s-9vcpu",
+            "r",
+        )
+        .expect("422");
+        assert!(r.contains("GET /v2/sizes") && r.contains("s-9vcpu"), "{r}");
+        // Our own old sentence is not DigitalOcean's: no specific advice for it.
+        let r = explain_create_refusal(
+            &e("This size is restricted for your account. Open a support ticket."),
+            "s",
+            "r",
+        )
+        .expect("422");
+        assert!(!r.contains("support ticket to unlock"), "{r}");
+        // Not a 422 unprocessable_entity: nothing to explain.
+        let other = DoError::Api {
+            method: "POST".into(),
+            path: "/v2/droplets".into(),
+            status: 500,
+            id: "server_error".into(),
+            message: "creating this/these droplet(s) will exceed your droplet limit".into(),
+            request_id: None,
+        };
+        assert!(explain_create_refusal(&other, "s", "r").is_none());
     }
 }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use provision::SealReport;
 
+use crate::backend::Timings;
+
 /// Version of the state file format.
 pub const STATE_VERSION: u32 = 1;
 
@@ -92,7 +94,7 @@ pub struct BakeState {
     pub report: Option<SealReport>,
     /// Phase timings in seconds, in order.
     #[serde(default)]
-    pub timings: Vec<(String, f64)>,
+    pub timings: Timings,
     /// Why the bake failed.
     #[serde(default)]
     pub error: Option<String>,
@@ -217,6 +219,7 @@ pub fn default_state_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::BakeStep;
 
     fn sample() -> BakeState {
         BakeState {
@@ -240,7 +243,11 @@ mod tests {
             report_key: "bakes/0123abcd/seal-report.json".into(),
             agent_key: None,
             report: None,
-            timings: vec![("create".into(), 1.5)],
+            timings: {
+                let mut t = Timings::default();
+                t.push(BakeStep::Create, 1.5);
+                t
+            },
             error: None,
             droplet_destroyed: false,
         }

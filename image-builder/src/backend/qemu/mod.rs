@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use provision::SealReport;
+use provision::{SealReport, SealStatus};
+
+use crate::backend::{BakeStep, Timings};
 
 /// Errors of the local backend.
 #[derive(Debug, thiserror::Error)]
@@ -167,9 +169,7 @@ pub fn run_logged(
 }
 
 /// Markers around the seal report on the console.
-pub const REPORT_BEGIN: &str = "IMAGE-BUILDER-SEAL-REPORT-BEGIN";
-/// See [`REPORT_BEGIN`].
-pub const REPORT_END: &str = "IMAGE-BUILDER-SEAL-REPORT-END";
+pub use provision::{REPORT_BEGIN, REPORT_END};
 
 /// What a supervised run saw.
 #[derive(Debug)]
@@ -363,7 +363,7 @@ pub fn check_report(
     console_tail: &str,
 ) -> Result<SealReport, QemuError> {
     match report {
-        Some(r) if r.status == "ok" => Ok(r),
+        Some(r) if r.status == SealStatus::Ok => Ok(r),
         Some(r) => Err(QemuError::ProvisioningFailed {
             reason: r.reason.clone().unwrap_or_else(|| "unknown".into()),
             step: r.failed_step.clone(),
@@ -382,7 +382,8 @@ pub fn check_report(
 }
 
 /// How the local backend provisions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Way {
     /// `container` for bases built by `base build`, `vm` for other images.
     #[default]
@@ -422,10 +423,10 @@ pub async fn bake(
     use crate::render::{self, AgentBinary, Mode, RenderOptions};
 
     let spec = &loaded.spec;
-    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut timings = Timings::default();
     let mut lap = Instant::now();
-    let mut mark = |timings: &mut Vec<(String, f64)>, what: &str| {
-        timings.push((what.to_owned(), lap.elapsed().as_secs_f64()));
+    let mut mark = |timings: &mut Timings, step: BakeStep| {
+        timings.push(step, lap.elapsed().as_secs_f64());
         lap = Instant::now();
     };
 
@@ -474,7 +475,11 @@ pub async fn bake(
     };
     mark(
         &mut timings,
-        if base_cached { "base_cached" } else { "base" },
+        if base_cached {
+            BakeStep::BaseCached
+        } else {
+            BakeStep::Base
+        },
     );
 
     let work_parent = base::cache_root().join("work");
@@ -558,7 +563,7 @@ pub async fn bake(
             &instance,
             agent.map(|a| a.path.as_path()),
         )?;
-        mark(&mut timings, "prepare");
+        mark(&mut timings, BakeStep::Prepare);
         tracing::info!(
             "provisioning {name} in a container (timeout {})",
             humantime::format_duration(timeout)
@@ -572,7 +577,7 @@ pub async fn bake(
         )
         .await?;
         let report = check_report(seen.report, &seen.tail)?;
-        mark(&mut timings, "provision");
+        mark(&mut timings, BakeStep::Provision);
         // Only the disk assembly differs from the base's: the provisioned tree becomes a
         // whole bootable disk (the `disk` step's time is the assembly's own).
         let raw = work.join("golden.raw");
@@ -584,10 +589,10 @@ pub async fn bake(
             spec.qemu.disk_size.0,
             &assembly,
         )?);
-        mark(&mut timings, "disk");
+        mark(&mut timings, BakeStep::Disk);
         convert(&raw, &work.join("convert.log"))?;
         let _ = std::fs::remove_file(&raw);
-        mark(&mut timings, "image");
+        mark(&mut timings, BakeStep::Image);
         report
     } else {
         tracing::info!(
@@ -607,19 +612,14 @@ pub async fn bake(
         )
         .await?;
         let report = check_report(seen.report, &seen.tail)?;
-        mark(&mut timings, "provision");
+        mark(&mut timings, BakeStep::Provision);
         convert(&overlay, &work.join("convert.log"))?;
-        mark(&mut timings, "image");
+        mark(&mut timings, BakeStep::Image);
         report
     };
 
-    let way_name = if way == Way::Container {
-        "container"
-    } else {
-        "vm"
-    };
     let mut details =
-        serde_json::json!({"way": way_name, "base": base_disk, "base_cache_hit": base_cached});
+        serde_json::json!({"way": way, "base": base_disk, "base_cache_hit": base_cached});
     if let Some(layout) = &layout {
         details["disk"] = serde_json::to_value(layout).unwrap_or_default();
     }
@@ -648,8 +648,8 @@ pub async fn bake(
             mark(
                 &mut timings,
                 match firmware {
-                    vm::Firmware::Bios => "boot_check",
-                    vm::Firmware::Uefi => "boot_check_uefi",
+                    vm::Firmware::Bios => BakeStep::BootCheck,
+                    vm::Firmware::Uefi => BakeStep::BootCheckUefi,
                 },
             );
         }
@@ -680,15 +680,15 @@ fn check_boot(
     layout: Option<&disk::DiskLayout>,
 ) -> Result<(), QemuError> {
     let what = format!("boot check ({})", check.firmware);
-    if agent_installed && check.agent_enabled != "enabled" {
+    if agent_installed && check.agent_enabled != vm::UnitEnabled::Enabled {
         return Err(QemuError::Other(format!(
-            "{what}: vm-agent.service is {:?} in the booted image, expected \"enabled\"",
+            "{what}: vm-agent.service is {} in the booted image, expected enabled",
             check.agent_enabled
         )));
     }
-    if check.sudoers != "ok" {
+    if check.sudoers != vm::SudoersCheck::Ok {
         return Err(QemuError::Other(format!(
-            "{what}: visudo -c in the booted image says {:?}",
+            "{what}: visudo -c in the booted image says {}",
             check.sudoers
         )));
     }

@@ -285,14 +285,66 @@ pub struct BootCheck {
     pub firmware: Firmware,
     /// Seconds from QEMU start to the marker.
     pub seconds: f64,
-    /// `systemctl is-enabled vm-agent` (or `absent`).
-    pub agent_enabled: String,
+    /// `systemctl is-enabled vm-agent`.
+    pub agent_enabled: UnitEnabled,
     /// `visudo -c` result.
-    pub sudoers: String,
+    pub sudoers: SudoersCheck,
     /// Number of failed units.
     pub failed_units: u32,
     /// The kernel command line it booted with (`/proc/cmdline`).
     pub cmdline: String,
+}
+
+/// `systemctl is-enabled` of a unit, as the boot check prints it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitEnabled {
+    /// Starts on every boot.
+    Enabled,
+    /// No such unit (the boot check's own spelling).
+    Absent,
+    /// Anything else `systemctl is-enabled` says (`disabled`, `masked`, `static`, ...).
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl UnitEnabled {
+    fn parse(word: &str) -> Self {
+        match word {
+            "enabled" => UnitEnabled::Enabled,
+            "absent" => UnitEnabled::Absent,
+            other => UnitEnabled::Other(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for UnitEnabled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UnitEnabled::Enabled => "enabled",
+            UnitEnabled::Absent => "absent",
+            UnitEnabled::Other(other) => other,
+        })
+    }
+}
+
+/// `visudo -c` in the booted image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SudoersCheck {
+    /// Every sudoers file parses.
+    Ok,
+    /// `visudo -c` failed (or printed nothing).
+    Bad,
+}
+
+impl std::fmt::Display for SudoersCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SudoersCheck::Ok => "ok",
+            SudoersCheck::Bad => "bad",
+        })
+    }
 }
 
 /// Boot the golden image once with a tiny seed and check it came up: no kernel on
@@ -351,8 +403,12 @@ pub async fn boot_check(
     Ok(BootCheck {
         firmware: vm.firmware,
         seconds: seen.elapsed.as_secs_f64(),
-        agent_enabled: field("agent"),
-        sudoers: field("sudoers"),
+        agent_enabled: UnitEnabled::parse(&field("agent")),
+        sudoers: if field("sudoers") == "ok" {
+            SudoersCheck::Ok
+        } else {
+            SudoersCheck::Bad
+        },
         failed_units: field("failed").parse().unwrap_or(0),
         // Last on the line, spaces and all.
         cmdline: line

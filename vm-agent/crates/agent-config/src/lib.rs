@@ -545,6 +545,10 @@ pub struct TimersConfig {
     pub warn_grace: Dur,
     /// How often the timers and guards are evaluated.
     pub tick: Dur,
+    /// One-shot worker: once its first job has ended (and no other runs or waits), the
+    /// machine ends, whatever the idle timer says (the shape of ephemeral CI runners).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_shot: bool,
 }
 
 impl Default for TimersConfig {
@@ -555,6 +559,7 @@ impl Default for TimersConfig {
             no_job_timeout: Limit::After(Duration::from_secs(60 * 60)),
             warn_grace: secs(60),
             tick: secs(1),
+            one_shot: false,
         }
     }
 }
@@ -622,6 +627,11 @@ pub struct DestroyConfig {
     pub retry_max_wait: Dur,
     /// Command run by the `local` provider and as DigitalOcean's last resort (argv, no shell).
     pub poweroff_command: Vec<String>,
+    /// A file (opened for appending, not created) the agent writes one line to just before
+    /// it destroys the machine: which timer fired, why, and the jobs running and queued.
+    /// image-builder's workers use `/dev/console`, so the reason is on the serial console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_file: Option<PathBuf>,
 }
 
 impl Default for DestroyConfig {
@@ -635,6 +645,7 @@ impl Default for DestroyConfig {
             retry_base_wait: secs(1),
             retry_max_wait: secs(30),
             poweroff_command: vec!["systemctl".into(), "poweroff".into()],
+            record_file: None,
         }
     }
 }

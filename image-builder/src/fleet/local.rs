@@ -1,0 +1,226 @@
+//! Fleets on this machine: N QEMU workers from a golden qcow2 (each `run-local` worker
+//! with its own SSH port on 127.0.0.1), given the same worker user-data as droplets —
+//! pinned host key, the fleet's identity, the agent config and secrets — with the `local`
+//! destroy provider (an idle worker powers its VM off).
+
+use std::path::PathBuf;
+
+use agent_config::Provider;
+use serde::Serialize;
+
+use super::keys;
+use super::ssh::{Pinned, agent_status};
+use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord};
+use super::userdata::{self, WorkerInput, WorkerSecrets};
+use super::{FleetError, FleetName};
+use crate::backend::qemu::local;
+use crate::spec::LoadedSpec;
+
+/// What `fleet up --backend qemu` is asked for.
+#[derive(Debug)]
+pub struct LocalUp<'a> {
+    /// The spec the golden image was baked from.
+    pub spec: &'a LoadedSpec,
+    /// The fleet.
+    pub name: FleetName,
+    /// Workers wanted in all.
+    pub count: usize,
+    /// The golden qcow2.
+    pub image: PathBuf,
+    /// The build sha the workers pull.
+    pub sha: Option<String>,
+    /// The workers' secrets (Space key, callback token).
+    pub secrets: WorkerSecrets,
+    /// Each worker takes one job and then powers off.
+    pub one_shot: bool,
+    /// Wait this long for every worker's agent to be `ready` (None: return once QEMU runs).
+    pub wait_ready: Option<std::time::Duration>,
+}
+
+/// A local worker of a fleet.
+#[derive(Clone, Debug, Serialize)]
+pub struct LocalWorkerInfo {
+    /// `<fleet>-<n>`.
+    pub name: String,
+    /// QEMU's pid.
+    pub pid: u32,
+    /// SSH on 127.0.0.1.
+    pub ssh_port: u16,
+    /// Whether QEMU runs.
+    pub running: bool,
+    /// The serial console log.
+    pub console: PathBuf,
+}
+
+/// `fleet up --backend qemu`: start the missing workers (idempotent like the cloud one).
+pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, FleetError> {
+    local::preflight()?;
+    let mut state = match states.load(&req.name)? {
+        Some(s) => s,
+        None => FleetState {
+            version: STATE_VERSION,
+            name: req.name.clone(),
+            backend: FleetBackend::Qemu,
+            user: req.spec.spec.build_user.name.to_string(),
+            spec_sha256: req.spec.spec_hash(),
+            image: req.image.display().to_string(),
+            sha: req.sha.clone(),
+            region: None,
+            size: None,
+            workers: Vec::new(),
+            shared_host_key: None,
+        },
+    };
+    let pinned = Pinned::paths(states, &state)?;
+    let identity = pinned.ensure_identity(&format!("image-builder fleet {}", req.name))?;
+    let running: Vec<String> = local::list()
+        .into_iter()
+        .filter(|w| w.running)
+        .map(|w| w.name)
+        .collect();
+    let q = &req.spec.spec.qemu;
+    for n in 1..=req.count {
+        let name = req.name.worker(n);
+        if running.contains(&name) && state.workers.iter().any(|w| w.name == name) {
+            continue;
+        }
+        // Each local worker has its own user-data, so its own host key.
+        let host_key = keys::generate(&format!("image-builder fleet {} host {name}", req.name))?;
+        let user_data = userdata::render(&WorkerInput {
+            spec: req.spec,
+            provider: Provider::Local,
+            sha: req.sha.as_deref(),
+            api_url: None,
+            metadata_url: None,
+            callback_url: None,
+            secrets: &req.secrets,
+            authorized_key: &identity,
+            host_key: &host_key,
+            one_shot: req.one_shot,
+        })?;
+        let w = local::run(&local::RunLocal {
+            image: req.image.clone(),
+            // The golden disk boots by its own GRUB under QEMU's default firmware, at the
+            // image's size.
+            firmware: Default::default(),
+            disk_size: None,
+            name: name.clone(),
+            user_data,
+            memory_mib: q.memory.0 >> 20,
+            cpus: q.cpus,
+            accel: q.accel,
+            ssh_port: None,
+        })?;
+        state.workers.retain(|r| r.name != name);
+        state.workers.push(WorkerRecord {
+            name,
+            id: None,
+            address: "127.0.0.1".into(),
+            port: w.ssh_port,
+            host_key: host_key.public_key_only(),
+            created_at: w.started_at.clone(),
+        });
+        states.save(&state)?;
+        pinned.write(&state)?;
+    }
+    if let Some(limit) = req.wait_ready {
+        wait_ready(&pinned, &state, limit)?;
+    }
+    Ok(ls(&req.name))
+}
+
+/// Wait until every worker's agent says `ready` over pinned SSH; a worker `degraded` or
+/// not ready in time is stopped and reported with its console's tail.
+fn wait_ready(
+    pinned: &Pinned,
+    state: &FleetState,
+    limit: std::time::Duration,
+) -> Result<(), FleetError> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut pending: Vec<&str> = state.workers.iter().map(|w| w.name.as_str()).collect();
+    let mut last = String::new();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for w in pending {
+            match agent_status(pinned, w) {
+                Ok(v) if v["stage"] == "ready" => eprintln!("{w}: ready"),
+                Ok(v) if v["stage"] == "degraded" => {
+                    return Err(not_ready(w, v["reason"].as_str().unwrap_or("degraded")));
+                }
+                Ok(v) => {
+                    last = format!("{w}: {}", v["stage"]);
+                    still.push(w);
+                }
+                Err(e) => {
+                    last = format!("{w}: {e}");
+                    still.push(w);
+                }
+            }
+        }
+        pending = still;
+        if let Some(w) = pending.first()
+            && std::time::Instant::now() > deadline
+        {
+            return Err(not_ready(
+                w,
+                &format!(
+                    "not ready within {} ({last})",
+                    humantime::format_duration(limit)
+                ),
+            ));
+        }
+        if !pending.is_empty() {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    }
+    Ok(())
+}
+
+/// Stop a worker that did not become ready; the error carries its console's tail.
+fn not_ready(worker: &str, reason: &str) -> FleetError {
+    let console = local::list()
+        .into_iter()
+        .find(|w| w.name == worker)
+        .map(|w| w.console);
+    let tail = console
+        .and_then(|c| std::fs::read_to_string(c).ok())
+        .map(|t| {
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        })
+        .unwrap_or_default();
+    if let Err(e) = local::stop(worker, std::time::Duration::from_secs(10)) {
+        tracing::error!(worker, error = %e, "could not stop the worker that did not become ready");
+    }
+    FleetError::NotReady {
+        worker: worker.to_owned(),
+        reason: reason.to_owned(),
+        tail,
+    }
+}
+
+/// The fleet's local workers.
+pub fn ls(name: &FleetName) -> Vec<LocalWorkerInfo> {
+    local::list()
+        .into_iter()
+        .filter(|w| name.worker_number(&w.name).is_some())
+        .map(|w| LocalWorkerInfo {
+            name: w.name,
+            pid: w.pid,
+            ssh_port: w.ssh_port,
+            running: w.running,
+            console: w.console,
+        })
+        .collect()
+}
+
+/// `fleet down --backend qemu`: stop every worker of the fleet and forget it.
+pub fn down(states: &StateDir, name: &FleetName) -> Result<Vec<String>, FleetError> {
+    let mut stopped = Vec::new();
+    for w in ls(name) {
+        local::stop(&w.name, std::time::Duration::from_secs(10))?;
+        stopped.push(w.name);
+    }
+    states.remove(name)?;
+    Ok(stopped)
+}
