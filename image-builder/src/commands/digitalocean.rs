@@ -213,7 +213,15 @@ fn images_import(a: &ImagesImportArgs) -> Result<ImportReport, Error> {
     let source = match (&a.url, &a.disk, &a.space_endpoint, &a.space_bucket) {
         (Some(url), _, _, _) => ImportSource::Url(url.clone()),
         (None, Some(path), Some(endpoint), Some(bucket)) => ImportSource::Disk {
-            path: path.clone(),
+            path: {
+                if !crate::backend::qemu::disk::is_whole_disk(path)? {
+                    return Err(Error::input(
+                        path,
+                        crate::backend::qemu::disk::NOT_A_WHOLE_DISK,
+                    ));
+                }
+                path.clone()
+            },
             space: S3Settings {
                 endpoint: endpoint.clone(),
                 region: a

@@ -13,6 +13,12 @@ pub fn run_local(args: &RunLocalArgs) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt as _;
 
     local::preflight()?;
+    if !crate::backend::qemu::disk::is_whole_disk(&args.image)? {
+        return Err(Error::input(
+            &args.image,
+            crate::backend::qemu::disk::NOT_A_WHOLE_DISK,
+        ));
+    }
     let loaded = args.spec.as_deref().map(spec::load).transpose()?;
     let agent = match &args.agent_config {
         Some(path) => AgentConfig::load(path).map_err(|e| Error::input(path, e))?,

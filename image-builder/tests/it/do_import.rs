@@ -357,3 +357,54 @@ async fn custom_image_calls_conform_to_the_contract() {
     let methods: Vec<String> = server.seen();
     assert_eq!(methods.len(), 2, "{methods:?}");
 }
+
+/// A disk without a partition table (a golden image from before whole disks) would not
+/// boot as a droplet: refused before anything is converted, uploaded or created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_without_a_partition_table_is_refused_before_anything_is_uploaded() {
+    let env = Env::new().await;
+    let s3 = artifact_support::S3Server::start();
+    let creds = env.dir.path().join("space.env");
+    s3_test_server::write_file(
+        &creds,
+        format!("SPACES_ACCESS_KEY_ID={ACCESS_KEY}\nSPACES_SECRET_ACCESS_KEY={SECRET_KEY}\n")
+            .as_bytes(),
+        0o600,
+    );
+    let bare = env.dir.path().join("bare.qcow2");
+    let ok = std::process::Command::new(require_tool("qemu-img", "qemu-utils"))
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&bare)
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let out = env
+        .import(&[
+            bare.to_str().unwrap(),
+            "--name",
+            "golden-bare",
+            "--region",
+            "nyc3",
+            "--space-endpoint",
+            &endpoint,
+            "--space-bucket",
+            s3_test_server::BUCKET,
+            "--space-path-style",
+            "--space-credentials-file",
+            creds.to_str().unwrap(),
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "bad input: {stderr}");
+    assert!(stderr.contains("not a whole disk"), "{stderr}");
+    assert_eq!(env.sim.count("POST /v2/images"), 0);
+    assert!(
+        !s3.data_dir()
+            .join(s3_test_server::BUCKET)
+            .join("imports")
+            .exists(),
+        "nothing is uploaded"
+    );
+}

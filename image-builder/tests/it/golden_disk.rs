@@ -451,3 +451,41 @@ fn the_example_spec_bakes_into_a_disk_that_boots_under_bios_and_uefi() {
         image_builder::agent_binary::Linking::Static
     );
 }
+
+/// `run-local` boots a disk by its own bootloader: an image without a partition table
+/// (made before golden images were whole disks) is refused, naming the fix, before
+/// QEMU starts, and leaves no worker behind.
+#[test]
+fn run_local_refuses_an_image_that_is_not_a_whole_disk() {
+    require_tool("qemu-img", "qemu-utils");
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    require_tool("genisoimage", "genisoimage");
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("old-golden.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&bare)
+            .arg("64M"),
+    );
+    let cache = dir.path().join("cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_image-builder"))
+        .arg("run-local")
+        .arg(&bare)
+        .args(["--name", "old"])
+        .env("IMAGE_BUILDER_CACHE", &cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "bad input: {stderr}");
+    assert!(
+        stderr.contains("not a whole disk") && stderr.contains("image-builder bake"),
+        "{stderr}"
+    );
+    let ls = Command::new(env!("CARGO_BIN_EXE_image-builder"))
+        .args(["ls-local", "--json"])
+        .env("IMAGE_BUILDER_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).trim(), "[]");
+}

@@ -12,7 +12,8 @@
 //!    public while it exists.
 //!
 //! The disk must be one that boots by itself (the local backend's golden disks are):
-//! DigitalOcean boots custom images from their own bootloader.
+//! DigitalOcean boots custom images from their own bootloader. The command checks it
+//! ([`crate::backend::qemu::disk::is_whole_disk`]) before calling [`import`].
 
 use std::path::{Path, PathBuf};
 

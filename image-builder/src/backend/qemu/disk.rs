@@ -379,6 +379,26 @@ pub fn assemble(
     Ok(layout)
 }
 
+/// Why an image that is not a whole disk is refused (the caller names the image).
+pub const NOT_A_WHOLE_DISK: &str = "not a whole disk (no GPT partition table): it was made before golden \
+     images became disks that boot by themselves; bake it again with `image-builder bake SPEC`";
+
+/// Whether `image` is a whole disk: its first two sectors hold an MBR signature and a
+/// GPT header (what [`assemble`] writes). Golden images made before whole disks were a
+/// bare ext4 filesystem that boots only with the kernel beside it. Read with
+/// `qemu-img dd`, so qcow2 and raw both work.
+pub fn is_whole_disk(image: &Path) -> Result<bool, QemuError> {
+    let dir = tempfile::tempdir().map_err(|e| QemuError::io(Path::new("/tmp"), e))?;
+    let head = dir.path().join("head.raw");
+    let mut dd = Command::new(require_tool("qemu-img")?);
+    dd.args(["dd", "-O", "raw", "bs=512", "count=2"])
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", head.display()));
+    run_logged(&mut dd, "qemu-img dd", &dir.path().join("dd.log"))?;
+    let bytes = std::fs::read(&head).map_err(|e| QemuError::io(&head, e))?;
+    Ok(bytes.len() >= 1024 && bytes[510..512] == [0x55, 0xaa] && &bytes[512..520] == b"EFI PART")
+}
+
 // Offsets in GRUB's boot.img and core.img (grub's include/grub/i386/pc/boot.h).
 /// The BIOS parameter block, kept from the disk's sector 0.
 const BPB: std::ops::Range<usize> = 0x03..0x5a;

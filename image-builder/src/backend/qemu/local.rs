@@ -106,6 +106,13 @@ pub fn run(opts: &RunLocal) -> Result<LocalWorker, QemuError> {
 
 fn start(opts: &RunLocal, dir: &Path) -> Result<LocalWorker, QemuError> {
     let image = std::fs::canonicalize(&opts.image).map_err(|e| QemuError::io(&opts.image, e))?;
+    if !super::disk::is_whole_disk(&image)? {
+        return Err(QemuError::Other(format!(
+            "{} is {}",
+            image.display(),
+            super::disk::NOT_A_WHOLE_DISK
+        )));
+    }
     let iso = vm::make_seed_iso(
         dir,
         &opts.user_data,
