@@ -15,11 +15,14 @@ cd "$(dirname "$0")/.."
 #   binutils: readelf/strings (vm-agent/build-static.sh);  curl, ca-certificates: setup scripts
 #   util-linux: unshare, umount, nsenter, setpriv;  procps: kill;  python3
 #   iproute2: ip (do-sim's machine mode: droplets in network namespaces)
+#   gdisk, fdisk, mtools, grub-common, grub-*-bin: golden disks (sgdisk, sfdisk, mformat/
+#     mmd/mcopy, grub-mkimage, GRUB's BIOS and EFI images);  ovmf: UEFI boots
 PACKAGES=(
   cloud-init python3-yaml python3 sudo
   packer openssh-server openssh-client
   qemu-system-x86 qemu-utils systemd-container mmdebstrap e2fsprogs genisoimage
   systemd git binutils util-linux procps iproute2 curl ca-certificates
+  gdisk fdisk mtools grub-common grub-pc-bin grub-efi-amd64-bin ovmf
 )
 
 # node/npm may come from elsewhere (e.g. NodeSource, whose nodejs conflicts with

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Local bake benchmark: the same provisioning (bench/specs/bench.yaml) on the same base
-# (`image-builder base build`) three ways, then boot-to-ready of a worker.
+# (`image-builder base build`: a whole disk that boots by its own GRUB) three ways, then
+# boot-to-ready of a worker. All three outputs are whole disks that boot by themselves
+# (GPT + GRUB for BIOS and UEFI); none needs a kernel on QEMU's command line.
 #
 #   (a) image-builder bake --backend qemu --way container   (systemd-nspawn + boot check)
 #   (b) image-builder bake --backend qemu --way vm          (full QEMU boot under TCG)
 #   (c) packer build templates/packer/qemu-bake.pkr.hcl     (Packer 1.6.6 QEMU builder +
 #       the vmagent provisioner running the same provision)
 #
-# Prints each wall time, the container way's boot check time (from its manifest), and
+# Prints each wall time, the container way's disk assembly and boot check times (from
+# its manifest), and
 # the ratios container/packer and vm/packer (medians over RUNS runs). Goal: container
 # <= 0.5x Packer. Then boots a worker from the container-way golden image with
 # `image-builder run-local` and measures QEMU start -> agent `ready` and cloud-init done
@@ -18,7 +21,8 @@
 #      (default target), VM_AGENT_BIN / IMAGE_BUILDER_BIN / PACKER_PLUGIN_BIN (skip
 #      that build), WORKER=0 (skip the worker part), KEEP=1 (keep the work dir).
 # Needs root and: packer qemu-system-x86 qemu-utils systemd-container mmdebstrap
-#      genisoimage e2fsprogs openssh-client python3 python3-yaml (apt-get install ...).
+#      genisoimage e2fsprogs openssh-client python3 python3-yaml gdisk mtools grub-pc-bin
+#      grub-efi-amd64-bin fdisk (apt-get install ...).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 runs="${RUNS:-1}"
@@ -42,6 +46,12 @@ need systemd-nspawn systemd-container
 need mmdebstrap mmdebstrap
 need genisoimage genisoimage
 need debugfs e2fsprogs
+need sfdisk fdisk
+need sgdisk gdisk
+need mformat mtools
+need grub-mkimage grub-common
+[ -f /usr/lib/grub/i386-pc/boot.img ] || die "GRUB's BIOS images are missing: apt-get install -y grub-pc-bin"
+[ -d /usr/lib/grub/x86_64-efi ] || die "GRUB's EFI modules are missing: apt-get install -y grub-efi-amd64-bin"
 need ssh openssh-client
 need ssh-keygen openssh-client
 need python3 python3
@@ -97,11 +107,11 @@ for f in "$ib" "$plugin" "$agent"; do [ -x "$f" ] || die "$f is not an executabl
 say "image-builder base build (cached after the first build; ~2 min otherwise)"
 "$ib" base build --json >"$work/base.json" 2>"$work/base.log" \
   || { tail -30 "$work/base.log" >&2; die "image-builder base build failed"; }
-read -r base_disk base_kernel base_initrd base_key < <(python3 -c '
+read -r base_disk base_key < <(python3 -c '
 import json, sys
 b = json.load(open(sys.argv[1]))
-print(b["disk"], b["kernel"], b["initrd"], b["key"])' "$work/base.json")
-for f in "$base_disk" "$base_kernel" "$base_initrd"; do [ -f "$f" ] || die "base file $f is missing"; done
+print(b["disk"], b["key"])' "$work/base.json")
+[ -f "$base_disk" ] || die "base disk $base_disk is missing"
 
 # --- Packer setup: plugin, generated key, seed, commands from the spec ----------------
 mkdir -p "$work/plugins" "$work/packer-config" "$work/seed"
@@ -146,7 +156,7 @@ bake_packer() { # out log agent_config -> prints wall seconds
   if ! (cd "$here/templates/packer" && CHECKPOINT_DISABLE=1 PACKER_PLUGIN_PATH="$work/plugins" \
       PACKER_CONFIG_DIR="$work/packer-config" PACKER_CACHE_DIR="$work/packer_cache" \
       packer build -color=false -var-file="$work/commands.pkrvars.hcl" \
-        -var "base_disk=$base_disk" -var "kernel=$base_kernel" -var "initrd=$base_initrd" \
+        -var "base_disk=$base_disk" \
         -var "seed_dir=$work/seed" -var "ssh_private_key_file=$work/id_ed25519" \
         -var "generated_key_comment=$key_comment" \
         -var "agent_path=$agent" -var "agent_config=$cfg" \
@@ -167,7 +177,7 @@ t = {x["step"]: x["seconds"] for x in b["image_builder"]["timings"]}
 print(eval(sys.argv[2], {"b": b, "t": t}))' "$1" "$2"
 }
 
-declare -a T_OTHER T_CONT T_BOOT T_PREP T_PROV T_IMG T_NOCHECK T_VM T_PACKER
+declare -a T_OTHER T_CONT T_BOOT T_PREP T_PROV T_DISK T_IMG T_NOCHECK T_VM T_PACKER
 golden=""
 for i in $(seq 1 "$runs"); do
   r="$work/run$i"; mkdir -p "$r"
@@ -177,15 +187,21 @@ for i in $(seq 1 "$runs"); do
   T_BOOT+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % t.get("boot_check", 0)')")
   T_PROV+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % t.get("provision", 0)')")
   T_PREP+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % t.get("prepare", 0)')")
+  T_DISK+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % t.get("disk", 0)')")
   T_IMG+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % t.get("image", 0)')")
   T_OTHER+=("$(manifest_field "$r/container.manifest.json" '"%.1f" % ('"$t"' - sum(t.values()))')")
   T_NOCHECK+=("$(python3 -c 'import sys; print("%.1f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$t" "${T_BOOT[-1]}")")
-  say "  container: ${t}s (prepare ${T_PREP[-1]}s, nspawn provisioning ${T_PROV[-1]}s, image ${T_IMG[-1]}s, boot check ${T_BOOT[-1]}s, other ${T_OTHER[-1]}s)"
+  say "  container: ${t}s (prepare ${T_PREP[-1]}s, nspawn provisioning ${T_PROV[-1]}s, disk ${T_DISK[-1]}s, qcow2 ${T_IMG[-1]}s, boot check ${T_BOOT[-1]}s, other ${T_OTHER[-1]}s)"
   if [ -z "$golden" ]; then
     golden="$(manifest_field "$r/container.manifest.json" 'b["artifact_id"]')"
     # The Packer run bakes the exact agent config image-builder put in the image.
     qemu-img convert -O raw "$golden" "$work/golden.raw"
-    debugfs -R 'cat /etc/vm-agent/config.toml' "$work/golden.raw" >"$work/vm-agent.toml" 2>/dev/null
+    root_offset="$(sfdisk --json "$work/golden.raw" | python3 -c '
+import json, sys
+t = json.load(sys.stdin)["partitiontable"]
+print([p for p in t["partitions"] if p.get("name") == "root"][0]["start"] * t["sectorsize"])')" \
+      || die "no root partition in $golden"
+    debugfs -R 'cat /etc/vm-agent/config.toml' "$work/golden.raw?offset=$root_offset" >"$work/vm-agent.toml" 2>/dev/null
     rm -f "$work/golden.raw"
     grep -q '^\[destroy\]' "$work/vm-agent.toml" \
       || die "could not read /etc/vm-agent/config.toml from the container-way image $golden"
@@ -208,7 +224,7 @@ done
 
 median() { python3 -c 'import statistics, sys; print("%.1f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 m_cont=$(median "${T_CONT[@]}"); m_boot=$(median "${T_BOOT[@]}"); m_prov=$(median "${T_PROV[@]}")
-m_img=$(median "${T_IMG[@]}"); m_prep=$(median "${T_PREP[@]}"); m_other=$(median "${T_OTHER[@]}"); m_nocheck=$(median "${T_NOCHECK[@]}")
+m_img=$(median "${T_IMG[@]}"); m_disk=$(median "${T_DISK[@]}"); m_prep=$(median "${T_PREP[@]}"); m_other=$(median "${T_OTHER[@]}"); m_nocheck=$(median "${T_NOCHECK[@]}")
 m_vm=$(median "${T_VM[@]}"); m_packer=$(median "${T_PACKER[@]}")
 ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
 r_cont=$(ratio "$m_cont" "$m_packer"); r_vm=$(ratio "$m_vm" "$m_packer"); r_nocheck=$(ratio "$m_nocheck" "$m_packer")
@@ -219,8 +235,9 @@ echo "   host: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $packer_ve
 printf '%-48s %8ss   runs: %s\n' "(a) image-builder bake --way container" "$m_cont" "${T_CONT[*]}"
 printf '%-48s %8ss   runs: %s\n' "      of which prepare (cp -a of the base rootfs)" "$m_prep" "${T_PREP[*]}"
 printf '%-48s %8ss   runs: %s\n' "      of which nspawn provisioning" "$m_prov" "${T_PROV[*]}"
-printf '%-48s %8ss   runs: %s\n' "      of which ext4 + qcow2 (mkfs, convert zstd)" "$m_img" "${T_IMG[*]}"
-printf '%-48s %8ss   runs: %s\n' "      of which boot check (QEMU, TCG, to bootcmd)" "$m_boot" "${T_BOOT[*]}"
+printf '%-48s %8ss   runs: %s\n' "      of which disk (GPT, ext4, ESP, GRUB)" "$m_disk" "${T_DISK[*]}"
+printf '%-48s %8ss   runs: %s\n' "      of which qcow2 (convert zstd)" "$m_img" "${T_IMG[*]}"
+printf '%-48s %8ss   runs: %s\n' "      of which boot check (SeaBIOS, to bootcmd)" "$m_boot" "${T_BOOT[*]}"
 printf '%-48s %8ss   runs: %s\n' "      other (outside the manifest's timed steps)" "$m_other" "${T_OTHER[*]}"
 printf '%-48s %8ss   runs: %s\n' "    container way without the boot check" "$m_nocheck" "${T_NOCHECK[*]}"
 printf '%-48s %8ss   runs: %s\n' "(b) image-builder bake --way vm" "$m_vm" "${T_VM[*]}"

@@ -43,17 +43,11 @@ pub enum BakeError {
     },
 }
 
-/// Where the agent binary is looked for when none is given: next to this executable.
-pub fn find_agent_binary(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return Some(p.to_owned());
-    }
-    if let Some(p) = std::env::var_os("IMAGE_BUILDER_AGENT_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let sibling = exe.parent()?.join("vm-agent");
-    sibling.is_file().then_some(sibling)
+/// The static agent binary to install: `explicit`, `$IMAGE_BUILDER_AGENT_BIN`, built in
+/// a checkout, or next to this executable; a dynamically linked one is refused
+/// ([`crate::agent_binary`]).
+pub fn find_agent_binary(explicit: Option<&Path>) -> Result<PathBuf, BakeError> {
+    crate::agent_binary::find_or_build(explicit).map_err(BakeError::Agent)
 }
 
 pub use artifact_store::digest::sha256_file;
@@ -229,13 +223,7 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
         BackendKind::Digitalocean => Provider::Digitalocean,
     };
     let agent = if loaded.spec.agent.install {
-        let path = find_agent_binary(req.agent_bin.as_deref()).ok_or_else(|| {
-            BakeError::Agent(
-                "agent.install is true but no vm-agent binary was found: build it with vm-agent/build-static.sh \
-                 and pass --agent-bin PATH (or set IMAGE_BUILDER_AGENT_BIN)"
-                    .into(),
-            )
-        })?;
+        let path = find_agent_binary(req.agent_bin.as_deref())?;
         let sha256 =
             sha256_file(&path).map_err(|e| BakeError::Agent(format!("{}: {e}", path.display())))?;
         Some(AgentArtifact {

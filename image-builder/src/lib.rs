@@ -8,6 +8,7 @@
 //! `agent-config` (vm-agent's config and secrets), `do-api` (the DigitalOcean API
 //! client) and `artifact-store` (sha-keyed builds in an S3-compatible store).
 
+pub mod agent_binary;
 pub mod backend;
 pub mod bake;
 pub mod cli;

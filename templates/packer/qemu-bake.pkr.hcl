@@ -2,12 +2,13 @@
 # the same provisioning steps as `image-builder bake --backend qemu` (provision:
 # wait for cloud-init, apt lock drop-in + apt-idle wait, sudoers drop-in checked with
 # `visudo -cf`, vm-agent upload + sha256 check + install + enable, extra commands, seal)
-# on the same base (`image-builder base build`: base.raw + vmlinuz + initrd.img).
+# on the same base (`image-builder base build`: base.raw, a whole disk that boots by
+# its own GRUB), so both produce a golden disk that boots by itself.
 # bench/local-bake.sh runs it side by side with `image-builder bake`.
 #
 #   B=~/.cache/image-builder/base/bookworm-<key>
 #   packer build \
-#     -var base_disk=$B/base.raw -var kernel=$B/vmlinuz -var initrd=$B/initrd.img \
+#     -var base_disk=$B/base.raw \
 #     -var seed_dir=./seed -var ssh_private_key_file=./id_ed25519 \
 #     -var agent_path=./vm-agent -var agent_config=./vm-agent.toml \
 #     -var output_dir=./out qemu-bake.pkr.hcl
@@ -31,16 +32,6 @@
 variable "base_disk" {
   type        = string
   description = "The raw base disk (base.raw of `image-builder base build`); copied, never modified."
-}
-
-variable "kernel" {
-  type        = string
-  description = "Kernel for direct boot (vmlinuz beside base.raw)."
-}
-
-variable "initrd" {
-  type        = string
-  description = "Initrd for direct boot (initrd.img beside base.raw)."
 }
 
 variable "seed_dir" {
@@ -130,13 +121,10 @@ source "qemu" "bake" {
   # Accepted by 1.6.6, which still passes `-vnc 127.0.0.1:N`; newer Packers honour it.
   disable_vnc = true
 
-  # No bootloader in base.raw: direct kernel boot. The NoCloud seed comes over HTTP
-  # (cloud-init's nocloud-net reads the DMI serial); 10.0.2.2 is the host as seen
-  # from QEMU user networking.
+  # base.raw boots by its own GRUB (QEMU's default firmware). The NoCloud seed comes
+  # over HTTP (cloud-init's nocloud-net reads the DMI serial); 10.0.2.2 is the host as
+  # seen from QEMU user networking.
   qemuargs = [
-    ["-kernel", var.kernel],
-    ["-initrd", var.initrd],
-    ["-append", "root=/dev/vda rw console=ttyS0 quiet"],
     ["-smbios", "type=1,serial=ds=nocloud-net;s=http://{{ .HTTPIP }}:{{ .HTTPPort }}/"],
     ["-cpu", "max"],
     ["-nodefaults"],

@@ -49,6 +49,13 @@ const TOOLS: &[(&str, &str)] = &[
     ("readelf", "binutils"),
     ("strings", "binutils"),
     ("curl", "curl"),
+    ("sgdisk", "gdisk"),
+    ("sfdisk", "fdisk"),
+    ("blkid", "util-linux"),
+    ("mformat", "mtools"),
+    ("mmd", "mtools"),
+    ("mcopy", "mtools"),
+    ("grub-mkimage", "grub-common"),
     // not a Debian package: on this machine kind (its providers cannot be downloaded)
     ("terraform", "-"),
 ];

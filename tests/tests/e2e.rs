@@ -1,8 +1,9 @@
 //! The end-to-end proof, as a user would run it: build (or reuse) the base, bake a
 //! golden image from `templates/examples/worker.yaml` with the static vm-agent,
-//! boot a worker from it under QEMU, and over SSH watch the agent reach `ready`,
-//! run jobs with their output and exit codes, then power the VM off by itself once
-//! idle. The golden image is also inspected offline.
+//! boot a worker from it under QEMU (the disk's own bootloader, QEMU's default
+//! firmware, no kernel on the command line, a disk bigger than the image), and over
+//! SSH watch the agent reach `ready`, run jobs with their output and exit codes, then
+//! power the VM off by itself once idle. The golden disk is also inspected offline.
 //!
 //! Needs root and the tools from `.ci/setup.sh`; takes minutes under TCG.
 
@@ -86,8 +87,29 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
+/// The root partition of a raw disk: (byte offset, table label), from `sfdisk --json`.
+fn root_partition(raw: &Path) -> (u64, String) {
+    let out = run(Command::new("sfdisk").arg("--json").arg(raw));
+    assert!(out.status.success(), "sfdisk: {out:?}");
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &t["partitiontable"];
+    let root = t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "root")
+        .unwrap_or_else(|| panic!("no root partition: {t}"));
+    (
+        root["start"].as_u64().unwrap() * 512,
+        t["label"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// `debugfs -R REQUEST` on the root filesystem of a whole raw disk (nothing mounted).
 fn debugfs(raw: &Path, request: &str) -> String {
-    let out = run(Command::new("debugfs").arg("-R").arg(request).arg(raw));
+    let (offset, _) = root_partition(raw);
+    let fs = format!("{}?offset={offset}", raw.display());
+    let out = run(Command::new("debugfs").arg("-R").arg(request).arg(fs));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -107,6 +129,8 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         ("ssh", "openssh-client"),
         ("debugfs", "e2fsprogs"),
         ("genisoimage", "genisoimage"),
+        ("sfdisk", "fdisk"),
+        ("blkid", "util-linux"),
     ] {
         require(t, p);
     }
@@ -240,6 +264,8 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
             &name,
             "--idle-timeout",
             "90s",
+            "--disk-size",
+            "6G",
             "--json",
             "--ssh-key",
         ])
@@ -340,6 +366,19 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
     );
     let jobs = worker.ssh("vm-agent jobs");
     assert!(String::from_utf8_lossy(&jobs.stdout).contains("hello"));
+
+    // Booted by GRUB from the disk (BOOT_IMAGE= is GRUB's), and the root filesystem
+    // grew into the worker's 6 GiB disk (the image is 4 GiB) on first boot.
+    let cmdline = worker.ssh_ok("cat /proc/cmdline");
+    assert!(
+        cmdline.starts_with("BOOT_IMAGE=/vmlinuz root=UUID="),
+        "{cmdline}"
+    );
+    let root_size: u64 = worker.ssh_ok("findmnt -bno SIZE /").trim().parse().unwrap();
+    assert!(
+        root_size > 5 << 30,
+        "the root filesystem did not grow into the 6 GiB disk: {root_size} bytes"
+    );
 
     // Stop sending work: the idle timer powers the VM off by itself.
     let idle = Instant::now();
@@ -451,7 +490,7 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         String::from_utf8_lossy(&stopped.stderr)
     );
 
-    // The golden image, offline.
+    // The golden disk, offline: a GPT disk whose root filesystem is labelled `rootfs`.
     let raw = dir.path().join("golden.raw");
     assert!(
         run(Command::new("qemu-img")
@@ -460,6 +499,17 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
             .arg(&raw))
         .status
         .success()
+    );
+    let (root_offset, table) = root_partition(&raw);
+    assert_eq!(table, "gpt");
+    let blkid = run(Command::new("blkid")
+        .args(["-p", "-o", "export", "-O"])
+        .arg(root_offset.to_string())
+        .arg(&raw));
+    let blkid = String::from_utf8_lossy(&blkid.stdout);
+    assert!(
+        blkid.lines().any(|l| l == "TYPE=ext4") && blkid.lines().any(|l| l == "LABEL=rootfs"),
+        "{blkid}"
     );
     let sudoers = debugfs(&raw, "stat /etc/sudoers.d/90-builder");
     assert!(sudoers.contains("Mode:  0440"), "{sudoers}");

@@ -59,10 +59,14 @@ pub enum BakeStep {
     Prepare,
     /// Until the seal report (both backends).
     Provision,
-    /// Local: the golden qcow2 (and kernel, initrd).
+    /// Local: assembling the golden disk (GPT, root filesystem, ESP, GRUB) from the tree.
+    Disk,
+    /// Local: the golden qcow2 (convert and compress).
     Image,
-    /// Local: booting the golden image once under QEMU.
+    /// Local: booting the golden disk once under QEMU (BIOS).
     BootCheck,
+    /// Local: booting the golden disk once more, under UEFI (OVMF).
+    BootCheckUefi,
     /// DigitalOcean: until the builder is off.
     PowerOff,
     /// DigitalOcean: the snapshot action.
@@ -83,8 +87,10 @@ impl BakeStep {
             BakeStep::BaseCached => "base_cached",
             BakeStep::Prepare => "prepare",
             BakeStep::Provision => "provision",
+            BakeStep::Disk => "disk",
             BakeStep::Image => "image",
             BakeStep::BootCheck => "boot_check",
+            BakeStep::BootCheckUefi => "boot_check_uefi",
             BakeStep::PowerOff => "power_off",
             BakeStep::Snapshot => "snapshot",
             BakeStep::Finish => "finish",
@@ -149,8 +155,10 @@ mod tests {
             BakeStep::BaseCached,
             BakeStep::Prepare,
             BakeStep::Provision,
+            BakeStep::Disk,
             BakeStep::Image,
             BakeStep::BootCheck,
+            BakeStep::BootCheckUefi,
             BakeStep::PowerOff,
             BakeStep::Snapshot,
             BakeStep::Finish,

@@ -1,5 +1,5 @@
 //! Arguments of the DigitalOcean backend: its flags of `bake` (flattened into
-//! `BakeArgs`), `reap`, and `images ls|prune`.
+//! `BakeArgs`), `reap`, and `images ls|prune|import`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -87,6 +87,65 @@ pub enum ImagesCommand {
     Ls(ImagesLsArgs),
     /// Delete all but the newest N images of one spec (tagged `image-builder`, named by its `snapshot.name`).
     Prune(ImagesPruneArgs),
+    /// Import a local golden disk as a custom image (uploaded through a Space).
+    Import(Box<ImagesImportArgs>),
+}
+
+/// `image-builder images import`.
+#[derive(Debug, Args)]
+pub struct ImagesImportArgs {
+    /// The disk to import (the golden qcow2 of `bake --backend qemu`, or raw).
+    #[arg(required_unless_present = "url")]
+    pub disk: Option<PathBuf>,
+    /// Import from this URL instead (it must answer HEAD and GET), uploading nothing.
+    #[arg(long, value_name = "URL", conflicts_with = "disk")]
+    pub url: Option<String>,
+    /// The custom image's name.
+    #[arg(long)]
+    pub name: String,
+    /// The region to import into (e.g. nyc3).
+    #[arg(long)]
+    pub region: String,
+    /// The distribution DigitalOcean shows.
+    #[arg(long, default_value = "Debian")]
+    pub distribution: String,
+    /// A description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// A tag for the image (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// S3 endpoint of the Space the disk is uploaded to (e.g. https://nyc3.digitaloceanspaces.com).
+    #[arg(long, value_name = "URL", required_unless_present = "url")]
+    pub space_endpoint: Option<String>,
+    /// The Space (bucket).
+    #[arg(long, value_name = "NAME", required_unless_present = "url")]
+    pub space_bucket: Option<String>,
+    /// Signing region of the Space.
+    #[arg(long, value_name = "REGION")]
+    pub space_region: Option<String>,
+    /// Path-style Space URLs (self-hosted S3 servers).
+    #[arg(long)]
+    pub space_path_style: bool,
+    /// KEY=VALUE file (mode 0600) with SPACES_ACCESS_KEY_ID and SPACES_SECRET_ACCESS_KEY
+    /// [default: those environment variables].
+    #[arg(long, value_name = "FILE")]
+    pub space_credentials_file: Option<PathBuf>,
+    /// Leave the uploaded (public) object in the Space.
+    #[arg(long)]
+    pub keep_upload: bool,
+    /// Give up waiting for `available` after this long.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// How often to poll the image.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// API access.
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 /// `image-builder images ls`.

@@ -60,7 +60,8 @@ pub struct BakeArgs {
     /// Output directory (image files and manifest.json).
     #[arg(long, default_value = "image-builder-out")]
     pub out: PathBuf,
-    /// The static vm-agent binary to install (default: next to this executable).
+    /// The static vm-agent binary to install (default: built with vm-agent/build-static.sh
+    /// in a checkout, or the static one next to this executable).
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
     /// The build sha the baked agent pulls at boot (overrides the spec's `agent.artifact.sha`).
@@ -72,6 +73,9 @@ pub struct BakeArgs {
     /// Local backend: skip booting the golden image once to check it.
     #[arg(long)]
     pub no_boot_check: bool,
+    /// Local backend: the firmware(s) the boot check boots the golden disk with, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bios")]
+    pub boot_check_firmware: Vec<crate::backend::qemu::vm::Firmware>,
     /// Keep the work directory (for debugging a failed bake).
     #[arg(long)]
     pub keep_work: bool,
@@ -86,8 +90,15 @@ pub struct BakeArgs {
 /// `image-builder run-local`.
 #[derive(Debug, Args)]
 pub struct RunLocalArgs {
-    /// The golden image (qcow2) made by `bake --backend qemu`.
+    /// The golden image (qcow2) made by `bake --backend qemu`: a whole disk that boots by itself.
     pub image: PathBuf,
+    /// Boot with legacy BIOS (SeaBIOS, QEMU's default) or UEFI (OVMF).
+    #[arg(long, value_enum, default_value_t)]
+    pub firmware: crate::backend::qemu::vm::Firmware,
+    /// The worker's disk size, e.g. `20G` (default: the image's); the root filesystem
+    /// grows into it on first boot.
+    #[arg(long, value_parser = parse_disk_size)]
+    pub disk_size: Option<u64>,
     /// The image's spec: build user, VM size and agent timers (defaults otherwise).
     #[arg(long)]
     pub spec: Option<PathBuf>,
@@ -146,7 +157,7 @@ pub struct BaseBuildArgs {
     /// Debian suite.
     #[arg(long, default_value = "bookworm")]
     pub suite: String,
-    /// Also copy the disk, kernel and initrd here.
+    /// Also copy the disk (base.raw) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print the base description as JSON on stdout.
@@ -175,6 +186,14 @@ pub struct ValidateArgs {
     /// Print a JSON report on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--disk-size`: a size as the spec's `qemu.disk_size` is written (`20G`), by the
+/// spec's own rule.
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    serde_json::from_value::<crate::spec::ByteSize>(serde_json::Value::String(s.to_owned()))
+        .map(|size| size.0)
+        .map_err(|e| e.to_string())
 }
 
 /// `--sha`: the artifact contract's rule for a build sha.

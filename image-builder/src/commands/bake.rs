@@ -16,6 +16,7 @@ pub fn bake(args: &BakeArgs) -> Result<(), Error> {
         qemu: QemuBakeOptions {
             way: args.way,
             no_boot_check: args.no_boot_check,
+            boot_check_firmware: args.boot_check_firmware.clone(),
             keep_work: args.keep_work,
         },
         digitalocean: super::digitalocean::bake_options(&args.digitalocean)?,
@@ -39,6 +40,20 @@ pub fn bake(args: &BakeArgs) -> Result<(), Error> {
                 .collect();
             println!("  timings:  {}", t.join(" "));
             println!("  manifest: {}", args.out.join("manifest.json").display());
+            if args.backend == crate::bake::BackendKind::Qemu {
+                // The golden disk boots by itself (BIOS or UEFI); this boots a worker from it.
+                let me = std::env::args()
+                    .next()
+                    .unwrap_or_else(|| "image-builder".into());
+                println!(
+                    "  next:     boot a worker from it (in the background; stop-local stops it):"
+                );
+                println!(
+                    "            {me} run-local {} --spec {} --ssh-key ~/.ssh/id_ed25519.pub",
+                    b.artifact_id,
+                    args.spec.display()
+                );
+            }
         }
     }
     Ok(())
@@ -56,10 +71,8 @@ pub fn base_build(args: &BaseBuildArgs) -> Result<(), Error> {
             path: out.clone(),
             source,
         })?;
-        for f in [&b.disk, &b.kernel, &b.initrd] {
-            let dest = out.join(f.file_name().unwrap_or_default());
-            std::fs::copy(f, &dest).map_err(|source| Error::Write { path: dest, source })?;
-        }
+        let dest = out.join(b.disk.file_name().unwrap_or_default());
+        std::fs::copy(&b.disk, &dest).map_err(|source| Error::Write { path: dest, source })?;
     }
     if args.json {
         print_json(&b);

@@ -7,10 +7,11 @@ use artifact_store::s3::{S3Credentials, S3Settings};
 use do_api::Poll;
 
 use super::{print_json, runtime};
+use crate::backend::digitalocean::import::{self, ImportOptions, ImportReport, ImportSource};
 use crate::backend::digitalocean::{
     Connection, DoBakeError, DoBakeOptions, api, confirm, images, reap,
 };
-use crate::cli::digitalocean::{ConnArgs, DoBakeArgs, ImagesCommand, ReapArgs};
+use crate::cli::digitalocean::{ConnArgs, DoBakeArgs, ImagesCommand, ImagesImportArgs, ReapArgs};
 use crate::error::Error;
 
 pub(super) fn connection(args: &ConnArgs) -> Connection {
@@ -118,9 +119,24 @@ pub fn reap(args: &ReapArgs) -> Result<(), Error> {
     })
 }
 
-/// `images ls` / `images prune`.
+/// `images ls` / `images prune` / `images import`.
 pub fn images(cmd: &ImagesCommand) -> Result<(), Error> {
     match cmd {
+        ImagesCommand::Import(a) => {
+            let report = images_import(a)?;
+            if a.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "imported {} as custom image {} ({}, {})",
+                    report.name,
+                    report.image_id,
+                    report.status,
+                    report.regions.join(",")
+                );
+            }
+            Ok(())
+        }
         ImagesCommand::Ls(a) => {
             let client = client(&a.conn)?;
             let rows = runtime(tokio::runtime::Builder::new_current_thread())?
@@ -190,4 +206,56 @@ pub fn images(cmd: &ImagesCommand) -> Result<(), Error> {
             Ok(confirmed?)
         }
     }
+}
+
+/// `images import`: the options from the flags, then the import.
+fn images_import(a: &ImagesImportArgs) -> Result<ImportReport, Error> {
+    let source = match (&a.url, &a.disk, &a.space_endpoint, &a.space_bucket) {
+        (Some(url), _, _, _) => ImportSource::Url(url.clone()),
+        (None, Some(path), Some(endpoint), Some(bucket)) => ImportSource::Disk {
+            path: {
+                if !crate::backend::qemu::disk::is_whole_disk(path)? {
+                    return Err(Error::input(
+                        path,
+                        crate::backend::qemu::disk::NOT_A_WHOLE_DISK,
+                    ));
+                }
+                path.clone()
+            },
+            space: S3Settings {
+                endpoint: endpoint.clone(),
+                region: a
+                    .space_region
+                    .clone()
+                    .unwrap_or_else(artifact_store::s3::default_region),
+                bucket: bucket.clone(),
+                path_style: a.space_path_style,
+            },
+            credentials: match &a.space_credentials_file {
+                Some(f) => S3Credentials::from_file(f),
+                None => S3Credentials::from_env()
+                    .and_then(|c| c.ok_or(artifact_store::s3::CredentialsError::Missing)),
+            }
+            .map_err(DoBakeError::SpaceCredentials)?,
+        },
+        _ => {
+            return Err(Error::Usage(
+                "images import needs a DISK with --space-endpoint and --space-bucket, or --url"
+                    .into(),
+            ));
+        }
+    };
+    let opts = ImportOptions {
+        source,
+        name: a.name.clone(),
+        region: a.region.clone(),
+        distribution: a.distribution.clone(),
+        description: a.description.clone(),
+        tags: a.tags.clone(),
+        keep_upload: a.keep_upload,
+        poll: Poll::new(a.poll_interval.max(Duration::from_millis(10)), a.timeout),
+    };
+    let client = client(&a.conn)?;
+    Ok(runtime(tokio::runtime::Builder::new_current_thread())?
+        .block_on(import::import(&opts, &client))?)
 }

@@ -13,6 +13,12 @@ pub fn run_local(args: &RunLocalArgs) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt as _;
 
     local::preflight()?;
+    if !crate::backend::qemu::disk::is_whole_disk(&args.image)? {
+        return Err(Error::input(
+            &args.image,
+            crate::backend::qemu::disk::NOT_A_WHOLE_DISK,
+        ));
+    }
     let loaded = args.spec.as_deref().map(spec::load).transpose()?;
     let agent = match &args.agent_config {
         Some(path) => AgentConfig::load(path).map_err(|e| Error::input(path, e))?,
@@ -69,6 +75,8 @@ pub fn run_local(args: &RunLocalArgs) -> Result<(), Error> {
     let q = loaded.as_ref().map(|l| &l.spec.qemu);
     let opts = local::RunLocal {
         image: args.image.clone(),
+        firmware: args.firmware,
+        disk_size: args.disk_size,
         name: args.name.clone(),
         user_data,
         memory_mib: q.map(|q| q.memory.0 >> 20).unwrap_or(2048),

@@ -100,6 +100,10 @@ pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, 
         })?;
         let w = local::run(&local::RunLocal {
             image: req.image.clone(),
+            // The golden disk boots by its own GRUB under QEMU's default firmware, at the
+            // image's size.
+            firmware: Default::default(),
+            disk_size: None,
             name: name.clone(),
             user_data,
             memory_mib: q.memory.0 >> 20,

@@ -1,6 +1,7 @@
 //! The local backend for real: `base build` (cached), a container-way bake with real
-//! cloud-init and systemd in systemd-nspawn, the golden qcow2 inspected offline,
-//! and a real QEMU boot check. Needs root and the tools from .ci/setup.sh.
+//! cloud-init and systemd in systemd-nspawn, the golden disk inspected offline
+//! (`golden_disk::Disk`), and a real QEMU boot check. Needs root and the tools from
+//! .ci/setup.sh.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::*;
+use crate::golden_disk::{Disk, assert_bootable_disk};
 
 const CANARY: &str = "CANARY-7f3a9c-BUILD-SECRET";
 
@@ -37,17 +39,6 @@ fn spec(dir: &Path, commands: &str) -> std::path::PathBuf {
     )
     .unwrap();
     p
-}
-
-/// Read a file out of an ext4 image without mounting it.
-fn debugfs(raw: &Path, request: &str) -> String {
-    let out = Command::new(require_tool("debugfs", "e2fsprogs"))
-        .arg("-R")
-        .arg(request)
-        .arg(raw)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -97,15 +88,17 @@ fn container_bake_produces_a_sealed_image_that_boots() {
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(on_disk, manifest, "manifest.json and --json agree");
 
-    // Inspect the golden image offline.
-    let raw = dir.path().join("golden.raw");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&qcow)
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    // Inspect the golden disk offline.
+    let disk = Disk::open(&qcow, dir.path());
+    assert_bootable_disk(
+        &disk,
+        b["image_builder"]["details"]["disk"]["root_uuid"]
+            .as_str()
+            .unwrap(),
+        dir.path(),
+    );
+    let raw = disk.raw.clone();
+    let debugfs = |_: &Path, request: &str| disk.debugfs(request);
     let sudoers = debugfs(&raw, "stat /etc/sudoers.d/90-builder");
     assert!(
         sudoers.contains("Mode:  0440") || sudoers.contains("Mode:  00440"),
@@ -244,20 +237,23 @@ fn vm_way_provisions_with_a_real_boot_and_the_same_report() {
         info.get("backing-filename").is_none(),
         "golden image still has a backing file: {info}"
     );
-    let raw = dir.path().join("golden.raw");
-    assert!(
-        Command::new("qemu-img")
-            .args(["convert", "-O", "raw"])
-            .arg(&qcow)
-            .arg(&raw)
-            .status()
-            .unwrap()
-            .success()
+    // A whole disk of the spec's size (the base's 2 GiB grown while provisioning).
+    let disk = Disk::open(&qcow, dir.path());
+    assert_eq!(disk.label, "gpt");
+    assert_eq!(
+        std::fs::metadata(&disk.raw).unwrap().len(),
+        4 << 30,
+        "qemu.disk_size"
     );
-    assert_eq!(debugfs(&raw, "cat /etc/vm-way-marker"), "vm-way\n");
-    assert!(debugfs(&raw, "stat /etc/sudoers.d/90-builder").contains("Mode:  0440"));
+    let root = disk.part("root");
+    assert_eq!(root.start + root.sectors - 1, disk.last_lba, "root grown");
+    assert_eq!(disk.debugfs("cat /etc/vm-way-marker"), "vm-way\n");
     assert!(
-        !debugfs(&raw, "ls /etc/ssh").contains("ssh_host_ed25519_key"),
+        disk.debugfs("stat /etc/sudoers.d/90-builder")
+            .contains("Mode:  0440")
+    );
+    assert!(
+        !disk.debugfs("ls /etc/ssh").contains("ssh_host_ed25519_key"),
         "host keys left in the image"
     );
 }
@@ -327,9 +323,7 @@ fn a_second_base_build_waits_for_the_first_and_reuses_it() {
     // "The other process" finishes: a complete base, then the lock is released.
     let base = Base::in_dir(&spec, &dir, "2026-11-22T00:00:00Z".into());
     std::fs::create_dir_all(base.rootfs.join("etc")).unwrap();
-    for f in [&base.disk, &base.kernel, &base.initrd] {
-        std::fs::write(f, "made by the other process").unwrap();
-    }
+    std::fs::write(&base.disk, "made by the other process").unwrap();
     std::fs::write(
         metadata_path(&dir),
         serde_json::to_vec_pretty(&base).unwrap(),
@@ -343,7 +337,7 @@ fn a_second_base_build_waits_for_the_first_and_reuses_it() {
     assert_eq!(got["cache_hit"], true, "{got}");
     assert_eq!(got["dir"], dir.display().to_string());
     assert_eq!(
-        std::fs::read(&base.kernel).unwrap(),
+        std::fs::read(&base.disk).unwrap(),
         b"made by the other process",
         "the finished base must be reused, not rebuilt or replaced"
     );

@@ -75,7 +75,10 @@ pub fn router(state: AppState) -> Router {
             "/v2/droplets/{id}/actions/{action_id}",
             get(droplet_action_get),
         )
-        .route("/v2/images", get(images_list))
+        .route(
+            "/v2/images",
+            get(images_list).post(crate::custom_images::create),
+        )
         .route(
             "/v2/images/{id}",
             get(image_get).put(image_update).delete(image_delete),
@@ -901,7 +904,7 @@ struct ImageUpdate {
     description: Option<String>,
 }
 
-const DISTRIBUTIONS: &[&str] = &[
+pub const DISTRIBUTIONS: &[&str] = &[
     "Arch Linux",
     "CentOS",
     "CoreOS",

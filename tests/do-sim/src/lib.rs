@@ -26,6 +26,7 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod custom_images;
 pub mod gates;
 pub mod machine;
 pub mod metadata;

@@ -189,6 +189,8 @@ pub struct World {
     pub records: BTreeMap<u64, DropletRecord>,
     pub actions: BTreeMap<u64, Action>,
     pub images: BTreeMap<u64, Image>,
+    /// Custom image imports (`POST /v2/images`), by image id.
+    pub imports: BTreeMap<u64, crate::custom_images::Import>,
     pub projects: Vec<Project>,
     pub tags: BTreeMap<String, ()>,
     pub ssh_keys: BTreeMap<u64, SshKey>,
@@ -262,6 +264,7 @@ impl World {
             records: BTreeMap::new(),
             actions: BTreeMap::new(),
             images,
+            imports: BTreeMap::new(),
             projects: vec![
                 Project {
                     id: DEFAULT_PROJECT_ID.to_owned(),
@@ -565,6 +568,7 @@ impl World {
     // ----- JSON views -----
 
     pub fn image_json(&self, img: &Image) -> Value {
+        let import = self.imports.get(&img.id);
         json!({
             "id": img.id,
             "name": img.name,
@@ -578,8 +582,8 @@ impl World {
             "size_gigabytes": img.size_gigabytes,
             "description": img.description,
             "tags": img.tags,
-            "status": "available",
-            "error_message": "",
+            "status": import.map_or("available", |i| i.status),
+            "error_message": import.map_or("", |i| i.error_message.as_str()),
         })
     }
 

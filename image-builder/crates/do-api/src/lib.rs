@@ -29,7 +29,7 @@
 //! |---|---|
 //! | droplets | `create_droplet`, `create_droplet_reconciled`, `get_droplet`, `list_droplets`, `list_droplets_by_tag`, `delete_droplet`, `delete_droplets_by_tag`, `wait_droplet_gone`, `destroy_droplet`, `wait_droplet_status`, `list_droplet_snapshots`, `list_droplet_actions` |
 //! | actions | `droplet_action`, `shutdown`, `power_off`, `power_on`, `snapshot`, `get_action`, `wait_action` |
-//! | images | `list_private_images`, `images_named`, `newest_image_named`, `images_with_prefix`, `get_image`, `get_image_by_ref`, `update_image`, `delete_image` |
+//! | images | `list_private_images`, `images_named`, `newest_image_named`, `images_with_prefix`, `get_image`, `get_image_by_ref`, `update_image`, `delete_image`, `create_custom_image`, `wait_custom_image` |
 //! | snapshots | `list_droplet_snapshots_all`, `delete_snapshot` |
 //! | projects | `list_projects`, `default_project`, `assign_to_project` |
 //! | account etc. | `account`, `sizes`, `regions`, `create_tag`, `tag_resources`, `list_ssh_keys`, `create_ssh_key`, `delete_ssh_key` |
@@ -37,6 +37,7 @@
 //! [`metadata::MetadataClient`] reads the droplet metadata service (`/metadata/v1/id`, `/metadata/v1/tags`).
 
 mod client;
+mod custom_images;
 mod droplets;
 mod error;
 pub mod metadata;
@@ -46,6 +47,7 @@ mod retry;
 mod token;
 
 pub use client::{API_URL_ENV, Client, DEFAULT_API_URL, DEFAULT_PAGE_SIZE};
+pub use custom_images::{CustomImageCreate, ImportState};
 pub use droplets::{Deleted, MAX_NAMES_PER_CREATE, Poll};
 pub use error::{DoError, Refusal, TokenError, UNPROCESSABLE_ENTITY};
 pub use models::*;

@@ -27,6 +27,7 @@
 //!    [`state`] file and the tags make `bake --resume STATE` and [`reap`] work.
 
 pub mod images;
+pub mod import;
 pub mod preflight;
 pub mod reap;
 pub mod space;

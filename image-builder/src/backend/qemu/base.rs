@@ -1,5 +1,6 @@
 //! `image-builder base build`: a minimal Debian root filesystem made with
-//! mmdebstrap, an ext4 disk image of it, and the kernel and initrd beside it.
+//! mmdebstrap, and a whole bootable disk of it ([`super::disk`]: GPT, GRUB for BIOS
+//! and UEFI, ext4 root).
 //!
 //! The result lives in a cache directory keyed by a hash over its inputs (suite,
 //! package list, customize hook, format version), so a second build with the same
@@ -14,8 +15,9 @@ use sha2::{Digest, Sha256};
 
 use super::{QemuError, run_logged};
 
-/// Bumped when the layout of a base changes.
-const FORMAT: u32 = 1;
+/// Bumped when the layout of a base changes (2: a whole bootable disk, no kernel and
+/// initrd beside it).
+const FORMAT: u32 = 2;
 
 /// The customize hook run by mmdebstrap.
 pub const CUSTOMIZE_HOOK: &str = include_str!("../../../../templates/qemu/customize-base.sh");
@@ -36,6 +38,9 @@ pub const PACKAGES: &[&str] = &[
     "netbase",
     "less",
     "python3",
+    // growpart, for cloud-init's growpart module: a worker with a bigger disk gets
+    // all of it on first boot.
+    "cloud-guest-utils",
 ];
 
 /// What to build.
@@ -45,7 +50,7 @@ pub struct BaseSpec {
     pub suite: String,
     /// Extra packages.
     pub extra_packages: Vec<String>,
-    /// Size of the ext4 disk image in bytes.
+    /// Size of the base's disk in bytes.
     pub disk_size: u64,
 }
 
@@ -90,12 +95,8 @@ pub struct Base {
     pub dir: PathBuf,
     /// The root filesystem as a directory (for the container way).
     pub rootfs: PathBuf,
-    /// The ext4 disk image (raw).
+    /// The whole bootable disk (raw; for the vm way).
     pub disk: PathBuf,
-    /// Kernel.
-    pub kernel: PathBuf,
-    /// Initrd.
-    pub initrd: PathBuf,
     /// When it was built (RFC 3339).
     pub built_at: String,
     /// Whether this call reused a cached base.
@@ -122,7 +123,7 @@ pub fn metadata_path(dir: &Path) -> PathBuf {
 
 impl Base {
     /// The layout of a base in `dir` (one definition for the builder and whoever reads it):
-    /// `rootfs/`, `base.raw`, `vmlinuz`, `initrd.img`, and [`metadata_path`].
+    /// `rootfs/`, `base.raw` (the disk), and [`metadata_path`].
     pub fn in_dir(spec: &BaseSpec, dir: &Path, built_at: String) -> Base {
         Base {
             key: spec.key(),
@@ -130,8 +131,6 @@ impl Base {
             dir: dir.to_path_buf(),
             rootfs: dir.join("rootfs"),
             disk: dir.join("base.raw"),
-            kernel: dir.join("vmlinuz"),
-            initrd: dir.join("initrd.img"),
             built_at,
             cache_hit: false,
         }
@@ -157,10 +156,7 @@ pub fn lookup(spec: &BaseSpec) -> Option<Base> {
     let dir = cache_dir_in(&cache_root(), spec);
     let text = std::fs::read_to_string(metadata_path(&dir)).ok()?;
     let mut base: Base = serde_json::from_str(&text).ok()?;
-    let complete = base.disk.is_file()
-        && base.kernel.is_file()
-        && base.initrd.is_file()
-        && base.rootfs.is_dir();
+    let complete = base.disk.is_file() && base.rootfs.is_dir();
     base.cache_hit = true;
     complete.then_some(base)
 }
@@ -209,9 +205,8 @@ pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
         return Ok(b);
     }
     require_root("building a base image (mmdebstrap in root mode, mkfs.ext4 -d)")?;
-    for tool in ["mmdebstrap", "mkfs.ext4"] {
-        super::require_tool(tool)?;
-    }
+    super::require_tool("mmdebstrap")?;
+    super::disk::preflight()?;
     let key = spec.key();
     let root = cache_root();
     let parent = root.join("base");
@@ -256,12 +251,10 @@ pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
         .arg(&rootfs);
     run_logged(&mut mm, "mmdebstrap", &work.join("mmdebstrap.log"))?;
 
-    let boot = rootfs.join("boot");
-    let kernel = super::newest_prefixed(&boot, "vmlinuz-")?;
-    let initrd = super::newest_prefixed(&boot, "initrd.img-")?;
-    std::fs::copy(&kernel, &staged.kernel).map_err(|e| QemuError::io(&kernel, e))?;
-    std::fs::copy(&initrd, &staged.initrd).map_err(|e| QemuError::io(&initrd, e))?;
-    make_ext4(&rootfs, &staged.disk, spec.disk_size)?;
+    let assembly = work.join("assembly");
+    std::fs::create_dir_all(&assembly).map_err(|e| QemuError::io(&assembly, e))?;
+    super::disk::assemble(&rootfs, &staged.disk, spec.disk_size, &assembly)?;
+    std::fs::remove_dir_all(&assembly).map_err(|e| QemuError::io(&assembly, e))?;
 
     let base = Base::in_dir(spec, &dir, super::now_rfc3339());
     let meta = serde_json::to_vec_pretty(&base).map_err(|e| QemuError::Other(e.to_string()))?;
@@ -275,18 +268,4 @@ pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
     std::fs::rename(&work, &dir).map_err(|e| QemuError::io(&dir, e))?;
     tracing::info!("base {key} ready in {}", dir.display());
     Ok(base)
-}
-
-/// `mkfs.ext4 -d ROOTFS DISK SIZE`.
-pub fn make_ext4(rootfs: &Path, disk: &Path, size: u64) -> Result<(), QemuError> {
-    let _ = std::fs::remove_file(disk);
-    let mut mkfs = Command::new("mkfs.ext4");
-    mkfs.args(["-q", "-F", "-L", "rootfs", "-d"])
-        .arg(rootfs)
-        .arg(disk)
-        .arg(format!("{}M", size >> 20));
-    let log = disk.with_extension("mkfs.log");
-    run_logged(&mut mkfs, "mkfs.ext4", &log)?;
-    let _ = std::fs::remove_file(log);
-    Ok(())
 }

@@ -27,6 +27,9 @@ pub struct LocalWorker {
     pub ssh_port: u16,
     /// The golden image.
     pub image: PathBuf,
+    /// The firmware it booted with.
+    #[serde(default)]
+    pub firmware: vm::Firmware,
     /// Console log.
     pub console: PathBuf,
     /// When it started.
@@ -59,9 +62,13 @@ fn alive(pid: u32) -> bool {
 /// Options of `run-local`.
 #[derive(Clone, Debug)]
 pub struct RunLocal {
-    /// The golden image (qcow2). Its kernel and initrd are `<stem>.vmlinuz` /
-    /// `<stem>.initrd.img` beside it when it has no bootloader.
+    /// The golden image (a whole disk with its own bootloader; qcow2 or raw).
     pub image: PathBuf,
+    /// BIOS (QEMU's default, SeaBIOS) or UEFI (OVMF).
+    pub firmware: vm::Firmware,
+    /// The worker's disk size in bytes (`None`: the image's); the root filesystem
+    /// grows into it on first boot.
+    pub disk_size: Option<u64>,
     /// Worker name (unique).
     pub name: String,
     /// The worker user-data.
@@ -99,14 +106,13 @@ pub fn run(opts: &RunLocal) -> Result<LocalWorker, QemuError> {
 
 fn start(opts: &RunLocal, dir: &Path) -> Result<LocalWorker, QemuError> {
     let image = std::fs::canonicalize(&opts.image).map_err(|e| QemuError::io(&opts.image, e))?;
-    let stem = image
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let parent = image.parent().map(Path::to_owned).unwrap_or_default();
-    let kernel = parent.join(format!("{stem}.vmlinuz"));
-    let initrd = parent.join(format!("{stem}.initrd.img"));
-    let kernel = (kernel.is_file() && initrd.is_file()).then_some((kernel, initrd));
+    if !super::disk::is_whole_disk(&image)? {
+        return Err(QemuError::Other(format!(
+            "{} is {}",
+            image.display(),
+            super::disk::NOT_A_WHOLE_DISK
+        )));
+    }
     let iso = vm::make_seed_iso(
         dir,
         &opts.user_data,
@@ -116,14 +122,14 @@ fn start(opts: &RunLocal, dir: &Path) -> Result<LocalWorker, QemuError> {
         ),
     )?;
     let overlay = dir.join("overlay.qcow2");
-    vm::make_overlay(&image, &overlay)?;
+    vm::make_overlay(&image, &overlay, opts.disk_size)?;
     let ssh_port = match opts.ssh_port {
         Some(p) => p,
         None => free_port()?,
     };
     let spec = VmSpec {
         disk: image.clone(),
-        kernel,
+        firmware: opts.firmware,
         memory_mib: opts.memory_mib,
         cpus: opts.cpus,
         accel: opts.accel,
@@ -152,6 +158,7 @@ fn start(opts: &RunLocal, dir: &Path) -> Result<LocalWorker, QemuError> {
         pid,
         ssh_port,
         image,
+        firmware: opts.firmware,
         console,
         started_at: super::now_rfc3339(),
         running: true,

@@ -2,8 +2,10 @@
 //!
 //! - [`base`]: `image-builder base build`, a cached Debian root filesystem + disk.
 //! - [`container`]: provisioning with `systemd-nspawn -b` (cloud-init done in ~2 s).
-//! - [`vm`]: a full QEMU boot (user images with their own bootloader, boot checks,
-//!   and local workers).
+//! - [`disk`]: a whole bootable disk (GPT, GRUB for BIOS and UEFI) from a root
+//!   filesystem tree, made without mounting anything.
+//! - [`vm`]: a full QEMU boot of a disk by its own bootloader (the vm way, boot
+//!   checks, local workers), under SeaBIOS or OVMF.
 //!
 //! Child processes (nspawn, QEMU) are supervised: they run in their own process
 //! group, die with us (`PR_SET_PDEATHSIG`), and are killed on timeout, error,
@@ -11,6 +13,7 @@
 
 pub mod base;
 pub mod container;
+pub mod disk;
 pub mod local;
 pub mod vm;
 
@@ -110,6 +113,11 @@ const TOOL_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("qemu-img", "qemu-utils"),
     ("genisoimage", "genisoimage"),
+    ("sgdisk", "gdisk"),
+    ("mformat", "mtools"),
+    ("mmd", "mtools"),
+    ("mcopy", "mtools"),
+    ("grub-mkimage", "grub-common"),
 ];
 
 /// Fail with the package to install when `tool` is missing.
@@ -218,8 +226,11 @@ pub async fn supervise(
         .stderr
         .take()
         .ok_or_else(|| QemuError::Other("no stderr".into()))?;
-    let mut out_lines = BufReader::new(stdout).lines();
-    let mut err_lines = BufReader::new(stderr).lines();
+    // Lines as bytes: a console is not always UTF-8 (GRUB's menu frame under UEFI is
+    // code page 437), and a reader that stopped at the first bad byte would leave QEMU
+    // blocked on a full pipe with the guest frozen.
+    let mut out_lines = BufReader::new(stdout).split(b'\n');
+    let mut err_lines = BufReader::new(stderr).split(b'\n');
     let mut log = tokio::fs::File::create(opts.log)
         .await
         .map_err(|e| QemuError::io(opts.log, e))?;
@@ -246,11 +257,11 @@ pub async fn supervise(
 
     loop {
         let line = tokio::select! {
-            l = out_lines.next_line(), if out_open => match l {
+            l = out_lines.next_segment(), if out_open => match l {
                 Ok(Some(l)) => Some(l),
                 _ => { out_open = false; None }
             },
-            l = err_lines.next_line(), if err_open => match l {
+            l = err_lines.next_segment(), if err_open => match l {
                 Ok(Some(l)) => Some(l),
                 _ => { err_open = false; None }
             },
@@ -275,9 +286,9 @@ pub async fn supervise(
             }
         };
         let Some(line) = line else { continue };
-        let _ = log.write_all(line.as_bytes()).await;
+        let _ = log.write_all(&line).await;
         let _ = log.write_all(b"\n").await;
-        let clean = strip_ansi(&line);
+        let clean = strip_ansi(&String::from_utf8_lossy(&line));
         if let Some(buf) = in_report.as_mut() {
             if clean.contains(REPORT_END) {
                 report = serde_json::from_str::<SealReport>(buf.trim()).ok();
@@ -390,6 +401,9 @@ pub struct QemuBakeOptions {
     pub way: Way,
     /// Skip the boot check after a container bake.
     pub no_boot_check: bool,
+    /// The firmwares the boot check boots the golden disk with, in order (empty:
+    /// BIOS only).
+    pub boot_check_firmware: Vec<vm::Firmware>,
     /// Keep the work directory (debugging).
     pub keep_work: bool,
 }
@@ -433,18 +447,18 @@ pub async fn bake(
         }
         (_, _) => Way::Vm,
     };
-    // The base: built/cached, or the user's image (with its own bootloader).
-    let (base_rootfs, base_disk, base_kernel, base_cached) = if is_suite {
+    // The base: built/cached, or the user's image. Either is a disk with its own bootloader.
+    if way == Way::Container {
+        // The disk assembly's tools and the disk size, before minutes of provisioning.
+        disk::preflight()?;
+        disk::DiskLayout::new(spec.qemu.disk_size.0, String::new())?;
+    }
+    let (base_rootfs, base_disk, base_cached) = if is_suite {
         let base = base::build(&base::BaseSpec {
             suite: base_name.clone(),
             ..Default::default()
         })?;
-        (
-            Some(base.rootfs),
-            base.disk,
-            Some((base.kernel, base.initrd)),
-            base.cache_hit,
-        )
+        (Some(base.rootfs), base.disk, base.cache_hit)
     } else {
         let p = loaded
             .path
@@ -457,7 +471,7 @@ pub async fn bake(
                 p.display()
             )));
         }
-        (None, p, None, false)
+        (None, p, false)
     };
     mark(
         &mut timings,
@@ -501,13 +515,13 @@ pub async fn bake(
     });
     let rendered = render::render(loaded, &ropts).map_err(|e| QemuError::Other(e.to_string()))?;
 
+    // Reported (manifest, `next:` command) as an absolute path.
+    let out_dir = &std::path::absolute(out_dir).map_err(|e| io_err(out_dir, e))?;
     let qcow = out_dir.join(format!("{name}.qcow2"));
     let tmp_qcow = out_dir.join(format!(".{name}.qcow2.tmp"));
-    let kernel = out_dir.join(format!("{name}.vmlinuz"));
-    let initrd = out_dir.join(format!("{name}.initrd.img"));
-    let vm_spec = |disk: PathBuf, kernel: Option<(PathBuf, PathBuf)>| vm::VmSpec {
+    let vm_spec = |disk: PathBuf, firmware: vm::Firmware| vm::VmSpec {
         disk,
-        kernel,
+        firmware,
         memory_mib: spec.qemu.memory.0 >> 20,
         cpus: spec.qemu.cpus,
         accel: spec.qemu.accel,
@@ -537,7 +551,7 @@ pub async fn bake(
         }
         std::fs::rename(&tmp_qcow, &qcow).map_err(|e| io_err(&qcow, e))
     };
-    let mut has_kernel = false;
+    let mut layout = None;
     let report = if way == Way::Container {
         let rootfs = base_rootfs
             .as_deref()
@@ -564,15 +578,19 @@ pub async fn bake(
         .await?;
         let report = check_report(seen.report, &seen.tail)?;
         mark(&mut timings, BakeStep::Provision);
+        // Only the disk assembly differs from the base's: the provisioned tree becomes a
+        // whole bootable disk (the `disk` step's time is the assembly's own).
         let raw = work.join("golden.raw");
-        base::make_ext4(&prepared.rootfs, &raw, spec.qemu.disk_size.0)?;
+        let assembly = work.join("disk");
+        std::fs::create_dir_all(&assembly).map_err(|e| io_err(&assembly, e))?;
+        layout = Some(disk::assemble(
+            &prepared.rootfs,
+            &raw,
+            spec.qemu.disk_size.0,
+            &assembly,
+        )?);
+        mark(&mut timings, BakeStep::Disk);
         convert(&raw, &work.join("convert.log"))?;
-        let boot = prepared.rootfs.join("boot");
-        for (prefix, dest) in [("vmlinuz-", &kernel), ("initrd.img-", &initrd)] {
-            let src = newest_prefixed(&boot, prefix)?;
-            std::fs::copy(&src, dest).map_err(|e| io_err(&src, e))?;
-        }
-        has_kernel = true;
         let _ = std::fs::remove_file(&raw);
         mark(&mut timings, BakeStep::Image);
         report
@@ -581,56 +599,68 @@ pub async fn bake(
             "provisioning {name} in a QEMU VM (timeout {})",
             humantime::format_duration(timeout)
         );
-        let vm = vm_spec(base_disk.clone(), base_kernel.clone());
-        let (overlay, seen) = vm::provision(&vm, &work, &rendered.text, &instance, timeout).await?;
+        let vm = vm_spec(base_disk.clone(), vm::Firmware::Bios);
+        // The VM's disk has the spec's size; growpart grows the root into it while
+        // provisioning, so the golden image has that size as the container way's does.
+        let (overlay, seen) = vm::provision(
+            &vm,
+            &work,
+            &rendered.text,
+            &instance,
+            timeout,
+            Some(spec.qemu.disk_size.0),
+        )
+        .await?;
         let report = check_report(seen.report, &seen.tail)?;
         mark(&mut timings, BakeStep::Provision);
         convert(&overlay, &work.join("convert.log"))?;
-        if let Some((k, i)) = &base_kernel {
-            std::fs::copy(k, &kernel).map_err(|e| io_err(k, e))?;
-            std::fs::copy(i, &initrd).map_err(|e| io_err(i, e))?;
-            has_kernel = true;
-        }
         mark(&mut timings, BakeStep::Image);
         report
     };
-    let boot_kernel = has_kernel.then(|| (kernel.clone(), initrd.clone()));
 
     let mut details =
         serde_json::json!({"way": way, "base": base_disk, "base_cache_hit": base_cached});
-    // The vm way booted the image for real already; the container way gets a boot check.
+    if let Some(layout) = &layout {
+        details["disk"] = serde_json::to_value(layout).unwrap_or_default();
+    }
+    // The vm way booted the image for real already; the container way gets a boot
+    // check, once per firmware asked for (BIOS by default).
     if way == Way::Container && !opts.no_boot_check {
-        tracing::info!("boot check: booting {} under QEMU", qcow.display());
-        let check = vm::boot_check(
-            &vm_spec(qcow.clone(), boot_kernel.clone()),
-            &work,
-            Duration::from_secs(300),
-        )
-        .await?;
-        if agent.is_some() && check.agent_enabled != vm::UnitEnabled::Enabled {
-            return Err(QemuError::Other(format!(
-                "boot check: vm-agent.service is {} in the booted image, expected enabled",
-                check.agent_enabled
-            )));
+        let firmwares = if opts.boot_check_firmware.is_empty() {
+            vec![vm::Firmware::Bios]
+        } else {
+            opts.boot_check_firmware.clone()
+        };
+        let mut checks = Vec::new();
+        for firmware in firmwares {
+            tracing::info!(
+                "boot check: booting {} under QEMU ({firmware})",
+                qcow.display()
+            );
+            let check = vm::boot_check(
+                &vm_spec(qcow.clone(), firmware),
+                &work,
+                Duration::from_secs(300),
+            )
+            .await?;
+            check_boot(&check, agent.is_some(), layout.as_ref())?;
+            checks.push(serde_json::to_value(&check).unwrap_or_default());
+            mark(
+                &mut timings,
+                match firmware {
+                    vm::Firmware::Bios => BakeStep::BootCheck,
+                    vm::Firmware::Uefi => BakeStep::BootCheckUefi,
+                },
+            );
         }
-        if check.sudoers != vm::SudoersCheck::Ok {
-            return Err(QemuError::Other(format!(
-                "boot check: visudo -c in the booted image says {}",
-                check.sudoers
-            )));
-        }
-        details["boot_check"] = serde_json::to_value(&check).unwrap_or_default();
-        mark(&mut timings, BakeStep::BootCheck);
+        details["boot_check"] = checks.first().cloned().unwrap_or_default();
+        details["boot_checks"] = serde_json::Value::Array(checks);
     }
     if opts.keep_work {
         let kept = work_dir.keep();
         tracing::info!("work directory kept: {}", kept.display());
     }
-    let mut files = vec![(qcow.clone(), file_size(&qcow))];
-    if let Some((k, i)) = &boot_kernel {
-        files.push((k.clone(), file_size(k)));
-        files.push((i.clone(), file_size(i)));
-    }
+    let files = vec![(qcow.clone(), file_size(&qcow))];
     Ok(crate::backend::BakeResult {
         artifact_id: qcow.display().to_string(),
         builder_type: "image-builder.qemu".into(),
@@ -641,21 +671,81 @@ pub async fn bake(
     })
 }
 
+/// What a boot check must have seen: the agent enabled (when one was installed), valid
+/// sudoers, and a kernel that GRUB booted from this disk (`BOOT_IMAGE=` is GRUB's, and
+/// the root is the one the assembly made).
+fn check_boot(
+    check: &vm::BootCheck,
+    agent_installed: bool,
+    layout: Option<&disk::DiskLayout>,
+) -> Result<(), QemuError> {
+    let what = format!("boot check ({})", check.firmware);
+    if agent_installed && check.agent_enabled != vm::UnitEnabled::Enabled {
+        return Err(QemuError::Other(format!(
+            "{what}: vm-agent.service is {} in the booted image, expected enabled",
+            check.agent_enabled
+        )));
+    }
+    if check.sudoers != vm::SudoersCheck::Ok {
+        return Err(QemuError::Other(format!(
+            "{what}: visudo -c in the booted image says {}",
+            check.sudoers
+        )));
+    }
+    if let Some(layout) = layout
+        && !(check.cmdline.starts_with("BOOT_IMAGE=/vmlinuz ")
+            && check
+                .cmdline
+                .contains(&format!("root=UUID={} ", layout.root_uuid)))
+    {
+        return Err(QemuError::Other(format!(
+            "{what}: the kernel was not booted by the disk's GRUB from its root filesystem {}: /proc/cmdline is {:?}",
+            layout.root_uuid, check.cmdline
+        )));
+    }
+    Ok(())
+}
+
 fn io_err(p: &Path, e: std::io::Error) -> QemuError {
     QemuError::io(p, e)
 }
 
-fn newest_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf, QemuError> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| io_err(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-        })
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .ok_or_else(|| QemuError::Other(format!("{}: no {prefix}* found", dir.display())))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GRUB's menu under UEFI reaches the console as code page 437: bytes that are not
+    /// UTF-8 must not stop the reader (QEMU would block on the full pipe, the guest
+    /// with it). Here the lines after them are still seen, and the watched line stops it.
+    #[tokio::test]
+    async fn a_console_that_is_not_utf8_is_read_to_the_end() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log = dir.path().join("console.log");
+        let mut cmd = tokio::process::Command::new("sh");
+        // 64 KiB of CP437 box drawing first: more than a pipe holds.
+        cmd.args([
+            "-c",
+            r#"i=0; while [ $i -lt 4096 ]; do printf '\332\304\304\304\304\304\304\304\304\304\304\304\304\304\304\277\n'; i=$((i+1)); done; echo 'MARK ok'; sleep 600"#,
+        ]);
+        let seen = supervise(
+            cmd,
+            SuperviseOpts {
+                what: "test console",
+                timeout: Duration::from_secs(60),
+                log: &log,
+                stop_on: Some("MARK"),
+                watch: Some("MARK"),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(seen.watched, ["MARK ok"]);
+        let logged = std::fs::read(&log).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            logged.len(),
+            4096 * 17 + "MARK ok\n".len(),
+            "the log keeps the bytes"
+        );
+        assert!(logged.starts_with(b"\xda\xc4"));
+    }
 }

@@ -1,5 +1,6 @@
-//! Full QEMU boots: the boot check of a golden image, the `vm` way of provisioning
-//! (images with their own bootloader), and local workers.
+//! Full QEMU boots: the boot check of a golden image, the `vm` way of provisioning,
+//! and local workers. Every disk boots with its own bootloader (no `-kernel`), under
+//! legacy BIOS (SeaBIOS, QEMU's default firmware) or UEFI (OVMF).
 //!
 //! Acceleration: `/dev/kvm` exists on these machines but is a nested hypervisor
 //! without hardware virtualisation that crashes stock kernels, so `auto` uses KVM
@@ -30,13 +31,56 @@ pub fn resolve_accel(accel: Accel) -> Accel {
     }
 }
 
+/// The firmware a VM boots with.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Firmware {
+    /// Legacy BIOS: SeaBIOS, QEMU's default (and DigitalOcean's).
+    #[default]
+    Bios,
+    /// UEFI: OVMF (`ovmf` package), with a copy of its variable store per VM.
+    Uefi,
+}
+
+impl Firmware {
+    /// `bios` / `uefi`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// OVMF's code (read-only flash), from Debian's `ovmf` package.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF's variable store template; each VM writes to its own copy.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 /// A VM to boot.
 #[derive(Clone, Debug)]
 pub struct VmSpec {
-    /// Disk image (qcow2 or raw); an overlay on it is what the VM writes to.
+    /// Disk image (qcow2 or raw) with its own bootloader; an overlay on it is what the
+    /// VM writes to.
     pub disk: PathBuf,
-    /// Direct kernel boot (bases built by `base build`); `None` for images with a bootloader.
-    pub kernel: Option<(PathBuf, PathBuf)>,
+    /// BIOS or UEFI.
+    pub firmware: Firmware,
     /// Memory in MiB.
     pub memory_mib: u64,
     /// vCPUs.
@@ -65,8 +109,10 @@ pub fn make_seed_iso(dir: &Path, user_data: &str, meta_data: &str) -> Result<Pat
     Ok(iso)
 }
 
-/// `qemu-img create -f qcow2 -b BASE -F FMT OVERLAY`.
-pub fn make_overlay(base: &Path, overlay: &Path) -> Result<(), QemuError> {
+/// `qemu-img create -f qcow2 -b BASE -F FMT OVERLAY [SIZE]`: with `size`, the VM sees a
+/// disk of that many bytes (never less than the base's), which cloud-init's growpart
+/// and resizefs give to the root filesystem on first boot.
+pub fn make_overlay(base: &Path, overlay: &Path, size: Option<u64>) -> Result<(), QemuError> {
     let qemu_img = require_tool("qemu-img")?;
     let fmt = image_format(base)?;
     let base_abs = std::fs::canonicalize(base).map_err(|e| QemuError::io(base, e))?;
@@ -75,7 +121,60 @@ pub fn make_overlay(base: &Path, overlay: &Path) -> Result<(), QemuError> {
         .arg(&base_abs)
         .args(["-F", &fmt])
         .arg(overlay);
+    if let Some(size) = size {
+        let base_size = virtual_size(&base_abs)?;
+        cmd.arg(size.max(base_size).to_string());
+    }
     run_logged(&mut cmd, "qemu-img create", &overlay.with_extension("log"))
+}
+
+/// The size of the disk a VM sees for `image` (`qemu-img info`'s virtual size).
+pub fn virtual_size(image: &Path) -> Result<u64, QemuError> {
+    let out = std::process::Command::new(require_tool("qemu-img")?)
+        .args(["info", "--output=json"])
+        .arg(image)
+        .output()
+        .map_err(|e| QemuError::Other(format!("cannot run qemu-img info: {e}")))?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        QemuError::Other(format!(
+            "qemu-img info {}: {e}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })?;
+    info["virtual-size"].as_u64().ok_or_else(|| {
+        QemuError::Other(format!(
+            "qemu-img info {}: no virtual-size",
+            image.display()
+        ))
+    })
+}
+
+/// The QEMU arguments for `firmware`. UEFI: OVMF's code read-only and a copy of its
+/// variable store at `vars` (made if absent, kept with the VM's other files).
+pub fn firmware_args(firmware: Firmware, vars: &Path) -> Result<Vec<String>, QemuError> {
+    match firmware {
+        Firmware::Bios => Ok(Vec::new()),
+        Firmware::Uefi => {
+            for f in [OVMF_CODE, OVMF_VARS] {
+                if !Path::new(f).is_file() {
+                    return Err(QemuError::MissingTool {
+                        tool: f.to_owned(),
+                        package: "ovmf".into(),
+                    });
+                }
+            }
+            if !vars.exists() {
+                std::fs::copy(OVMF_VARS, vars).map_err(|e| QemuError::io(vars, e))?;
+            }
+            Ok(vec![
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ])
+        }
+    }
 }
 
 /// `raw` or `qcow2`, by magic.
@@ -96,7 +195,8 @@ pub enum Serial<'a> {
     File(&'a Path),
 }
 
-/// The QEMU program and arguments for `vm` with the seed `iso` attached.
+/// The QEMU program and arguments for `vm` with the seed `iso` attached. Under UEFI the
+/// VM's variable store is `<overlay>.ovmf-vars.fd`.
 pub fn qemu_args(
     vm: &VmSpec,
     overlay: &Path,
@@ -135,15 +235,8 @@ pub fn qemu_args(
         "-pidfile",
         &pidfile.display().to_string(),
     ]);
-    if let Some((kernel, initrd)) = &vm.kernel {
-        push(&[
-            "-kernel",
-            &kernel.display().to_string(),
-            "-initrd",
-            &initrd.display().to_string(),
-        ]);
-        push(&["-append", "root=/dev/vda rw console=ttyS0 quiet"]);
-    }
+    let firmware = firmware_args(vm.firmware, &overlay.with_extension("ovmf-vars.fd"))?;
+    push(&firmware.iter().map(String::as_str).collect::<Vec<_>>());
     push(&[
         "-drive",
         &format!(
@@ -188,6 +281,8 @@ pub const BOOT_OK: &str = "IMAGE-BUILDER-BOOT-CHECK";
 /// What the boot check saw inside the booted golden image.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BootCheck {
+    /// The firmware it booted with.
+    pub firmware: Firmware,
     /// Seconds from QEMU start to the marker.
     pub seconds: f64,
     /// `systemctl is-enabled vm-agent`.
@@ -196,6 +291,8 @@ pub struct BootCheck {
     pub sudoers: SudoersCheck,
     /// Number of failed units.
     pub failed_units: u32,
+    /// The kernel command line it booted with (`/proc/cmdline`).
+    pub cmdline: String,
 }
 
 /// `systemctl is-enabled` of a unit, as the boot check prints it.
@@ -250,35 +347,41 @@ impl std::fmt::Display for SudoersCheck {
     }
 }
 
-/// Boot the golden image once with a tiny seed and check it came up.
+/// Boot the golden image once with a tiny seed and check it came up: no kernel on
+/// QEMU's command line, the disk's own bootloader under `vm.firmware`. Its files go to
+/// `work/boot-check-<firmware>/`.
 ///
 /// The marker comes from `bootcmd`, in cloud-init's network stage: by then the
-/// kernel and initrd booted from the image, systemd brought the system up to
-/// cloud-init, the NoCloud datasource was found and this user-data was processed,
-/// which is what a worker's first boot depends on. Waiting for the config and
-/// final stages as well would add ~30 s under TCG and check nothing the image
-/// decides (the worker's own user-data runs there). QEMU is stopped at the marker.
+/// firmware ran the disk's bootloader, GRUB booted the kernel and initrd from the
+/// root filesystem, systemd brought the system up to cloud-init, the NoCloud
+/// datasource was found and this user-data was processed, which is what a worker's
+/// first boot depends on. Waiting for the config and final stages as well would add
+/// ~30 s under TCG and check nothing the image decides (the worker's own user-data
+/// runs there). QEMU is stopped at the marker.
 pub async fn boot_check(
     vm: &VmSpec,
     work: &Path,
     timeout: Duration,
 ) -> Result<BootCheck, QemuError> {
+    let dir = work.join(format!("boot-check-{}", vm.firmware));
+    std::fs::create_dir_all(&dir).map_err(|e| QemuError::io(&dir, e))?;
     let user_data = format!(
-        "#cloud-config\nbootcmd:\n  - [sh, -c, 'echo \"{BOOT_OK} agent=$(systemctl is-enabled vm-agent.service 2>/dev/null || echo absent) sudoers=$(visudo -c >/dev/null 2>&1 && echo ok || echo bad) failed=$(systemctl --failed --no-legend | wc -l)\" > /dev/console']\n"
+        "#cloud-config\nbootcmd:\n  - [sh, -c, 'echo \"{BOOT_OK} agent=$(systemctl is-enabled vm-agent.service 2>/dev/null || echo absent) sudoers=$(visudo -c >/dev/null 2>&1 && echo ok || echo bad) failed=$(systemctl --failed --no-legend | wc -l) cmdline=$(cat /proc/cmdline)\" > /dev/console']\n"
     );
     let iso = make_seed_iso(
-        work,
+        &dir,
         &user_data,
         "instance-id: boot-check\nlocal-hostname: boot-check\n",
     )?;
-    let overlay = work.join("boot-check.qcow2");
-    make_overlay(&vm.disk, &overlay)?;
-    let cmd = command(vm, &overlay, &iso, &work.join("qemu.pid"))?;
-    let log = work.join("boot-check.console.log");
+    let overlay = dir.join("boot-check.qcow2");
+    make_overlay(&vm.disk, &overlay, None)?;
+    let cmd = command(vm, &overlay, &iso, &dir.join("qemu.pid"))?;
+    let log = dir.join("console.log");
+    let what = format!("boot check ({})", vm.firmware);
     let seen: Supervised = supervise(
         cmd,
         SuperviseOpts {
-            what: "boot check",
+            what: &what,
             timeout,
             log: &log,
             stop_on: Some(BOOT_OK),
@@ -288,7 +391,7 @@ pub async fn boot_check(
     .await?;
     let line = seen.watched.last().cloned().ok_or_else(|| {
         QemuError::Other(format!(
-            "boot check: the VM stopped before cloud-init ran; console tail:\n{}",
+            "{what}: the VM stopped before cloud-init ran; console tail:\n{}",
             seen.tail
         ))
     })?;
@@ -298,6 +401,7 @@ pub async fn boot_check(
             .unwrap_or_default()
     };
     Ok(BootCheck {
+        firmware: vm.firmware,
         seconds: seen.elapsed.as_secs_f64(),
         agent_enabled: UnitEnabled::parse(&field("agent")),
         sudoers: if field("sudoers") == "ok" {
@@ -306,6 +410,11 @@ pub async fn boot_check(
             SudoersCheck::Bad
         },
         failed_units: field("failed").parse().unwrap_or(0),
+        // Last on the line, spaces and all.
+        cmdline: line
+            .split_once(" cmdline=")
+            .map(|(_, c)| c.trim().to_owned())
+            .unwrap_or_default(),
     })
 }
 
@@ -371,13 +480,15 @@ impl FileServer {
 
 /// Provision by booting the image in QEMU with the bake user-data as a NoCloud seed;
 /// returns when the finisher has powered the VM off (or on timeout/error/signal,
-/// with QEMU killed). The overlay then holds the provisioned disk.
+/// with QEMU killed). The overlay then holds the provisioned disk; with `disk_size` it
+/// is that big (growpart grows the image's root partition into it while provisioning).
 pub async fn provision(
     vm: &VmSpec,
     work: &Path,
     user_data: &str,
     instance_id: &str,
     timeout: Duration,
+    disk_size: Option<u64>,
 ) -> Result<(PathBuf, Supervised), QemuError> {
     let iso = make_seed_iso(
         work,
@@ -385,7 +496,7 @@ pub async fn provision(
         &format!("instance-id: {instance_id}\nlocal-hostname: {instance_id}\n"),
     )?;
     let overlay = work.join("provision.qcow2");
-    make_overlay(&vm.disk, &overlay)?;
+    make_overlay(&vm.disk, &overlay, disk_size)?;
     let cmd = command(vm, &overlay, &iso, &work.join("qemu.pid"))?;
     let log = work.join("console.log");
     let seen = supervise(

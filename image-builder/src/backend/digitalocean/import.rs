@@ -1,0 +1,286 @@
+//! `image-builder images import`: a local golden disk becomes a DigitalOcean custom
+//! image, the way DigitalOcean's own Packer post-processor does it:
+//!
+//! 1. the disk is converted to a qcow2 any importer reads (zlib-compressed, compat
+//!    1.1: the bake's zstd clusters need QEMU 5.1 or later to read);
+//! 2. uploaded to the Space under `imports/<name>-<random>.qcow2` with a public-read ACL
+//!    (DigitalOcean downloads it by plain URL and first sends a HEAD, which a presigned
+//!    GET URL does not allow), or, with `--url`, taken from where the caller hosts it;
+//! 3. `POST /v2/images` with that URL, then `GET /v2/images/{id}` until `available` (or
+//!    its `error_message`);
+//! 4. the uploaded object is deleted whatever happened (unless `--keep-upload`): it is
+//!    public while it exists.
+//!
+//! The disk must be one that boots by itself (the local backend's golden disks are):
+//! DigitalOcean boots custom images from their own bootloader. The command checks it
+//! ([`crate::backend::qemu::disk::is_whole_disk`]) before calling [`import`].
+
+use std::path::{Path, PathBuf};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ObjectCannedAcl;
+use serde::Serialize;
+
+use artifact_store::s3::{self, S3Credentials, S3Settings};
+use do_api::{Client, CustomImageCreate, ImportState, Poll};
+
+use super::DoBakeError;
+use crate::backend::qemu::{self, run_logged};
+
+/// A single PUT carries at most this much (S3's limit).
+const MAX_SINGLE_PUT: u64 = 5 << 30;
+
+/// Where the disk comes from.
+#[derive(Debug)]
+pub enum ImportSource {
+    /// A URL the caller hosts (it must answer HEAD and GET); nothing is uploaded.
+    Url(String),
+    /// A local disk, uploaded to a Space first.
+    Disk {
+        /// The disk (the golden qcow2 of `bake --backend qemu`, or raw).
+        path: PathBuf,
+        /// The Space.
+        space: S3Settings,
+        /// Its keys.
+        credentials: S3Credentials,
+    },
+}
+
+/// What `images import` does.
+#[derive(Debug)]
+pub struct ImportOptions {
+    /// The disk or URL.
+    pub source: ImportSource,
+    /// The custom image's name.
+    pub name: String,
+    /// The region it is imported into.
+    pub region: String,
+    /// The distribution DigitalOcean shows (e.g. Debian).
+    pub distribution: String,
+    /// A description.
+    pub description: Option<String>,
+    /// Tags for the image.
+    pub tags: Vec<String>,
+    /// Leave the uploaded (public) object in the Space.
+    pub keep_upload: bool,
+    /// How often and how long to wait for `available`.
+    pub poll: Poll,
+}
+
+/// What an import did.
+#[derive(Debug, Serialize)]
+pub struct ImportReport {
+    /// The custom image's id.
+    pub image_id: u64,
+    /// Its name.
+    pub name: String,
+    /// `available`.
+    pub status: String,
+    /// Its regions.
+    pub regions: Vec<String>,
+    /// The URL DigitalOcean downloaded it from.
+    pub url: String,
+    /// The Space object it was uploaded to, if any, and whether it was deleted.
+    pub uploaded: Option<Uploaded>,
+}
+
+/// The object an import uploaded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    /// `s3://bucket/key`.
+    pub object: String,
+    /// Bytes.
+    pub size: u64,
+    /// Deleted after the import.
+    pub deleted: bool,
+}
+
+fn config(message: String) -> DoBakeError {
+    DoBakeError::Config(message)
+}
+
+/// Convert `disk` to a zlib-compressed qcow2 (compat 1.1) at `out`.
+fn importable_qcow2(disk: &Path, out: &Path) -> Result<u64, DoBakeError> {
+    let size = qemu::vm::virtual_size(disk).map_err(|e| config(e.to_string()))?;
+    if size >= 100_000_000_000 {
+        return Err(config(format!(
+            "{}: {size} bytes; DigitalOcean imports images under 100 GB",
+            disk.display()
+        )));
+    }
+    let qemu_img = qemu::require_tool("qemu-img").map_err(|e| config(e.to_string()))?;
+    let mut cmd = std::process::Command::new(qemu_img);
+    cmd.args(["convert", "-W", "-m", "8", "-O", "qcow2", "-c", "-o"])
+        .arg("compression_type=zlib,compat=1.1")
+        .arg(disk)
+        .arg(out);
+    run_logged(&mut cmd, "qemu-img convert", &out.with_extension("log"))
+        .map_err(|e| config(e.to_string()))?;
+    std::fs::metadata(out)
+        .map(|m| m.len())
+        .map_err(|e| config(format!("{}: {e}", out.display())))
+}
+
+/// The plain (unsigned) URL of `key`: what DigitalOcean fetches.
+fn object_url(settings: &S3Settings, key: &str) -> String {
+    let endpoint = settings.endpoint.trim_end_matches('/');
+    if settings.path_style {
+        return format!("{endpoint}/{}/{key}", settings.bucket);
+    }
+    match endpoint.split_once("://") {
+        Some((scheme, host)) => format!("{scheme}://{}.{host}/{key}", settings.bucket),
+        None => format!("https://{}.{endpoint}/{key}", settings.bucket),
+    }
+}
+
+/// Run `images import`.
+pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportReport, DoBakeError> {
+    let (url, upload) = match &opts.source {
+        ImportSource::Url(url) => (url.clone(), None),
+        ImportSource::Disk {
+            path: disk,
+            space: settings,
+            credentials,
+        } => {
+            let work = tempfile::tempdir().map_err(|e| config(format!("temp dir: {e}")))?;
+            let file = work.path().join(format!("{}.qcow2", opts.name));
+            tracing::info!("converting {} for import", disk.display());
+            let size = importable_qcow2(disk, &file)?;
+            if size > MAX_SINGLE_PUT {
+                return Err(config(format!(
+                    "{}: the importable qcow2 is {size} bytes, more than one upload takes (5 GiB); host it yourself and pass --url",
+                    disk.display()
+                )));
+            }
+            let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+            let key = format!("imports/{}-{suffix}.qcow2", opts.name);
+            let s3 = s3::client(settings, credentials, None);
+            tracing::info!(
+                "uploading {size} bytes to s3://{}/{key} (public-read until the import ends)",
+                settings.bucket
+            );
+            let body = ByteStream::from_path(&file)
+                .await
+                .map_err(|e| config(format!("{}: {e}", file.display())))?;
+            s3.put_object()
+                .bucket(&settings.bucket)
+                .key(&key)
+                .acl(ObjectCannedAcl::PublicRead)
+                .content_type("application/octet-stream")
+                .content_length(i64::try_from(size).unwrap_or(i64::MAX))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| DoBakeError::Space {
+                    during: "uploading the disk",
+                    source: Box::new(s3::classify(&e, "PutObject", &settings.bucket, &key).into()),
+                })?;
+            let url = object_url(settings, &key);
+            (url, Some((s3, settings.bucket.clone(), key, size)))
+        }
+    };
+
+    let result = create_and_wait(opts, client, &url).await;
+
+    let uploaded = match upload {
+        None => None,
+        Some((s3, bucket, key, size)) => {
+            let deleted = if opts.keep_upload {
+                false
+            } else {
+                match s3.delete_object().bucket(&bucket).key(&key).send().await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            "could not delete the uploaded disk: {}; delete s3://{}/{key} yourself (it is public)",
+                            s3::error_chain(&e),
+                            bucket
+                        );
+                        false
+                    }
+                }
+            };
+            Some(Uploaded {
+                object: format!("s3://{bucket}/{key}"),
+                size,
+                deleted,
+            })
+        }
+    };
+    let image = result?;
+    Ok(ImportReport {
+        image_id: image.id,
+        name: image.name,
+        status: image.status.unwrap_or_default(),
+        regions: image.regions,
+        url,
+        uploaded,
+    })
+}
+
+async fn create_and_wait(
+    opts: &ImportOptions,
+    client: &Client,
+    url: &str,
+) -> Result<do_api::Image, DoBakeError> {
+    let api = |during: &'static str| {
+        move |source| DoBakeError::Api {
+            during,
+            source: Box::new(source),
+        }
+    };
+    let created = client
+        .create_custom_image(&CustomImageCreate {
+            name: opts.name.clone(),
+            url: url.to_owned(),
+            region: opts.region.clone(),
+            distribution: Some(opts.distribution.clone()),
+            description: opts.description.clone(),
+            tags: opts.tags.clone(),
+        })
+        .await
+        .map_err(api("creating the custom image"))?;
+    tracing::info!(
+        "custom image {} created ({}); waiting for DigitalOcean to import it",
+        created.id,
+        created.status.as_deref().unwrap_or("NEW")
+    );
+    let image = client
+        .wait_custom_image(created.id, opts.poll)
+        .await
+        .map_err(api("waiting for the custom image"))?;
+    match ImportState::of(&image) {
+        ImportState::Available => Ok(image),
+        _ => Err(DoBakeError::Refused(format!(
+            "DigitalOcean did not import custom image {} ({}): {}",
+            image.id,
+            image.status.as_deref().unwrap_or("no status"),
+            image.error_message.as_deref().unwrap_or("no error message")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_object_url_is_unsigned_in_either_addressing_style() {
+        let mut s = S3Settings {
+            endpoint: "https://nyc3.digitaloceanspaces.com".into(),
+            region: "us-east-1".into(),
+            bucket: "ci-artifacts".into(),
+            path_style: false,
+        };
+        assert_eq!(
+            object_url(&s, "imports/golden-1.qcow2"),
+            "https://ci-artifacts.nyc3.digitaloceanspaces.com/imports/golden-1.qcow2"
+        );
+        s.endpoint = "http://127.0.0.1:9000/".into();
+        s.path_style = true;
+        assert_eq!(
+            object_url(&s, "imports/golden-1.qcow2"),
+            "http://127.0.0.1:9000/ci-artifacts/imports/golden-1.qcow2"
+        );
+    }
+}
