@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use agent_status::{ArtifactState, Stage, StatusReport};
 use s3_test_server::{BUCKET, S3Server};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -299,10 +300,10 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
     });
     let status = wait_for("vm-agent ready", Duration::from_secs(300), || {
         let o = worker.ssh("vm-agent status --json");
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-        match v["stage"].as_str() {
-            Some("ready") => Some((o, v)),
-            Some("degraded") | Some("failed") => panic!("agent is {}: {v}", v["stage"]),
+        let r = StatusReport::from_json(&o.stdout).ok()?;
+        match r.stage {
+            Stage::Ready => Some((o, r)),
+            Stage::Degraded => panic!("agent is degraded: {r:#?}"),
             _ => None,
         }
     });
@@ -324,17 +325,16 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
     );
 
     // The artifact was pulled at boot and verified.
-    let art_status = &status.1["artifacts"];
-    assert_eq!(art_status["state"], "installed", "{art_status}");
-    let item = art_status["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["sha"] == sha)
-        .unwrap();
-    assert_eq!(item["verified"], true, "{item}");
-    assert_eq!(item["files"], 2, "{item}");
-    let art_path = item["path"].as_str().unwrap().to_owned();
+    let art_status = &status.1.artifacts;
+    assert_eq!(
+        art_status.state,
+        ArtifactState::Installed,
+        "{art_status:#?}"
+    );
+    let item = art_status.items.iter().find(|i| i.sha == sha).unwrap();
+    assert!(item.verified, "{item:#?}");
+    assert_eq!(item.files, 2, "{item:#?}");
+    let art_path = item.path.clone().unwrap();
     assert!(
         !status.0.stdout.is_empty()
             && !String::from_utf8_lossy(&status.0.stdout).contains(S3_SECRET)

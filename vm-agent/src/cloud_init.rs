@@ -5,55 +5,11 @@
 //! `/run/cloud-init` (this boot) and `/var/lib/cloud/data`. Files older than the boot are
 //! ignored, so a result left over from an earlier boot is not taken as this boot's.
 
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CloudInitState {
-    /// No status file yet.
-    NotStarted,
-    Running,
-    Done,
-    /// Finished with errors.
-    Error,
-    /// cloud-init is disabled on this boot (`disabled` marker file).
-    Disabled,
-    /// The agent was configured not to wait.
-    Skipped,
-    /// Did not finish within `cloud_init.timeout`.
-    TimedOut,
-}
-
-impl CloudInitState {
-    pub fn is_final(self) -> bool {
-        !matches!(self, CloudInitState::NotStarted | CloudInitState::Running)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CloudInitStatus {
-    pub state: CloudInitState,
-    /// cloud-init's current stage while running (`init-local`, `init`, `modules-config`, ...).
-    pub stage: Option<String>,
-    pub datasource: Option<String>,
-    pub errors: Vec<String>,
-    /// The file the state was read from.
-    pub source: Option<PathBuf>,
-}
-
-impl CloudInitStatus {
-    pub fn with_state(state: CloudInitState) -> Self {
-        CloudInitStatus {
-            state,
-            stage: None,
-            datasource: None,
-            errors: vec![],
-            source: None,
-        }
-    }
-}
+/// The report types, defined once in the `agent-status` crate (the status report's contract).
+pub use agent_status::cloud_init::{CloudInitState, CloudInitStatus};
 
 fn fresh(path: &Path, not_before: Option<SystemTime>) -> bool {
     let Ok(meta) = std::fs::metadata(path) else {

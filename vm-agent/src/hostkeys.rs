@@ -1,17 +1,11 @@
 //! SSH host-key fingerprints (`SHA256:<base64, no padding>`, as `ssh-keygen -l` prints them).
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostKey {
-    /// Key type as written in the file, e.g. `ssh-ed25519`.
-    pub key_type: String,
-    pub fingerprint: String,
-    pub file: String,
-}
+/// The report type, defined once in the `agent-status` crate (the status report's contract).
+pub use agent_status::HostKey;
 
 /// Fingerprint of one public key line (`type base64 [comment]`).
 pub fn fingerprint_line(line: &str) -> Option<(String, String)> {

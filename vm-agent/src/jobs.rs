@@ -2,88 +2,12 @@
 //! job's output log next to it. Records survive a daemon restart; a job that was queued or
 //! running when the daemon died is marked `lost` on the next start, never dropped.
 
-use crate::util::{self, ts};
-use serde::{Deserialize, Serialize};
+use crate::util;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum JobState {
-    /// Waiting for readiness or for a free slot (`jobs.max_concurrent`).
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    TimedOut,
-    /// Queued or running when the daemon stopped; its outcome is unknown.
-    Lost,
-}
-
-impl JobState {
-    pub fn is_final(self) -> bool {
-        !matches!(self, JobState::Queued | JobState::Running)
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-            JobState::TimedOut => "timed-out",
-            JobState::Lost => "lost",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub id: u64,
-    pub name: Option<String>,
-    pub argv: Vec<String>,
-    pub state: JobState,
-    /// User the job runs as, and why if that is not the configured build user.
-    pub user: String,
-    pub uid: u32,
-    pub gid: u32,
-    /// uid of the client that submitted it.
-    pub submitted_by: u32,
-    #[serde(with = "ts")]
-    pub submitted_at: SystemTime,
-    #[serde(with = "ts::opt", default)]
-    pub started_at: Option<SystemTime>,
-    #[serde(with = "ts::opt", default)]
-    pub finished_at: Option<SystemTime>,
-    pub pid: Option<i32>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    /// `--timeout` as given (or the configured default).
-    pub timeout: Option<String>,
-    pub log: PathBuf,
-    pub detail: Option<String>,
-}
-
-impl JobRecord {
-    /// Exit code `vm-agent run` reports: the job's own, 128+signal when killed, 124 when timed
-    /// out (like timeout(1)), 125 when it never ran (lost, failed to start).
-    pub fn cli_exit_code(&self) -> i32 {
-        match self.state {
-            JobState::TimedOut => 124,
-            JobState::Lost => 125,
-            _ => match (self.exit_code, self.signal) {
-                (Some(c), _) => c,
-                (None, Some(s)) => 128 + s,
-                (None, None) => 125,
-            },
-        }
-    }
-
-    pub fn label(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.argv.join(" "))
-    }
-}
+/// The record types, defined once in the `agent-status` crate (the status report's contract).
+pub use agent_status::jobs::{JobRecord, JobState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -207,18 +131,5 @@ mod tests {
         assert_eq!(all[1].state, JobState::Lost);
         let again = store.load_and_recover();
         assert_eq!(again[1].state, JobState::Lost, "rewritten on disk");
-    }
-
-    #[test]
-    fn exit_codes() {
-        let mut r = rec(1, JobState::Failed);
-        r.exit_code = Some(3);
-        assert_eq!(r.cli_exit_code(), 3);
-        r.exit_code = None;
-        r.signal = Some(15);
-        r.state = JobState::Cancelled;
-        assert_eq!(r.cli_exit_code(), 143);
-        r.state = JobState::TimedOut;
-        assert_eq!(r.cli_exit_code(), 124);
     }
 }

@@ -18,7 +18,9 @@ pub mod error;
 pub mod hostkeys;
 pub mod jobs;
 pub mod protocol;
-pub mod report;
+/// The status report (`status --json`, the ready file, the readiness callback), defined once
+/// in the `agent-status` crate.
+pub use agent_status as report;
 pub mod sessions;
 pub mod timers;
 pub mod users;

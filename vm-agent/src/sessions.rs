@@ -3,19 +3,10 @@
 //! title is `sshd: USER@TTY` (`sshd-session: USER@TTY` with OpenSSH ≥ 9.8). Both roots are
 //! configurable, and the daemon takes any [`SessionSource`], so tests inject their own.
 
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    pub user: String,
-    /// `pts/0`; `None` for a session without a terminal (`ssh host cmd`).
-    pub tty: Option<String>,
-    /// `logind` or `proc`.
-    pub source: String,
-    /// logind session id or sshd pid.
-    pub id: String,
-}
+/// The report type, defined once in the `agent-status` crate (the status report's contract).
+pub use agent_status::Session;
 
 /// Something that lists the open sessions.
 pub trait SessionSource: Send + Sync {

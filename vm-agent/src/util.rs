@@ -1,8 +1,7 @@
-//! Small helpers: atomic writes and RFC 3339 timestamps.
+//! Small helpers: atomic writes and RFC 3339 timestamps (from `agent-status`).
 
 use std::io::Write;
 use std::path::Path;
-use std::time::SystemTime;
 
 /// Write `data` to `path` atomically: temp file in the same directory, fsync, rename, fsync
 /// the directory. Readers see the old or the new content, never a mix.
@@ -33,59 +32,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     result
 }
 
-/// RFC 3339 with milliseconds, UTC.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// serde helpers for `SystemTime` as RFC 3339.
-pub mod ts {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::SystemTime;
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::rfc3339(*t))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
-    }
-
-    /// `Option<SystemTime>`.
-    pub mod opt {
-        use serde::{Deserialize, Deserializer, Serializer};
-        use std::time::SystemTime;
-
-        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-            match t {
-                Some(t) => s.serialize_str(&super::super::rfc3339(*t)),
-                None => s.serialize_none(),
-            }
-        }
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<SystemTime>, D::Error> {
-            let s = Option::<String>::deserialize(d)?;
-            s.map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
-                .transpose()
-        }
-    }
-}
-
-/// Seconds from `a` to `b` (0 if `b` is earlier).
-pub fn secs_between(a: SystemTime, b: SystemTime) -> u64 {
-    b.duration_since(a).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// Short human duration for 80-column output: `42s`, `5m03s`, `2h05m`, `3d04h`.
-pub fn short_duration(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
-}
+/// Timestamps as the report writes them, defined once in the `agent-status` crate.
+pub use agent_status::time::{rfc3339, secs_between};
 
 #[cfg(test)]
 mod tests {
@@ -104,13 +52,5 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
             .collect();
         assert!(leftovers.is_empty());
-    }
-
-    #[test]
-    fn short_durations() {
-        assert_eq!(short_duration(5), "5s");
-        assert_eq!(short_duration(303), "5m03s");
-        assert_eq!(short_duration(7500), "2h05m");
-        assert_eq!(short_duration(90000), "1d01h");
     }
 }

@@ -4,6 +4,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use agent_status::Stage;
 use do_api::{Client, Poll, Token};
 
 use crate::cli::fleet::{
@@ -376,8 +377,7 @@ fn run_job(states: &StateDir, a: &RunArgs) -> Result<i32, FleetError> {
             .iter()
             .filter_map(|w| {
                 let s = agent_status(&pinned, &w.name).ok()?;
-                (s["stage"] == "ready")
-                    .then(|| (s["jobs"]["running"].as_u64().unwrap_or(0), w.name.clone()))
+                (s.stage == Stage::Ready).then(|| (s.jobs.running, w.name.clone()))
             })
             .min();
         match best {

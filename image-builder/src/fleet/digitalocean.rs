@@ -13,9 +13,10 @@
 //! service serves it to every process on the droplet); no one outside the batch can.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::Provider;
+use agent_status::{Stage, StatusReport, TimerStatus};
 use do_api::{Client, Droplet, DropletCreate, DropletStatus, ImageSpec, Poll, Size};
 use serde::Serialize;
 
@@ -95,26 +96,27 @@ pub struct WorkerInfo {
 #[derive(Clone, Debug, Serialize)]
 pub struct AgentSummary {
     /// Readiness stage.
-    pub stage: String,
+    pub stage: Stage,
     /// Jobs running.
-    pub running: u64,
+    pub running: u32,
     /// Jobs queued.
-    pub queued: u64,
-    /// Since when it is idle (RFC 3339 or the agent's own encoding).
-    pub idle_since: Option<serde_json::Value>,
+    pub queued: u32,
+    /// Since when it is idle (RFC 3339, as the agent writes it).
+    #[serde(with = "agent_status::time::ts::opt")]
+    pub idle_since: Option<SystemTime>,
     /// Its timers, as the agent reports them.
-    pub timers: serde_json::Value,
+    pub timers: Vec<TimerStatus>,
 }
 
 impl AgentSummary {
     /// From `vm-agent status --json`.
-    pub fn from_status(v: &serde_json::Value) -> AgentSummary {
+    pub fn from_status(report: &StatusReport) -> AgentSummary {
         AgentSummary {
-            stage: v["stage"].as_str().unwrap_or("unknown").to_owned(),
-            running: v["jobs"]["running"].as_u64().unwrap_or(0),
-            queued: v["jobs"]["queued"].as_u64().unwrap_or(0),
-            idle_since: v.get("idle_since").cloned().filter(|x| !x.is_null()),
-            timers: v["timers"].clone(),
+            stage: report.stage,
+            running: report.jobs.running,
+            queued: report.jobs.queued,
+            idle_since: report.idle_since,
+            timers: report.timers.clone(),
         }
     }
 }
@@ -537,18 +539,16 @@ async fn wait_ready(
         for (d, ask) in pending.into_iter().zip(asks) {
             let status = ask.await.unwrap_or_else(|e| Err(e.to_string()));
             match status {
-                Ok(v) if v["stage"] == "ready" => {
+                Ok(r) if r.stage == Stage::Ready => {
                     eprintln!("{}: ready", d.name);
                 }
-                Ok(v) if v["stage"] == "degraded" => {
-                    let reason = v["reason"].as_str().unwrap_or("degraded").to_owned();
-                    return Err(fail_worker(client, d, reason, v.to_string()).await);
+                Ok(r) if r.stage == Stage::Degraded => {
+                    let reason = r.reason.clone().unwrap_or_else(|| "degraded".to_owned());
+                    let tail = serde_json::to_string(&r).unwrap_or_default();
+                    return Err(fail_worker(client, d, reason, tail).await);
                 }
-                Ok(v) => {
-                    last.insert(
-                        d.name.clone(),
-                        v["stage"].as_str().unwrap_or("?").to_owned(),
-                    );
+                Ok(r) => {
+                    last.insert(d.name.clone(), r.stage.as_str().to_owned());
                     still.push(d);
                 }
                 Err(e) => {
@@ -680,8 +680,7 @@ fn busy(states: &StateDir, fleet: &FleetName, worker: &str) -> Option<String> {
     if !pinned.config.is_file() {
         return None;
     }
-    let status = agent_status(&pinned, worker).ok()?;
-    let running = status["jobs"]["running"].as_u64().unwrap_or(0);
+    let running = agent_status(&pinned, worker).ok()?.jobs.running;
     (running > 0).then(|| {
         format!(
             "its agent reports {running} running job(s): wait, or pass --force to delete it anyway"

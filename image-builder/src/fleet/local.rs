@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use agent_config::Provider;
+use agent_status::Stage;
 use serde::Serialize;
 
 use super::keys;
@@ -143,12 +144,12 @@ fn wait_ready(
         let mut still = Vec::new();
         for w in pending {
             match agent_status(pinned, w) {
-                Ok(v) if v["stage"] == "ready" => eprintln!("{w}: ready"),
-                Ok(v) if v["stage"] == "degraded" => {
-                    return Err(not_ready(w, v["reason"].as_str().unwrap_or("degraded")));
+                Ok(r) if r.stage == Stage::Ready => eprintln!("{w}: ready"),
+                Ok(r) if r.stage == Stage::Degraded => {
+                    return Err(not_ready(w, r.reason.as_deref().unwrap_or("degraded")));
                 }
-                Ok(v) => {
-                    last = format!("{w}: {}", v["stage"]);
+                Ok(r) => {
+                    last = format!("{w}: {}", r.stage);
                     still.push(w);
                 }
                 Err(e) => {

@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use agent_status::StatusReport;
+
 use super::FleetError;
 use super::keys::{self, KeyPair};
 use super::state::{FleetState, StateDir};
@@ -109,8 +111,10 @@ impl Pinned {
     }
 }
 
-/// `vm-agent status --json` on `worker` over the fleet's pinned SSH.
-pub fn agent_status(pinned: &Pinned, worker: &str) -> Result<serde_json::Value, String> {
+/// `vm-agent status --json` on `worker` over the fleet's pinned SSH, parsed as the agent's
+/// own [`StatusReport`] type. A report of another `report_version`, or one that does not
+/// parse, is an error that says what was wrong.
+pub fn agent_status(pinned: &Pinned, worker: &str) -> Result<StatusReport, String> {
     let out = pinned
         .ssh(worker)
         .args(["vm-agent", "status", "--json"])
@@ -122,11 +126,14 @@ pub fn agent_status(pinned: &Pinned, worker: &str) -> Result<serde_json::Value, 
     if out.status.code() == Some(255) {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "no status report ({e}): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
+    parse_status(&out.stdout, &out.stderr)
+}
+
+/// The report on `stdout`; what went wrong, with `stderr`, if there is none.
+fn parse_status(stdout: &[u8], stderr: &[u8]) -> Result<StatusReport, String> {
+    StatusReport::from_json(stdout).map_err(|e| match String::from_utf8_lossy(stderr).trim() {
+        "" => e.to_string(),
+        stderr => format!("{e}: {stderr}"),
     })
 }
 
@@ -186,5 +193,18 @@ mod tests {
         );
         let public = pinned.ensure_identity("fleet ci").unwrap();
         assert_eq!(pinned.ensure_identity("fleet ci").unwrap(), public);
+    }
+
+    #[test]
+    fn a_status_that_is_no_report_of_this_version_says_why() {
+        let e = parse_status(b"", b"bash: vm-agent: command not found\n").unwrap_err();
+        assert!(
+            e.starts_with("no status report") && e.ends_with(": bash: vm-agent: command not found"),
+            "{e}"
+        );
+        let e = parse_status(br#"{"report_version": 7, "stage": "ready"}"#, b"").unwrap_err();
+        assert!(e.contains("report_version 7"), "{e}");
+        let e = parse_status(br#"{"report_version": 1, "stage": "ready"}"#, b"").unwrap_err();
+        assert!(e.contains("missing field"), "{e}");
     }
 }

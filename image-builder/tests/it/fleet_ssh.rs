@@ -6,8 +6,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use agent_status::Stage;
 use image_builder::fleet::keys::{self, KeyPair};
-use image_builder::fleet::ssh::Pinned;
+use image_builder::fleet::ssh::{Pinned, agent_status};
 use image_builder::fleet::state::{
     FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord,
 };
@@ -106,6 +107,18 @@ fn empty_state(name: &str) -> FleetState {
     }
 }
 
+/// `name`, served by `sshd` with `host` as its host key.
+fn add_worker(state: &mut FleetState, name: &str, sshd: &Sshd, host: &KeyPair) {
+    state.workers.push(WorkerRecord {
+        name: name.into(),
+        id: None,
+        address: "127.0.0.1".into(),
+        port: sshd.port,
+        host_key: host.public_key_only(),
+        created_at: String::new(),
+    });
+}
+
 #[test]
 fn pinned_host_key_is_accepted_and_a_changed_one_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,14 +131,7 @@ fn pinned_host_key_is_accepted_and_a_changed_one_refused() {
     let sshd_dir = dir.path().join("sshd");
     std::fs::create_dir_all(&sshd_dir).unwrap();
     let sshd = start_sshd(&sshd_dir, &host, &identity);
-    state.workers.push(WorkerRecord {
-        name: "pin-1".into(),
-        id: None,
-        address: "127.0.0.1".into(),
-        port: sshd.port,
-        host_key: host.public_key_only(),
-        created_at: String::new(),
-    });
+    add_worker(&mut state, "pin-1", &sshd, &host);
     pinned.write(&state).unwrap();
     let known_before = std::fs::read_to_string(&pinned.known_hosts).unwrap();
 
@@ -173,6 +179,46 @@ fn nix_user() -> String {
         })
 }
 
+/// A fleet `name` of one worker, `<name>-1`: an sshd whose `ForceCommand` is the shell
+/// script `script` (in the sshd's directory), with `extra` sshd configuration; the fleet's
+/// state saved and its SSH files written.
+struct OneWorker {
+    /// `state/` holds the fleet's state (`IMAGE_BUILDER_STATE_DIR`), `sshd/` the worker's.
+    dir: tempfile::TempDir,
+    pinned: Pinned,
+    _sshd: Sshd,
+}
+
+fn one_worker(name: &str, script: &str, extra: &str) -> OneWorker {
+    let dir = tempfile::tempdir().unwrap();
+    let states = StateDir::at(dir.path().join("state"));
+    let mut state = empty_state(name);
+    let pinned = Pinned::paths(&states, &state).unwrap();
+    let identity = pinned.ensure_identity(&format!("fleet {name}")).unwrap();
+    let host = keys::generate(&format!("{name}-1 host")).unwrap();
+    let sshd_dir = dir.path().join("sshd");
+    std::fs::create_dir_all(&sshd_dir).unwrap();
+    let force = sshd_dir.join("force.sh");
+    std::fs::write(&force, script).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&force, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sshd = start_sshd_with(
+        &sshd_dir,
+        &host,
+        &identity,
+        &force.display().to_string(),
+        extra,
+    );
+    add_worker(&mut state, &format!("{name}-1"), &sshd, &host);
+    states.save(&state).unwrap();
+    pinned.write(&state).unwrap();
+    OneWorker {
+        dir,
+        pinned,
+        _sshd: sshd,
+    }
+}
+
 /// `fleet run --env NAME` through the real binary: the value reaches the worker through
 /// the SSH protocol (SendEnv, accepted by the images' sshd drop-in), not in the remote
 /// command; the remote command is `vm-agent run` with the prefix; the job's exit code is
@@ -180,39 +226,12 @@ fn nix_user() -> String {
 #[test]
 fn fleet_run_sends_env_by_the_ssh_protocol_and_returns_the_jobs_code() {
     const SECRET: &str = "fleet-run-env-secret-0c9b";
-    let dir = tempfile::tempdir().unwrap();
-    let states = StateDir::at(dir.path().join("state"));
-    let mut state = empty_state("envs");
-    let pinned = Pinned::paths(&states, &state).unwrap();
-    let identity = pinned.ensure_identity("fleet envs").unwrap();
-    let host = keys::generate("envs-1 host").unwrap();
-    let sshd_dir = dir.path().join("sshd");
-    std::fs::create_dir_all(&sshd_dir).unwrap();
-    let script = sshd_dir.join("job.sh");
-    std::fs::write(
-        &script,
+    let w = one_worker(
+        "envs",
         "#!/bin/sh\necho \"token=$IMAGE_BUILDER_ENV_JOB_TOKEN\"\necho \"command=$SSH_ORIGINAL_COMMAND\"\necho \"stdin=$(cat)\"\nexit 3\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let sshd = start_sshd_with(
-        &sshd_dir,
-        &host,
-        &identity,
-        &script.display().to_string(),
         provision::SSHD_ACCEPT_ENV_CONTENT,
     );
-    state.workers.push(WorkerRecord {
-        name: "envs-1".into(),
-        id: None,
-        address: "127.0.0.1".into(),
-        port: sshd.port,
-        host_key: host.public_key_only(),
-        created_at: String::new(),
-    });
-    states.save(&state).unwrap();
-    pinned.write(&state).unwrap();
+    let dir = &w.dir;
     let out = Command::new(env!("CARGO_BIN_EXE_image-builder"))
         .args([
             "fleet",
@@ -273,5 +292,63 @@ fn fleet_run_sends_env_by_the_ssh_protocol_and_returns_the_jobs_code() {
     assert!(
         stdout.contains("command=vm-agent run --stdin -- sh -s"),
         "{stdout}"
+    );
+}
+
+/// A status report vm-agent wrote (`agent-status`'s fixture: stage `ready`, 1 job running).
+const REPORT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../vm-agent/crates/agent-status/tests/fixtures/report-v1.json"
+);
+
+/// `vm-agent status --json` over pinned SSH is read as the agent's own report type, and a
+/// report of another version is an error naming it; `fleet run` without `--worker` picks
+/// the worker by the typed report (`ready`).
+#[test]
+fn fleet_reads_the_agents_status_report_as_its_type() {
+    // The worker's vm-agent: `status --json` prints the report in `report.json` next to the
+    // script (exit 0: ready); anything else says what it was asked to run.
+    let w = one_worker(
+        "stat",
+        "#!/bin/sh\nif [ \"$SSH_ORIGINAL_COMMAND\" = 'vm-agent status --json' ]; then \
+         cat \"$(dirname \"$0\")/report.json\"; else echo \"ran=$SSH_ORIGINAL_COMMAND\"; fi\n",
+        "",
+    );
+    let (dir, pinned) = (&w.dir, &w.pinned);
+    let report = dir.path().join("sshd/report.json");
+    std::fs::copy(REPORT, &report).unwrap();
+
+    let status = agent_status(pinned, "stat-1").unwrap();
+    assert_eq!(status.stage, Stage::Ready);
+    assert_eq!((status.jobs.running, status.jobs.queued), (1, 1));
+    let fleet_run = || {
+        Command::new(env!("CARGO_BIN_EXE_image-builder"))
+            .args(["fleet", "run", "--fleet", "stat", "--", "true"])
+            .env("IMAGE_BUILDER_STATE_DIR", dir.path().join("state"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = fleet_run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ran=vm-agent run -- true"),
+        "the ready worker was picked: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A report of another version: an error that names it, and no worker is ready.
+    let mut newer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(REPORT).unwrap()).unwrap();
+    newer["report_version"] = 2.into();
+    std::fs::write(&report, newer.to_string()).unwrap();
+    let e = agent_status(pinned, "stat-1").unwrap_err();
+    assert!(e.contains("report_version 2"), "{e}");
+    let out = fleet_run();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no worker of fleet stat is ready"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -7,52 +7,16 @@ pub mod local;
 
 use crate::config::{Config, Provider, Secrets};
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 
 /// Re-checked right before destroying. `Err(reason)` blocks.
 pub trait Guard: Send + Sync {
     fn check(&self) -> Result<(), String>;
 }
 
-/// Where self-destroy is (`vm-agent status`, `destroy.state`): `armed` until a timer
-/// fires, `draining` during the grace period, `destroying` during the provider's
-/// call, then the [`Outcome`]'s state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DestroyState {
-    #[default]
-    Armed,
-    Draining,
-    Destroying,
-    Destroyed,
-    DryRun,
-    Blocked,
-    Refused,
-    PoweredOff,
-    Failed,
-}
-
-impl DestroyState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DestroyState::Armed => "armed",
-            DestroyState::Draining => "draining",
-            DestroyState::Destroying => "destroying",
-            DestroyState::Destroyed => "destroyed",
-            DestroyState::DryRun => "dry-run",
-            DestroyState::Blocked => "blocked",
-            DestroyState::Refused => "refused",
-            DestroyState::PoweredOff => "powered-off",
-            DestroyState::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for DestroyState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
+/// Where self-destroy is (`destroy.state` of the report), defined once in the `agent-status`
+/// crate: `armed` until a timer fires, `draining` during the grace period, `destroying`
+/// during the provider's call, then the [`Outcome`]'s state.
+pub use agent_status::DestroyState;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

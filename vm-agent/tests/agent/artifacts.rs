@@ -3,11 +3,11 @@
 
 use crate::common::*;
 use crate::s3::*;
-use serde_json::Value;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 use vm_agent::config::{ArtifactsConfig, Limit};
+use vm_agent::report::{ArtifactItem, ArtifactState, ArtifactTrigger, Stage, StatusReport};
 
 const SHA: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
 const OTHER_SHA: &str = "feedfacecafebeef00112233445566778899aabb";
@@ -59,17 +59,22 @@ fn build_tree() -> Build {
     }
 }
 
-fn wait_final(a: &Agent, secs: u64) -> Value {
-    a.wait_status("a final stage", secs, |s| {
-        s["stage"] == "ready" || s["stage"] == "degraded"
-    })
+fn wait_final(a: &Agent, secs: u64) -> StatusReport {
+    a.wait_status("a final stage", secs, |s| s.stage.is_final())
 }
 
-fn item<'a>(s: &'a Value, sha: &str) -> &'a Value {
-    s["artifacts"]["items"]
-        .as_array()
-        .and_then(|v| v.iter().find(|i| i["sha"] == sha))
-        .unwrap_or_else(|| panic!("no artifact item for {sha}: {s:#}"))
+fn item<'a>(s: &'a StatusReport, sha: &str) -> &'a ArtifactItem {
+    s.artifacts
+        .items
+        .iter()
+        .find(|i| i.sha == sha)
+        .unwrap_or_else(|| panic!("no artifact item for {sha}: {s:#?}"))
+}
+
+/// What `vm-agent pull --json` printed.
+fn pulled(out: &std::process::Output) -> ArtifactItem {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("pull --json: {e}: {}", text(&out.stdout)))
 }
 
 fn no_incoming(a: &Agent) {
@@ -92,33 +97,33 @@ fn boot_pull_installs_a_verified_build_and_reaches_ready_without_leaking_keys() 
     good_keys(&a, &server);
     a.start();
     let s = wait_final(&a, 90);
-    assert_eq!(s["stage"], "ready", "{s:#}\n{}", a.log());
+    assert_eq!(s.stage, Stage::Ready, "{s:#?}\n{}", a.log());
     let stages = history_stages(&s);
     assert_eq!(
         stages,
         [
-            "booting",
-            "waiting-cloud-init",
-            "fetching-artifacts",
-            "ready"
+            Stage::Booting,
+            Stage::WaitingCloudInit,
+            Stage::FetchingArtifacts,
+            Stage::Ready
         ]
     );
-    let art = &s["artifacts"];
-    assert_eq!(art["state"], "installed");
-    assert_eq!(art["sha"], SHA);
-    assert_eq!(art["required"], true);
-    assert_eq!(art["credentials"], "secrets-file");
+    let art = &s.artifacts;
+    assert_eq!(art.state, ArtifactState::Installed);
+    assert_eq!(art.sha.as_deref(), Some(SHA));
+    assert!(art.required);
+    assert_eq!(art.credentials.as_deref(), Some("secrets-file"));
     let it = item(&s, SHA);
-    assert_eq!(it["state"], "installed");
-    assert_eq!(it["trigger"], "boot");
-    assert_eq!(it["verified"], true);
-    assert_eq!(it["files"], 3);
+    assert_eq!(it.state, ArtifactState::Installed);
+    assert_eq!(it.trigger, ArtifactTrigger::Boot);
+    assert!(it.verified);
+    assert_eq!(it.files, 3);
     let total = (20u64 << 20) + 20 + 21;
-    assert_eq!(it["bytes"], total);
-    assert_eq!(it["bytes_done"], total, "everything came from the store");
-    assert!(it["duration_secs"].as_f64().unwrap_or(-1.0) >= 0.0);
+    assert_eq!(it.bytes, total);
+    assert_eq!(it.bytes_done, total, "everything came from the store");
+    assert!(it.duration_secs >= 0.0);
     let dir = a.path(&format!("state/artifacts/{SHA}"));
-    assert_eq!(it["path"], dir.display().to_string());
+    assert_eq!(it.path, Some(dir.display().to_string()));
 
     // Installed with the published contents and modes.
     assert_eq!(
@@ -138,10 +143,9 @@ fn boot_pull_installs_a_verified_build_and_reaches_ready_without_leaking_keys() 
     no_incoming(&a);
 
     // The ready file and the human status say the same.
-    let ready: Value =
-        serde_json::from_slice(&std::fs::read(a.path("run/ready")).expect("ready file"))
-            .expect("json");
-    assert_eq!(ready["artifacts"]["state"], "installed");
+    let ready = StatusReport::from_json(&std::fs::read(a.path("run/ready")).expect("ready file"))
+        .expect("a status report");
+    assert_eq!(ready.artifacts.state, ArtifactState::Installed);
     let out = a.cli(&["status"]);
     assert_eq!(code(&out), 0);
     let human = text(&out.stdout);
@@ -155,6 +159,7 @@ fn boot_pull_installs_a_verified_build_and_reaches_ready_without_leaking_keys() 
     }
 
     // The keys: never in any argv (but the test server's own), the log or the status.
+    let json = text(&a.cli(&["status", "--json"]).stdout);
     for secret in [&server.secret_key, &server.access_key] {
         let hits = cmdlines_containing(secret, &[server.pid()]);
         assert!(hits.is_empty(), "{secret} in argv: {hits:?}");
@@ -164,7 +169,7 @@ fn boot_pull_installs_a_verified_build_and_reaches_ready_without_leaking_keys() 
             .filter(|l| l.contains(secret.as_str()))
             .collect();
         assert!(leaked.is_empty(), "{secret} in the daemon log: {leaked:?}");
-        assert!(!s.to_string().contains(secret), "{secret} in status --json");
+        assert!(!json.contains(secret.as_str()), "{secret} in status --json");
         assert!(!human.contains(secret), "{secret} in status");
     }
 }
@@ -176,10 +181,10 @@ fn missing_manifest_and_optional_artifacts_still_reach_ready() {
     good_keys(&a, &server);
     a.start();
     let s = wait_final(&a, 60);
-    assert_eq!(s["stage"], "ready", "{s:#}");
-    assert!(s["reason"].is_null(), "{s:#}");
-    assert_eq!(s["artifacts"]["state"], "unavailable");
-    let detail = s["artifacts"]["detail"].as_str().unwrap_or("");
+    assert_eq!(s.stage, Stage::Ready, "{s:#?}");
+    assert!(s.reason.is_none(), "{s:#?}");
+    assert_eq!(s.artifacts.state, ArtifactState::Unavailable);
+    let detail = s.artifacts.detail.as_deref().unwrap_or("");
     assert!(detail.starts_with("artifact unavailable: "), "{detail}");
     assert!(detail.contains("not published"), "{detail}");
     assert!(
@@ -204,8 +209,8 @@ fn missing_manifest_and_required_artifacts_are_degraded_with_the_reason() {
     good_keys(&a, &server);
     a.start();
     let s = wait_final(&a, 60);
-    assert_eq!(s["stage"], "degraded", "{s:#}");
-    let reason = s["reason"].as_str().unwrap_or("");
+    assert_eq!(s.stage, Stage::Degraded, "{s:#?}");
+    let reason = s.reason.as_deref().unwrap_or("");
     assert!(
         reason.contains(&format!("required artifact {SHA}: artifact unavailable: ")),
         "{reason}"
@@ -229,9 +234,9 @@ fn wrong_keys_are_unavailable_with_a_clear_403_and_the_secret_never_shows() {
     ));
     a.start();
     let s = wait_final(&a, 60);
-    assert_eq!(s["stage"], "degraded", "{s:#}");
-    let detail = s["artifacts"]["detail"].as_str().unwrap_or("");
-    assert_eq!(s["artifacts"]["state"], "unavailable", "{s:#}");
+    assert_eq!(s.stage, Stage::Degraded, "{s:#?}");
+    let detail = s.artifacts.detail.as_deref().unwrap_or("");
+    assert_eq!(s.artifacts.state, ArtifactState::Unavailable, "{s:#?}");
     assert!(detail.contains("access denied"), "{detail}");
     assert!(detail.contains("HTTP 403"), "{detail}");
     let human = text(&a.cli(&["status"]).stdout);
@@ -240,7 +245,10 @@ fn wrong_keys_are_unavailable_with_a_clear_403_and_the_secret_never_shows() {
     let hits = cmdlines_containing(wrong, &[]);
     assert!(hits.is_empty(), "secret in argv: {hits:?}");
     assert!(!a.log().contains(wrong), "secret in the log");
-    assert!(!s.to_string().contains(wrong), "secret in status");
+    assert!(
+        !text(&a.cli(&["status", "--json"]).stdout).contains(wrong),
+        "secret in status --json"
+    );
     assert!(!human.contains(wrong), "secret in status");
 }
 
@@ -251,9 +259,9 @@ fn missing_keys_and_an_unreachable_store_are_unavailable() {
     let mut a = agent_for(&server, Some(SHA), false);
     a.start();
     let s = wait_final(&a, 60);
-    assert_eq!(s["stage"], "ready", "{s:#}");
-    assert_eq!(s["artifacts"]["credentials"], "none");
-    let detail = s["artifacts"]["detail"].as_str().unwrap_or("");
+    assert_eq!(s.stage, Stage::Ready, "{s:#?}");
+    assert_eq!(s.artifacts.credentials.as_deref(), Some("none"));
+    let detail = s.artifacts.detail.as_deref().unwrap_or("");
     assert!(
         detail.contains("artifact unavailable: no S3 credentials"),
         "{detail}"
@@ -272,8 +280,8 @@ fn missing_keys_and_an_unreachable_store_are_unavailable() {
     good_keys(&a, &server);
     a.start();
     let s = wait_final(&a, 120);
-    assert_eq!(s["stage"], "degraded", "{s:#}");
-    let reason = s["reason"].as_str().unwrap_or("");
+    assert_eq!(s.stage, Stage::Degraded, "{s:#?}");
+    let reason = s.reason.as_deref().unwrap_or("");
     assert!(reason.contains("artifact unavailable: "), "{reason}");
     assert!(reason.contains("unreachable"), "{reason}");
 }
@@ -290,15 +298,15 @@ fn corrupted_object_is_refused_and_nothing_is_installed() {
     good_keys(&a, &server);
     a.start();
     let s = wait_final(&a, 90);
-    assert_eq!(s["stage"], "degraded", "{s:#}");
-    assert_eq!(s["artifacts"]["state"], "failed");
-    let reason = s["reason"].as_str().unwrap_or("");
+    assert_eq!(s.stage, Stage::Degraded, "{s:#?}");
+    assert_eq!(s.artifacts.state, ArtifactState::Failed);
+    let reason = s.reason.as_deref().unwrap_or("");
     assert!(reason.contains("artifact failed: "), "{reason}");
     assert!(reason.contains("sha256 mismatch"), "{reason}");
     assert!(reason.contains("out/README.txt"), "{reason}");
     let it = item(&s, SHA);
-    assert_eq!(it["verified"], false);
-    assert!(it["path"].is_null());
+    assert!(!it.verified);
+    assert!(it.path.is_none());
     assert!(!a.path(&format!("state/artifacts/{SHA}")).exists());
     no_incoming(&a);
 }
@@ -313,9 +321,9 @@ fn pull_on_demand_through_the_daemon_with_keys_from_the_environment() {
     ];
     a.start();
     let s = wait_final(&a, 30);
-    assert_eq!(s["stage"], "ready");
-    assert_eq!(s["artifacts"]["state"], "none");
-    assert_eq!(s["artifacts"]["credentials"], "environment");
+    assert_eq!(s.stage, Stage::Ready);
+    assert_eq!(s.artifacts.state, ArtifactState::None);
+    assert_eq!(s.artifacts.credentials.as_deref(), Some("environment"));
 
     // Not published yet: exit 2 ("unavailable"), nothing installed.
     let out = a.cli(&["pull", OTHER_SHA]);
@@ -330,12 +338,12 @@ fn pull_on_demand_through_the_daemon_with_keys_from_the_environment() {
     server.publish(OTHER_SHA, std::slice::from_ref(&b.root));
     let out = a.cli(&["pull", OTHER_SHA, "--json"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let it: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(it["state"], "installed");
-    assert_eq!(it["trigger"], "pull");
-    assert_eq!(it["verified"], true);
-    assert_eq!(it["already_installed"], false);
-    assert_eq!(it["files"], 3);
+    let it = pulled(&out);
+    assert_eq!(it.state, ArtifactState::Installed);
+    assert_eq!(it.trigger, ArtifactTrigger::Pull);
+    assert!(it.verified);
+    assert!(!it.already_installed);
+    assert_eq!(it.files, 3);
     let dir = a.path(&format!("state/artifacts/{OTHER_SHA}"));
     assert_eq!(
         std::fs::read(dir.join("out/lib/big.bin")).expect("big"),
@@ -344,9 +352,8 @@ fn pull_on_demand_through_the_daemon_with_keys_from_the_environment() {
 
     // status sees it (one item per sha: the earlier "unavailable" was replaced).
     let s = a.status();
-    let items = s["artifacts"]["items"].as_array().expect("items");
-    assert_eq!(items.len(), 1, "{s:#}");
-    assert_eq!(item(&s, OTHER_SHA)["state"], "installed");
+    assert_eq!(s.artifacts.items.len(), 1, "{s:#?}");
+    assert_eq!(item(&s, OTHER_SHA).state, ArtifactState::Installed);
 
     // Again: already installed; the human form prints the directory on stdout.
     let out = a.cli(&["pull", OTHER_SHA]);
@@ -416,7 +423,7 @@ fn ready_with_a_published_build() -> (S3Server, Build, Agent) {
     let mut a = agent_for(&server, None, false);
     good_keys(&a, &server);
     a.start();
-    assert_eq!(wait_final(&a, 30)["stage"], "ready");
+    assert_eq!(wait_final(&a, 30).stage, Stage::Ready);
     (server, b, a)
 }
 
@@ -458,9 +465,9 @@ fn a_pull_runs_in_a_child_process_whose_death_does_not_take_the_daemon() {
     });
     signal("-CONT", server.pid());
     assert_eq!(code(&pulling), 1, "{}", text(&pulling.stderr));
-    let it: Value = serde_json::from_slice(&pulling.stdout).expect("json");
-    assert_eq!(it["state"], "failed", "{it:#}");
-    let reason = it["reason"].as_str().unwrap_or_default();
+    let it = pulled(&pulling);
+    assert_eq!(it.state, ArtifactState::Failed, "{it:#?}");
+    let reason = it.reason.as_deref().unwrap_or_default();
     assert!(
         reason.contains("the pull process ended without a result") && reason.contains("signal"),
         "{reason}"
@@ -474,15 +481,14 @@ fn a_pull_runs_in_a_child_process_whose_death_does_not_take_the_daemon() {
         a.log()
     );
     let s = a.status();
-    assert_eq!(s["stage"], "ready", "{s:#}");
-    assert_eq!(item(&s, OTHER_SHA)["state"], "failed");
+    assert_eq!(s.stage, Stage::Ready, "{s:#?}");
+    assert_eq!(item(&s, OTHER_SHA).state, ArtifactState::Failed);
     no_incoming_visible(&a);
 
     // The next pull completes (partial files of the killed one are reused or replaced).
     let out = a.cli(&["pull", OTHER_SHA, "--json"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let it: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(it["state"], "installed");
+    assert_eq!(pulled(&out).state, ArtifactState::Installed);
     let dir = a.path(&format!("state/artifacts/{OTHER_SHA}"));
     assert_eq!(
         std::fs::read(dir.join("out/lib/big.bin")).expect("big"),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 use vm_agent::config::{Config, Dur, Limit, Provider};
+use vm_agent::report::{Stage, StatusReport};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vm-agent");
 
@@ -201,9 +202,10 @@ impl Agent {
             .expect("run cli")
     }
 
-    pub fn status(&self) -> Value {
+    /// `status --json`, parsed as the report type readers use (image-builder's fleets).
+    pub fn status(&self) -> StatusReport {
         let out = self.cli(&["status", "--json"]);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        StatusReport::from_json(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "status --json: {e}: {} {}",
                 String::from_utf8_lossy(&out.stdout),
@@ -213,7 +215,12 @@ impl Agent {
     }
 
     /// Poll status until `f` holds.
-    pub fn wait_status(&self, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_status(
+        &self,
+        what: &str,
+        secs: u64,
+        f: impl Fn(&StatusReport) -> bool,
+    ) -> StatusReport {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let s = self.status();
@@ -222,7 +229,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "timed out waiting for {what}; last status: {s:#}\nlog:\n{}",
+                    "timed out waiting for {what}; last status: {s:#?}\nlog:\n{}",
                     self.log()
                 );
             }
@@ -230,10 +237,8 @@ impl Agent {
         }
     }
 
-    pub fn wait_ready(&self) -> Value {
-        self.wait_status("readiness", 15, |s| {
-            s["stage"] == "ready" || s["stage"] == "degraded"
-        })
+    pub fn wait_ready(&self) -> StatusReport {
+        self.wait_status("readiness", 15, |s| s.stage.is_final())
     }
 
     pub fn job(&self, id: u64) -> Value {
@@ -293,18 +298,12 @@ impl Agent {
     /// passed `at` and then seen in status proves such a tick ran. The witness is closed (and
     /// seen gone) before returning. While open it is a session like any other, so use this
     /// only where something else (a hold, a finished destroy) already decides the outcome.
-    pub fn wait_tick_after(&self, at: SystemTime) -> Value {
-        self.wait_status("the daemon's clock", 30, |s| status_time(&s["now"]) >= at);
+    pub fn wait_tick_after(&self, at: SystemTime) -> StatusReport {
+        self.wait_status("the daemon's clock", 30, |s| s.now >= at);
         let witness = self.path("sessions/tick-witness");
         std::fs::write(&witness, "REMOTE=1\nUSER=tick-witness\nSTATE=active\n")
             .expect("witness session");
-        let has_witness = |s: &Value| {
-            s["sessions"]
-                .as_array()
-                .expect("sessions")
-                .iter()
-                .any(|x| x["user"] == "tick-witness")
-        };
+        let has_witness = |s: &StatusReport| s.sessions.iter().any(|x| x.user == "tick-witness");
         let seen = self.wait_status("a tick that sees the witness session", 30, has_witness);
         std::fs::remove_file(&witness).expect("close the witness session");
         self.wait_status("a tick without the witness session", 30, |s| {
@@ -343,21 +342,20 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) {
     }
 }
 
-/// A timestamp of a status report (RFC 3339, milliseconds).
-pub fn status_time(v: &Value) -> SystemTime {
+/// A timestamp of a job record (RFC 3339, milliseconds).
+pub fn record_time(v: &Value) -> SystemTime {
     humantime::parse_rfc3339_weak(v.as_str().unwrap_or_else(|| panic!("timestamp: {v}")))
         .unwrap_or_else(|e| panic!("timestamp {v}: {e}"))
 }
 
 /// When the status report's history entered `stage`.
-pub fn stage_entered(status: &Value, stage: &str) -> SystemTime {
-    let entry = status["history"]
-        .as_array()
-        .expect("history")
+pub fn stage_entered(status: &StatusReport, stage: Stage) -> SystemTime {
+    status
+        .history
         .iter()
-        .find(|h| h["stage"] == stage)
-        .unwrap_or_else(|| panic!("no {stage} in the history: {status:#}"));
-    status_time(&entry["at"])
+        .find(|h| h.stage == stage)
+        .unwrap_or_else(|| panic!("no {stage:?} in the history: {status:#?}"))
+        .at
 }
 
 pub fn code(o: &Output) -> i32 {
@@ -369,13 +367,8 @@ pub fn text(b: &[u8]) -> String {
 }
 
 /// The stages of a status report's readiness history, in order.
-pub fn history_stages(status: &Value) -> Vec<&str> {
-    status["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| h["stage"].as_str().unwrap_or(""))
-        .collect()
+pub fn history_stages(status: &StatusReport) -> Vec<Stage> {
+    status.history.iter().map(|h| h.stage).collect()
 }
 
 pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {

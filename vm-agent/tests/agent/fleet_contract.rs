@@ -5,6 +5,7 @@
 use crate::common::*;
 use std::time::Duration;
 use vm_agent::config::Limit;
+use vm_agent::report::{DestroyState, TimerName};
 
 #[test]
 fn the_destroy_record_names_the_timer_and_that_no_job_ran() {
@@ -15,7 +16,9 @@ fn the_destroy_record_names_the_timer_and_that_no_job_ran() {
     a.cfg.destroy.record_file = Some(record.clone());
     a.cloud_init_done();
     a.start();
-    a.wait_status("idle timer", 15, |s| s["destroy"]["state"] == "dry-run");
+    a.wait_status("idle timer", 15, |s| {
+        s.destroy.state == DestroyState::DryRun
+    });
     let text = std::fs::read_to_string(&record).expect("read record");
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(
@@ -38,12 +41,13 @@ fn a_one_shot_worker_ends_after_its_first_job_whatever_the_idle_timer_says() {
     a.start();
     let ready = a.wait_ready();
     assert_eq!(
-        ready["destroy"]["state"], "armed",
+        ready.destroy.state,
+        DestroyState::Armed,
         "no job yet: nothing fires"
     );
     assert_eq!(code(&a.cli(&["run", "--", "true"])), 0);
-    let s = a.wait_status("one-shot", 15, |s| s["destroy"]["state"] == "dry-run");
-    assert_eq!(s["destroy"]["timer"], "one-shot", "{s:#}");
+    let s = a.wait_status("one-shot", 15, |s| s.destroy.state == DestroyState::DryRun);
+    assert_eq!(s.destroy.timer, Some(TimerName::OneShot), "{s:#?}");
     let text = std::fs::read_to_string(&record).expect("read record");
     assert!(
         text.contains("one-shot timer fired: its one job ended")

@@ -3,6 +3,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Duration;
+use vm_agent::report::{Stage, StatusReport};
 
 fn ready_agent(tweak: impl FnOnce(&mut Agent)) -> Agent {
     let mut a = Agent::new();
@@ -90,12 +91,12 @@ fn an_unprivileged_agent_runs_jobs_as_itself_and_says_so() {
     assert_eq!(text(&out.stdout).trim(), daemon_uid.to_string());
     assert_eq!(a.job(1)["uid"], daemon_uid);
     let s = a.status();
-    let run_as = &s["jobs"]["run_as"];
-    assert_eq!(run_as["uid"], daemon_uid, "{s:#}");
-    assert_ne!(run_as["user"], "builder", "{s:#}");
+    let run_as = &s.jobs.run_as;
+    assert_eq!(run_as.uid, daemon_uid, "{s:#?}");
+    assert_ne!(run_as.user, "builder", "{s:#?}");
     assert!(
-        run_as["note"].as_str().unwrap_or("").contains("not root"),
-        "{s:#}"
+        run_as.note.as_deref().unwrap_or("").contains("not root"),
+        "{s:#?}"
     );
 }
 
@@ -232,14 +233,14 @@ fn concurrency_limit_queues_jobs() {
     a.wait_job(1, 10, |j| j["state"] == "running");
     assert_eq!(a.job(2)["state"], "queued");
     let s = a.status();
-    assert_eq!(s["jobs"]["running"], 1);
-    assert_eq!(s["jobs"]["queued"], 1);
+    assert_eq!(s.jobs.running, 1);
+    assert_eq!(s.jobs.queued, 1);
     open_gate(&gate);
     let second = a.wait_job(2, 10, |j| j["state"] == "succeeded");
     let first = a.job(1);
     assert_eq!(first["state"], "succeeded", "{first:#}");
     assert!(
-        status_time(&second["started_at"]) >= status_time(&first["finished_at"]),
+        record_time(&second["started_at"]) >= record_time(&first["finished_at"]),
         "job 2 started only once job 1 had finished: {first:#} {second:#}"
     );
     // Queued jobs wait for readiness too: covered by `jobs_wait_for_readiness`.
@@ -256,23 +257,24 @@ fn jobs_wait_for_readiness() {
     ]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let s = a.status();
-    assert_ne!(s["stage"], "ready", "{s:#}");
+    assert_ne!(s.stage, Stage::Ready, "{s:#?}");
     assert_eq!(a.job(1)["state"], "queued");
     a.cloud_init_done();
     let j = a.wait_job(1, 10, |j| j["finished_at"].is_string());
     let logs = a.cli(&["logs", "1"]);
     assert_eq!(code(&logs), 0, "{}", text(&logs.stderr));
-    let seen: serde_json::Value = serde_json::from_slice(&logs.stdout)
+    let seen = StatusReport::from_json(&logs.stdout)
         .unwrap_or_else(|e| panic!("the job's status: {e}: {}", text(&logs.stdout)));
     assert_eq!(
-        seen["stage"], "ready",
-        "the job ran before readiness: {seen:#}"
+        seen.stage,
+        Stage::Ready,
+        "the job ran before readiness: {seen:#?}"
     );
     assert_eq!(j["state"], "succeeded", "{j:#}");
     let s = a.status();
     assert!(
-        status_time(&j["started_at"]) >= stage_entered(&s, "ready"),
-        "started before readiness: {j:#} {s:#}"
+        record_time(&j["started_at"]) >= stage_entered(&s, Stage::Ready),
+        "started before readiness: {j:#} {s:#?}"
     );
 }
 
@@ -350,12 +352,13 @@ fn hold_and_release() {
     let out = a.cli(&["hold", "--for", "1h", "--reason", "debugging"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let s = a.status();
-    assert_eq!(s["hold"]["reason"], "debugging");
-    assert!(s["hold"]["until"].is_string());
+    let hold = s.hold.expect("held");
+    assert_eq!(hold.reason.as_deref(), Some("debugging"));
+    assert!(hold.until.is_some());
     assert!(a.path("state/hold.json").exists(), "hold persisted");
     assert_eq!(code(&a.cli(&["hold", "--for", "0"])), 64, "0 refused");
     assert_eq!(code(&a.cli(&["release"])), 0);
-    assert!(a.status()["hold"].is_null());
+    assert!(a.status().hold.is_none());
 }
 
 #[test]
@@ -383,6 +386,8 @@ fn non_members_may_read_status_but_not_submit() {
     };
     let st = run_as_nobody(&["status", "--json"]);
     assert_eq!(code(&st), 0, "{}", text(&st.stderr));
+    let report = StatusReport::from_json(&st.stdout).expect("a status report");
+    assert_eq!(report.stage, Stage::Ready);
     let run = run_as_nobody(&["run", "--", "true"]);
     assert_ne!(code(&run), 0);
     assert!(

@@ -1,8 +1,8 @@
 use crate::common::*;
-use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vm_agent::config::Limit;
+use vm_agent::report::{ArtifactState, CloudInitState, Stage, StatusReport};
 
 #[test]
 fn stages_advance_with_cloud_init_and_status_exit_codes_follow() {
@@ -15,10 +15,10 @@ fn stages_advance_with_cloud_init_and_status_exit_codes_follow() {
     a.start();
     // The stage changes before the agent first reads cloud-init's status: wait for that read.
     let s = a.wait_status("the agent to read cloud-init's status", 10, |s| {
-        s["stage"] == "waiting-cloud-init" && s["cloud_init"]["state"] != "not-started"
+        s.stage == Stage::WaitingCloudInit && s.cloud_init.state != CloudInitState::NotStarted
     });
-    assert_eq!(s["cloud_init"]["state"], "running");
-    assert_eq!(s["cloud_init"]["stage"], "modules-config");
+    assert_eq!(s.cloud_init.state, CloudInitState::Running);
+    assert_eq!(s.cloud_init.stage.as_deref(), Some("modules-config"));
     let out = a.cli(&["status"]);
     assert_eq!(code(&out), 2, "not ready yet -> 2");
     assert!(text(&out.stdout).contains("waiting-cloud-init"));
@@ -26,31 +26,26 @@ fn stages_advance_with_cloud_init_and_status_exit_codes_follow() {
 
     a.cloud_init_done();
     let s = a.wait_ready();
-    assert_eq!(s["stage"], "ready");
+    assert_eq!(s.stage, Stage::Ready);
     let stages = history_stages(&s);
     assert_eq!(
         stages,
         [
-            "booting",
-            "waiting-cloud-init",
-            "fetching-artifacts",
-            "ready"
+            Stage::Booting,
+            Stage::WaitingCloudInit,
+            Stage::FetchingArtifacts,
+            Stage::Ready
         ]
     );
-    let times: Vec<std::time::SystemTime> = s["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| humantime::parse_rfc3339_weak(h["at"].as_str().expect("at")).expect("rfc3339"))
-        .collect();
+    let times: Vec<std::time::SystemTime> = s.history.iter().map(|h| h.at).collect();
     assert!(
         times.windows(2).all(|w| w[0] <= w[1]),
         "timestamps ordered: {times:?}"
     );
-    assert_eq!(s["cloud_init"]["state"], "done");
-    assert_eq!(s["artifacts"]["state"], "none");
+    assert_eq!(s.cloud_init.state, CloudInitState::Done);
+    assert_eq!(s.artifacts.state, ArtifactState::None);
     assert_eq!(
-        s["ssh_host_keys"][0]["fingerprint"],
+        s.ssh_host_keys[0].fingerprint,
         "SHA256:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ"
     );
     let out = a.cli(&["status"]);
@@ -69,11 +64,10 @@ fn stages_advance_with_cloud_init_and_status_exit_codes_follow() {
         assert!(human.contains(needle), "missing {needle:?} in:\n{human}");
     }
     // The ready file holds the same report.
-    let ready: Value =
-        serde_json::from_slice(&std::fs::read(a.path("run/ready")).expect("ready file"))
-            .expect("json");
-    assert_eq!(ready["stage"], "ready");
-    assert!(ready["system"]["mem_total_bytes"].as_u64().unwrap_or(0) > 0);
+    let ready = StatusReport::from_json(&std::fs::read(a.path("run/ready")).expect("ready file"))
+        .expect("a status report");
+    assert_eq!(ready.stage, Stage::Ready);
+    assert!(ready.system.mem_total_bytes > 0);
 }
 
 #[test]
@@ -86,10 +80,10 @@ fn cloud_init_errors_give_degraded_with_the_reason() {
     .expect("result.json");
     a.start();
     let s = a.wait_ready();
-    assert_eq!(s["stage"], "degraded");
+    assert_eq!(s.stage, Stage::Degraded);
     assert!(
-        s["reason"].as_str().unwrap_or("").contains("locale"),
-        "{s:#}"
+        s.reason.as_deref().unwrap_or("").contains("locale"),
+        "{s:#?}"
     );
     assert_eq!(code(&a.cli(&["status"])), 1, "degraded -> 1");
     assert!(a.path("run/degraded").exists());
@@ -101,14 +95,14 @@ fn cloud_init_timeout_gives_degraded() {
     a.cfg.cloud_init.timeout = Limit::After(Duration::from_secs(1));
     a.start();
     let s = a.wait_ready();
-    assert_eq!(s["stage"], "degraded");
-    assert_eq!(s["cloud_init"]["state"], "timed-out");
+    assert_eq!(s.stage, Stage::Degraded);
+    assert_eq!(s.cloud_init.state, CloudInitState::TimedOut);
     assert!(
-        s["reason"]
-            .as_str()
+        s.reason
+            .as_deref()
             .unwrap_or("")
             .contains("did not finish within 1s"),
-        "{s:#}"
+        "{s:#?}"
     );
 }
 
@@ -124,7 +118,7 @@ fn status_without_daemon_gives_exit_3_and_a_hint() {
 }
 
 /// (Authorization header, body) of each callback POST.
-type Captured = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+type Captured = Arc<Mutex<Vec<(Option<String>, axum::body::Bytes)>>>;
 
 #[test]
 fn readiness_callback_posts_the_report_with_the_bearer_token() {
@@ -132,10 +126,10 @@ fn readiness_callback_posts_the_report_with_the_bearer_token() {
     let rt = tokio::runtime::Runtime::new().expect("rt");
     let sink = got.clone();
     let url = rt.block_on(async move {
-        use axum::{Json, Router, http::HeaderMap, routing::post};
+        use axum::{Router, body::Bytes, http::HeaderMap, routing::post};
         let app = Router::new().route(
             "/ready",
-            post(move |h: HeaderMap, Json(v): Json<Value>| {
+            post(move |h: HeaderMap, v: Bytes| {
                 let sink = sink.clone();
                 async move {
                     let auth = h
@@ -163,24 +157,20 @@ fn readiness_callback_posts_the_report_with_the_bearer_token() {
     wait_until("callback", 10, || !got.lock().expect("lock").is_empty());
     let (auth, body) = got.lock().expect("lock")[0].clone();
     assert_eq!(auth.as_deref(), Some("Bearer cb-secret-123"));
-    assert_eq!(body["stage"], "ready");
+    let body = StatusReport::from_json(&body).expect("the callback's body is a status report");
+    assert_eq!(body.stage, Stage::Ready);
+    assert!(body.ssh_host_keys[0].fingerprint.starts_with("SHA256:"));
+    let s = a.wait_status("callback result", 15, |s| s.callback.is_some());
     assert!(
-        body["ssh_host_keys"][0]["fingerprint"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("SHA256:")
-    );
-    let s = a.wait_status("callback result", 15, |s| s["callback"].is_string());
-    assert!(
-        s["callback"].as_str().unwrap_or("").contains("200"),
-        "{s:#}"
+        s.callback.as_deref().unwrap_or("").contains("200"),
+        "{s:#?}"
     );
     assert!(
         !a.log().contains("cb-secret-123"),
         "token leaked into the log"
     );
     assert!(
-        !s.to_string().contains("cb-secret-123"),
+        !text(&a.cli(&["status", "--json"]).stdout).contains("cb-secret-123"),
         "token leaked into status"
     );
 }
@@ -214,5 +204,5 @@ fn host_key_fingerprint_matches_ssh_keygen() {
     a.cloud_init_done();
     a.start();
     let s = a.wait_ready();
-    assert_eq!(s["ssh_host_keys"][0]["fingerprint"], expected.as_str());
+    assert_eq!(s.ssh_host_keys[0].fingerprint, expected);
 }

@@ -2,6 +2,7 @@ use crate::common::*;
 use do_sim::{Fault, FaultRule, Sim, SimConfig};
 use std::time::Duration;
 use vm_agent::config::{Dur, Limit, Provider};
+use vm_agent::report::{DestroyState, Stage, StatusReport, TimerName, TimerState};
 
 const TOKEN: &str = "dop_v1_selfdestroy_test_token_6f2a";
 const DELETE: &str = "DELETE /v2/droplets/{id}";
@@ -10,12 +11,12 @@ fn secs(n: u64) -> Limit {
     Limit::After(Duration::from_secs(n))
 }
 
-fn fired(s: &serde_json::Value, state: &str) -> bool {
-    s["destroy"]["state"] == state
+fn fired(s: &StatusReport, state: DestroyState) -> bool {
+    s.destroy.state == state
 }
 
-fn detail(s: &serde_json::Value) -> &str {
-    s["destroy"]["detail"].as_str().unwrap_or("")
+fn detail(s: &StatusReport) -> &str {
+    s.destroy.detail.as_deref().unwrap_or("")
 }
 
 struct DoEnv {
@@ -85,16 +86,10 @@ fn idle_timer_fires_dry_run_reports_it() {
     a.cfg.timers.idle_timeout = secs(2);
     a.cloud_init_done();
     a.start();
-    let s = a.wait_status("idle timer", 15, |s| fired(s, "dry-run"));
-    assert_eq!(s["destroy"]["timer"], "idle");
-    assert!(
-        s["destroy"]["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("would"),
-        "{s:#}"
-    );
-    assert!(s["draining"].is_null(), "a dry run does not keep draining");
+    let s = a.wait_status("idle timer", 15, |s| fired(s, DestroyState::DryRun));
+    assert_eq!(s.destroy.timer, Some(TimerName::Idle));
+    assert!(detail(&s).contains("would"), "{s:#?}");
+    assert!(s.draining.is_none(), "a dry run does not keep draining");
     assert!(a.log().contains("dry run: would"));
 }
 
@@ -104,8 +99,8 @@ fn no_job_timer_fires_and_a_job_satisfies_it() {
     a.cfg.timers.no_job_timeout = secs(2);
     a.cloud_init_done();
     a.start();
-    let s = a.wait_status("no-job timer", 15, |s| fired(s, "dry-run"));
-    assert_eq!(s["destroy"]["timer"], "no-job");
+    let s = a.wait_status("no-job timer", 15, |s| fired(s, DestroyState::DryRun));
+    assert_eq!(s.destroy.timer, Some(TimerName::NoJob));
 
     // A job submitted before readiness (so before the no-job timer starts) satisfies it. The
     // idle timer is the witness that the no-job deadline passed: it counts from the end of
@@ -118,20 +113,10 @@ fn no_job_timer_fires_and_a_job_satisfies_it() {
     assert_eq!(b.run_detached(&["true"]), 1);
     b.cloud_init_done();
     b.wait_job(1, 15, |j| j["state"] == "succeeded");
-    let s = b.wait_status("the idle timer", 15, |s| fired(s, "dry-run"));
-    assert_eq!(s["destroy"]["timer"], "idle", "{s:#}");
-    let t = s["timers"]
-        .as_array()
-        .expect("timers")
-        .iter()
-        .find(|t| t["name"] == "no-job")
-        .cloned();
-    assert!(
-        t.expect("no-job")["state"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("satisfied")
-    );
+    let s = b.wait_status("the idle timer", 15, |s| fired(s, DestroyState::DryRun));
+    assert_eq!(s.destroy.timer, Some(TimerName::Idle), "{s:#?}");
+    let t = s.timers.iter().find(|t| t.name == TimerName::NoJob);
+    assert!(matches!(t.expect("no-job").state, TimerState::Satisfied(_)));
 }
 
 #[test]
@@ -140,8 +125,8 @@ fn max_lifetime_fires_and_local_provider_powers_off() {
     a.cfg.timers.max_lifetime = secs(uptime_secs() + 3);
     a.cfg.destroy.provider = Provider::Local;
     a.start(); // cloud-init never finishes: max lifetime applies anyway
-    let s = a.wait_status("max-lifetime", 20, |s| fired(s, "destroyed"));
-    assert_eq!(s["destroy"]["timer"], "max-lifetime");
+    let s = a.wait_status("max-lifetime", 20, |s| fired(s, DestroyState::Destroyed));
+    assert_eq!(s.destroy.timer, Some(TimerName::MaxLifetime));
     assert!(a.path("powered-off").exists(), "poweroff command ran");
 }
 
@@ -155,13 +140,17 @@ fn hold_blocks_the_idle_timer_until_released() {
     a.cloud_init_done();
     let s = a.wait_ready();
     // A tick past the moment the idle timer would have fired without the hold.
-    let due = stage_entered(&s, "ready") + Duration::from_millis(2001);
+    let due = stage_entered(&s, Stage::Ready) + Duration::from_millis(2001);
     let s = a.wait_tick_after(due);
-    assert_eq!(s["destroy"]["state"], "armed", "{s:#}");
-    assert_eq!(s["timers"][0]["state"], "paused: hold", "{s:#}");
+    assert_eq!(s.destroy.state, DestroyState::Armed, "{s:#?}");
+    assert_eq!(
+        s.timers[0].state,
+        TimerState::Paused("hold".into()),
+        "{s:#?}"
+    );
     assert_eq!(code(&a.cli(&["release"])), 0);
-    let s = a.wait_status("idle after release", 15, |s| fired(s, "dry-run"));
-    assert_eq!(s["destroy"]["timer"], "idle", "{s:#}");
+    let s = a.wait_status("idle after release", 15, |s| fired(s, DestroyState::DryRun));
+    assert_eq!(s.destroy.timer, Some(TimerName::Idle), "{s:#?}");
 }
 
 #[test]
@@ -177,17 +166,13 @@ fn open_session_blocks_idle_and_is_warned_on_max_lifetime() {
     std::fs::write(a.path("dev/pts/5"), "").expect("fake tty");
     a.cloud_init_done();
     a.start();
-    let s = a.wait_status("the no-job timer, blocked", 15, |s| fired(s, "blocked"));
-    assert_eq!(s["destroy"]["timer"], "no-job", "{s:#}");
-    assert!(detail(&s).contains("session"), "{s:#}");
-    assert!(
-        s["timers"][0]["state"]
-            .as_str()
-            .unwrap_or("")
-            .contains("session"),
-        "{s:#}"
-    );
-    assert_eq!(s["sessions"][0]["user"], "alice");
+    let s = a.wait_status("the no-job timer, blocked", 15, |s| {
+        fired(s, DestroyState::Blocked)
+    });
+    assert_eq!(s.destroy.timer, Some(TimerName::NoJob), "{s:#?}");
+    assert!(detail(&s).contains("session"), "{s:#?}");
+    assert!(s.timers[0].state.to_string().contains("session"), "{s:#?}");
+    assert_eq!(s.sessions[0].user, "alice");
     assert!(!a.path("powered-off").exists());
     a.kill();
     std::fs::write(a.path("dev/pts/5"), "").expect("clear the fake tty");
@@ -196,9 +181,9 @@ fn open_session_blocks_idle_and_is_warned_on_max_lifetime() {
     a.cfg.timers.no_job_timeout = Limit::Never;
     a.cfg.timers.max_lifetime = secs(1);
     a.start();
-    let s = a.wait_status("blocked", 15, |s| fired(s, "blocked"));
-    assert_eq!(s["destroy"]["timer"], "max-lifetime", "{s:#}");
-    assert!(detail(&s).contains("session"), "{s:#}");
+    let s = a.wait_status("blocked", 15, |s| fired(s, DestroyState::Blocked));
+    assert_eq!(s.destroy.timer, Some(TimerName::MaxLifetime), "{s:#?}");
+    assert!(detail(&s).contains("session"), "{s:#?}");
     let tty = std::fs::read_to_string(a.path("dev/pts/5")).expect("tty");
     assert!(
         tty.contains("will be destroyed") && tty.contains("max-lifetime"),
@@ -210,7 +195,7 @@ fn open_session_blocks_idle_and_is_warned_on_max_lifetime() {
     );
     a.close_session(4242);
     a.wait_status("destroyed once the session closed", 15, |s| {
-        fired(s, "destroyed")
+        fired(s, DestroyState::Destroyed)
     });
     assert!(a.path("powered-off").exists());
 }
@@ -219,13 +204,8 @@ fn open_session_blocks_idle_and_is_warned_on_max_lifetime() {
 fn digitalocean_deletes_its_own_tagged_droplet_and_never_leaks_the_token() {
     let env = do_env(&["ephemeral", "ci"]);
     let a = do_agent(&env, |a| a.cfg.timers.idle_timeout = secs(2));
-    let s = a.wait_status("destroyed", 20, |s| fired(s, "destroyed"));
-    assert!(
-        s["destroy"]["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains(&env.droplet.to_string())
-    );
+    let s = a.wait_status("destroyed", 20, |s| fired(s, DestroyState::Destroyed));
+    assert!(detail(&s).contains(&env.droplet.to_string()), "{s:#?}");
     assert_eq!(env.sim.count(DELETE), 1);
     wait_until("droplet gone", 10, || {
         !env.sim.droplet_ids().contains(&env.droplet)
@@ -233,8 +213,8 @@ fn digitalocean_deletes_its_own_tagged_droplet_and_never_leaks_the_token() {
     // Once destroyed: stays drained and destroyed, no second attempt (a tick after it would
     // have started one).
     let s = a.wait_tick_after(std::time::SystemTime::now());
-    assert_eq!(s["destroy"]["state"], "destroyed", "{s:#}");
-    assert!(s["draining"].is_string());
+    assert_eq!(s.destroy.state, DestroyState::Destroyed, "{s:#?}");
+    assert!(s.draining.is_some());
     assert_eq!(env.sim.count(DELETE), 1);
     assert_eq!(code(&a.cli(&["run", "--", "true"])), 125, "drained");
     // The token: never in any argv, the log or the status.
@@ -248,7 +228,10 @@ fn digitalocean_deletes_its_own_tagged_droplet_and_never_leaks_the_token() {
         }
     }
     assert!(!a.log().contains(TOKEN), "token in the daemon log");
-    assert!(!a.status().to_string().contains(TOKEN), "token in status");
+    assert!(
+        !text(&a.cli(&["status", "--json"]).stdout).contains(TOKEN),
+        "token in status --json"
+    );
     assert!(!text(&a.cli(&["status"]).stdout).contains(TOKEN));
 }
 
@@ -256,14 +239,8 @@ fn digitalocean_deletes_its_own_tagged_droplet_and_never_leaks_the_token() {
 fn digitalocean_refuses_without_the_ephemeral_tag() {
     let env = do_env(&["ci"]);
     let a = do_agent(&env, |a| a.cfg.timers.idle_timeout = secs(1));
-    let s = a.wait_status("refused", 20, |s| fired(s, "refused"));
-    assert!(
-        s["destroy"]["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("not tagged `ephemeral`"),
-        "{s:#}"
-    );
+    let s = a.wait_status("refused", 20, |s| fired(s, DestroyState::Refused));
+    assert!(detail(&s).contains("not tagged `ephemeral`"), "{s:#?}");
     assert_eq!(env.sim.count(DELETE), 0);
     assert!(env.sim.droplet_ids().contains(&env.droplet));
     assert!(
@@ -282,25 +259,27 @@ fn running_job_blocks_the_delete_until_it_ends() {
         a.cfg.timers.max_lifetime = secs(1);
         a.open_session(4242, "alice", "notty");
     });
-    let s = a.wait_status("blocked by the session", 20, |s| fired(s, "blocked"));
-    assert_eq!(s["destroy"]["timer"], "max-lifetime", "{s:#}");
-    assert!(detail(&s).contains("session"), "{s:#}");
+    let s = a.wait_status("blocked by the session", 20, |s| {
+        fired(s, DestroyState::Blocked)
+    });
+    assert_eq!(s.destroy.timer, Some(TimerName::MaxLifetime), "{s:#?}");
+    assert!(detail(&s).contains("session"), "{s:#?}");
     a.wait_ready();
     let id = submit_between_rechecks(&a, &["sleep", "300"]);
     a.wait_job(id, 10, |j| j["state"] == "running");
     a.close_session(4242);
     let s = a.wait_status("the re-check after the session closed", 20, |s| {
         !matches!(
-            s["destroy"]["state"].as_str(),
-            Some("armed" | "draining" | "destroying")
+            s.destroy.state,
+            DestroyState::Armed | DestroyState::Draining | DestroyState::Destroying
         ) && !detail(s).contains("session")
     });
-    assert_eq!(s["destroy"]["state"], "blocked", "{s:#}");
-    assert!(detail(&s).contains("running"), "{s:#}");
+    assert_eq!(s.destroy.state, DestroyState::Blocked, "{s:#?}");
+    assert!(detail(&s).contains("running"), "{s:#?}");
     assert_eq!(env.sim.count(DELETE), 0);
     let c = a.cli(&["cancel", &id.to_string()]);
     assert_eq!(code(&c), 0, "{}", text(&c.stderr));
-    a.wait_status("destroyed", 20, |s| fired(s, "destroyed"));
+    a.wait_status("destroyed", 20, |s| fired(s, DestroyState::Destroyed));
     assert_eq!(env.sim.count(DELETE), 1);
 }
 
@@ -319,9 +298,7 @@ fn submit_between_rechecks(a: &Agent, argv: &[&str]) -> u64 {
             "{}",
             text(&out.stderr)
         );
-        a.wait_status("the re-check's drain to end", 10, |s| {
-            s["draining"].is_null()
-        });
+        a.wait_status("the re-check's drain to end", 10, |s| s.draining.is_none());
     }
     panic!("every submission met a drain:\n{}", a.log());
 }
@@ -346,14 +323,8 @@ fn digitalocean_retries_429_and_5xx() {
         },
     ]);
     let a = do_agent(&env, |a| a.cfg.timers.idle_timeout = secs(1));
-    let s = a.wait_status("destroyed", 30, |s| fired(s, "destroyed"));
-    assert!(
-        s["destroy"]["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("after 3 request(s)"),
-        "{s:#}"
-    );
+    let s = a.wait_status("destroyed", 30, |s| fired(s, DestroyState::Destroyed));
+    assert!(detail(&s).contains("after 3 request(s)"), "{s:#?}");
     assert_eq!(env.sim.count(DELETE), 3);
     assert!(!env.sim.droplet_ids().contains(&env.droplet));
 }
@@ -371,16 +342,10 @@ fn digitalocean_falls_back_to_power_off_loudly() {
         a.cfg.timers.idle_timeout = secs(1);
         a.cfg.destroy.max_attempts = 3;
     });
-    let s = a.wait_status("powered off", 30, |s| fired(s, "powered-off"));
+    let s = a.wait_status("powered off", 30, |s| fired(s, DestroyState::PoweredOff));
     assert_eq!(env.sim.count(DELETE), 3);
     assert!(a.path("powered-off").exists());
-    assert!(
-        s["destroy"]["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("still billed"),
-        "{s:#}"
-    );
+    assert!(detail(&s).contains("still billed"), "{s:#?}");
     assert!(a.log().contains("STILL BILLED"));
     let human = text(&a.cli(&["status"]).stdout);
     assert!(human.contains("SELF-DESTROY POWERED-OFF"), "{human}");
@@ -394,7 +359,7 @@ fn draining_refuses_new_jobs() {
     a.cfg.timers.warn_grace = Dur(Duration::from_secs(24 * 3600));
     a.cloud_init_done();
     a.start();
-    a.wait_status("draining", 15, |s| s["draining"].is_string());
+    a.wait_status("draining", 15, |s| s.draining.is_some());
     let out = a.cli(&["run", "--", "true"]);
     assert_eq!(code(&out), 125);
     assert!(

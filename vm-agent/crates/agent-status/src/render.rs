@@ -1,145 +1,10 @@
-//! The readiness report: what `vm-agent status --json` prints, what the ready file holds and
-//! what the readiness callback POSTs. Versioned (`report_version`).
+//! `vm-agent status` for people: every line at most 80 columns.
 
-use crate::artifacts::{ArtifactReport, ArtifactState, ArtifactTrigger};
-use crate::cloud_init::CloudInitStatus;
-use crate::destroy::DestroyState;
-use crate::hostkeys::HostKey;
-use crate::jobs::{JobRecord, JobState};
-use crate::sessions::Session;
-use crate::timers::{TimerName, TimerStatus};
-use crate::util::{self, short_duration, ts};
-use serde::{Deserialize, Serialize};
+use crate::StatusReport;
+use crate::time::{rfc3339, secs_between, short_duration};
+use crate::{ArtifactReport, ArtifactState, ArtifactTrigger, DestroyState, JobRecord, JobState};
 use std::fmt::Write;
 use std::time::SystemTime;
-
-pub const REPORT_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stage {
-    Booting,
-    WaitingCloudInit,
-    FetchingArtifacts,
-    Ready,
-    Degraded,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Booting => "booting",
-            Stage::WaitingCloudInit => "waiting-cloud-init",
-            Stage::FetchingArtifacts => "fetching-artifacts",
-            Stage::Ready => "ready",
-            Stage::Degraded => "degraded",
-        }
-    }
-    pub fn is_final(self) -> bool {
-        matches!(self, Stage::Ready | Stage::Degraded)
-    }
-    /// `vm-agent status` exit code: 0 ready, 1 degraded, 2 not ready yet.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Stage::Ready => 0,
-            Stage::Degraded => 1,
-            _ => 2,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StageEntry {
-    pub stage: Stage,
-    #[serde(with = "ts")]
-    pub at: SystemTime,
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hold {
-    pub reason: Option<String>,
-    pub by_uid: u32,
-    #[serde(with = "ts")]
-    pub since: SystemTime,
-    /// `None`: until `vm-agent release`.
-    #[serde(with = "ts::opt", default)]
-    pub until: Option<SystemTime>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunAsReport {
-    pub user: String,
-    pub uid: u32,
-    pub gid: u32,
-    /// Why jobs do not run as the configured build user, if they don't.
-    pub note: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobsSummary {
-    pub running: u32,
-    pub queued: u32,
-    pub total: u64,
-    pub max_concurrent: u32,
-    pub run_as: RunAsReport,
-    /// The most recent jobs (newest last).
-    pub recent: Vec<JobRecord>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DestroyStatus {
-    pub provider: String,
-    pub state: DestroyState,
-    pub detail: Option<String>,
-    /// The timer that fired.
-    pub timer: Option<TimerName>,
-    #[serde(with = "ts::opt", default)]
-    pub at: Option<SystemTime>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SystemStats {
-    pub load: [f64; 3],
-    pub mem_total_bytes: u64,
-    pub mem_available_bytes: u64,
-    /// The filesystem holding the state dir.
-    pub disk_total_bytes: u64,
-    pub disk_available_bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusReport {
-    pub report_version: u32,
-    pub agent_version: String,
-    pub hostname: String,
-    pub stage: Stage,
-    /// Why `degraded`.
-    pub reason: Option<String>,
-    pub history: Vec<StageEntry>,
-    #[serde(with = "ts")]
-    pub now: SystemTime,
-    #[serde(with = "ts")]
-    pub boot_time: SystemTime,
-    #[serde(with = "ts")]
-    pub agent_started_at: SystemTime,
-    pub uptime_secs: u64,
-    pub cloud_init: CloudInitStatus,
-    pub artifacts: ArtifactReport,
-    pub jobs: JobsSummary,
-    #[serde(with = "ts::opt", default)]
-    pub idle_since: Option<SystemTime>,
-    pub hold: Option<Hold>,
-    pub sessions: Vec<Session>,
-    pub timers: Vec<TimerStatus>,
-    /// Set once a timer fired: new jobs are refused.
-    pub draining: Option<String>,
-    pub destroy: DestroyStatus,
-    /// Result of the readiness callback, if one is configured.
-    pub callback: Option<String>,
-    pub system: SystemStats,
-    pub ssh_host_keys: Vec<HostKey>,
-}
 
 fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
@@ -252,8 +117,8 @@ fn when(now: SystemTime, t: SystemTime) -> String {
 /// One line per job, fitting 80 columns.
 pub fn job_line(j: &JobRecord, now: SystemTime) -> String {
     let age = match (j.started_at, j.finished_at) {
-        (Some(s), Some(f)) => short_duration(util::secs_between(s, f)),
-        (Some(s), None) => short_duration(util::secs_between(s, now)),
+        (Some(s), Some(f)) => short_duration(secs_between(s, f)),
+        (Some(s), None) => short_duration(secs_between(s, now)),
         _ => "-".into(),
     };
     let code = match (j.state, j.exit_code, j.signal) {
@@ -306,14 +171,14 @@ impl StatusReport {
         let mut prev: Option<SystemTime> = None;
         for h in &self.history {
             let delta = prev
-                .map(|p| format!("+{}", short_duration(util::secs_between(p, h.at))))
+                .map(|p| format!("+{}", short_duration(secs_between(p, h.at))))
                 .unwrap_or_default();
             prev = Some(h.at);
             let _ = writeln!(
                 o,
                 "  {:<19} {}  {:>7}  {}",
                 h.stage.as_str(),
-                &util::rfc3339(h.at)[..19],
+                &rfc3339(h.at)[..19],
                 delta,
                 clip(h.reason.as_deref().unwrap_or(""), 28)
             );
