@@ -91,6 +91,8 @@ pub fn plan(cfg: &Config, nonce: &str) -> Result<Vec<PlannedStep>, PlanError> {
             ),
             uploads: vec![(agent.binary.clone(), staged_agent.clone())],
         });
+        // Workers made from this image take `fleet run --env` variables through SSH.
+        out.push(plain(provision::sshd_accept_env_install()));
     }
     for (i, c) in cfg.commands.iter().enumerate() {
         out.push(plain(provision::command(&format!("command-{}", i + 1), c)));

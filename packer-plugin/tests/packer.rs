@@ -516,6 +516,17 @@ fn ssh_runs_the_shared_steps_uploads_the_agent_and_seals() {
     let apt = std::fs::read_to_string(sshd.upper("/etc/apt/apt.conf.d/90image-builder-dpkg-lock"))
         .expect("apt drop-in");
     assert!(apt.contains("DPkg::Lock::Timeout \"600\";"), "{apt}");
+    // `fleet run --env` reaches jobs on workers made from this image: the sshd drop-in
+    // every bake renders, installed after `sshd -t` accepted it.
+    let accept_env = sshd.upper(provision::SSHD_ACCEPT_ENV_DROPIN);
+    assert_eq!(
+        std::fs::read_to_string(&accept_env).expect("sshd AcceptEnv drop-in"),
+        provision::SSHD_ACCEPT_ENV_CONTENT
+    );
+    assert_eq!(
+        accept_env.metadata().unwrap().permissions().mode() & 0o777,
+        0o644
+    );
     // The seal ran (cloud-init clean) and the staged agent is gone.
     let calls = sshd.calls();
     assert!(calls.contains("cloud-init status --wait"), "{calls}");

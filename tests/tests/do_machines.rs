@@ -435,6 +435,73 @@ async fn a_digitalocean_bake_and_its_fleet_on_machines_that_really_run() {
             .any(|d| d["status"] == "off"),
         "no worker is left powered off"
     );
+
+    // A worker that cannot become ready (its required build was never published): it is
+    // deleted and reported with the agent's reason and the tail of its cloud-init output;
+    // --retry 1 replaces it once, the same way, then gives up. Nothing is left behind.
+    let posts_before = env.sim.count("POST /v2/droplets");
+    let unpublished = "feedfacefeedfacefeedfacefeedfacefeedface";
+    let bad = run(env.command().arg("fleet").arg("up").arg(&spec).args([
+        "-n",
+        "1",
+        "--name",
+        "mbad",
+        "--image",
+        &image_id.to_string(),
+        "--sha",
+        unpublished,
+        "--retry",
+        "1",
+        "--yes",
+        "--json",
+        "--ready-timeout",
+        "5m",
+        "--poll",
+        "500ms",
+        "--api-url",
+        &env.sim.api_url(),
+    ]));
+    let stderr = text(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not become ready"), "{stderr}");
+    assert!(stderr.contains("mbad-1"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(
+        failed.len(),
+        2,
+        "the worker and its one replacement: {report}"
+    );
+    for f in failed {
+        assert_eq!(f["worker"], "mbad-1");
+        let reason = f["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(unpublished) || reason.contains("artifact"),
+            "{reason}"
+        );
+        // The tail is the worker's own cloud-init output, read over pinned SSH.
+        let tail = f["tail"].as_str().unwrap();
+        assert!(
+            tail.contains("Cloud-init"),
+            "not cloud-init's output: {tail}"
+        );
+    }
+    assert_ne!(
+        failed[0]["id"], failed[1]["id"],
+        "the replacement is a new droplet"
+    );
+    assert_eq!(
+        env.sim.count("POST /v2/droplets") - posts_before,
+        2,
+        "one create and one replacement"
+    );
+    assert!(
+        env.sim
+            .droplets_tagged("image-builder-fleet-mbad")
+            .is_empty(),
+        "a failed worker was left: {:?}",
+        env.sim.state()["droplets"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,14 @@ pub struct SecretArgs {
     /// $WORKER_SPACES_SECRET_ACCESS_KEY; none: the workers pull without a key].
     #[arg(long, value_name = "FILE")]
     pub worker_space_key_file: Option<PathBuf>,
+    /// Each worker's agent POSTs its readiness report (JSON, `vm-agent status --json`'s)
+    /// here, with a bearer token when one is given.
+    #[arg(long, value_name = "URL")]
+    pub callback_url: Option<String>,
+    /// A 0600 file holding the callback's bearer token
+    /// [default: $IMAGE_BUILDER_CALLBACK_TOKEN].
+    #[arg(long, value_name = "FILE", requires = "callback_url")]
+    pub callback_token_file: Option<PathBuf>,
 }
 
 /// `fleet up`.
@@ -105,6 +113,11 @@ pub struct UpArgs {
     /// How long a worker may take to become ready before it is deleted.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub ready_timeout: Duration,
+    /// Create a worker that failed again, up to this many times: one not ready in time
+    /// or degraded is deleted and replaced; a batch whose region refuses the size moves
+    /// to the next region that offers it and holds the image (DigitalOcean).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retry: u32,
     /// Print the fleet as JSON on stdout at the end.
     #[arg(long)]
     pub json: bool,

@@ -120,11 +120,40 @@ fn secrets(args: &SecretArgs, host_token: Option<&Token>) -> Result<WorkerSecret
             _ => None,
         },
     };
+    let callback_token = match (&args.callback_url, &args.callback_token_file) {
+        (None, _) => None,
+        (Some(_), Some(p)) => Some(secret_file(p)?),
+        (Some(_), None) => std::env::var("IMAGE_BUILDER_CALLBACK_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty()),
+    };
     Ok(WorkerSecrets {
         worker_token: worker_token.map(|t| t.expose().to_owned()),
         space_key,
-        callback_token: None,
+        callback_token,
     })
+}
+
+/// A one-line secret from a file that only its owner can read.
+fn secret_file(path: &Path) -> Result<String, FleetError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let err = |message: String| FleetError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {:04o}: a secret file must not be readable by group or others (chmod 600)",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let secret = text.trim();
+    if secret.is_empty() || secret.contains(char::is_whitespace) {
+        return Err(err("expected one token on one line".into()));
+    }
+    Ok(secret.to_owned())
 }
 
 fn space_key_file(path: &Path) -> Result<(String, String), FleetError> {
@@ -188,6 +217,8 @@ fn up(states: &StateDir, a: &UpArgs) -> Result<(), FleetError> {
                 worker_api_url: a.worker_api_url.clone(),
                 worker_metadata_url: a.worker_metadata_url.clone(),
                 poll: a.api.poll,
+                retry: a.retry,
+                callback_url: a.secrets.callback_url.clone(),
             };
             let report = runtime()?.block_on(digitalocean::up(&client, states, &policy, &req))?;
             if a.json {
@@ -210,6 +241,9 @@ fn up(states: &StateDir, a: &UpArgs) -> Result<(), FleetError> {
                     report.fleet
                 );
             }
+            if !report.failed.is_empty() {
+                return Err(FleetError::NotReady(report.failed));
+            }
         }
         FleetBackend::Qemu => {
             policy.check_human("fleet up")?;
@@ -228,6 +262,7 @@ fn up(states: &StateDir, a: &UpArgs) -> Result<(), FleetError> {
                     secrets,
                     one_shot: a.one_shot,
                     wait_ready: (!a.no_wait).then_some(a.ready_timeout),
+                    callback_url: a.secrets.callback_url.clone(),
                 },
             )?;
             if a.json {
@@ -676,7 +711,7 @@ fn user_data(states: &StateDir, a: &UserDataArgs) -> Result<(), FleetError> {
         sha: sha.as_deref(),
         api_url: None,
         metadata_url: None,
-        callback_url: None,
+        callback_url: a.secrets.callback_url.as_deref(),
         secrets: &secrets,
         authorized_key: &identity,
         host_key: &host_key,

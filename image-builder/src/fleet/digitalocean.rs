@@ -17,15 +17,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::Provider;
 use agent_status::{Stage, StatusReport, TimerStatus};
-use do_api::{Client, Droplet, DropletCreate, DropletStatus, ImageSpec, Poll, Size};
+use do_api::{Client, Droplet, DropletCreate, DropletStatus, ImageSpec, Poll, Refusal, Size};
 use serde::Serialize;
 
 use super::keys;
 use super::policy::UserConfig;
+use super::progress::Progress;
 use super::ssh::{Pinned, agent_status};
 use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord};
 use super::userdata::{self, WorkerInput, WorkerSecrets};
-use super::{DEADLINE_TAG_PREFIX, FleetError, FleetName, TAG, deadline_of, fleet_of};
+use super::{DEADLINE_TAG_PREFIX, FailedWorker, FleetError, FleetName, TAG, deadline_of, fleet_of};
 use crate::backend::digitalocean::images::{self, Family};
 use crate::spec::LoadedSpec;
 
@@ -62,6 +63,11 @@ pub struct UpRequest<'a> {
     pub worker_metadata_url: Option<String>,
     /// How often droplets are polled.
     pub poll: Duration,
+    /// A worker that failed (refused by its region, not ready in time, degraded) is
+    /// created again up to this many times; a refused region moves to the next one.
+    pub retry: u32,
+    /// Where each worker's agent POSTs its readiness report.
+    pub callback_url: Option<String>,
 }
 
 /// One worker as `ls` and `up` report it.
@@ -130,6 +136,8 @@ pub struct UpReport {
     pub created: Vec<String>,
     /// Every worker of the fleet.
     pub workers: Vec<WorkerInfo>,
+    /// Workers that did not become ready and were deleted (not replaced).
+    pub failed: Vec<FailedWorker>,
     /// API requests this run made.
     pub api_requests: u64,
 }
@@ -174,7 +182,7 @@ async fn resolve_image(
     client: &Client,
     req: &UpRequest<'_>,
     region: &str,
-) -> Result<(ImageSpec, String), FleetError> {
+) -> Result<(ImageSpec, String, Vec<String>), FleetError> {
     let image: images::ImageRow = match &req.image {
         Some(r) if r.parse::<u64>().is_ok() => {
             let id: u64 = r.parse().unwrap_or_default();
@@ -223,6 +231,7 @@ async fn resolve_image(
     Ok((
         ImageSpec::Id(image.id),
         format!("{:?} (id {})", image.name, image.id),
+        image.regions,
     ))
 }
 
@@ -279,6 +288,7 @@ pub async fn up(
             fleet: req.name.to_string(),
             created: Vec::new(),
             workers: mine.iter().map(|d| info(d, &price)).collect(),
+            failed: Vec::new(),
             api_requests: client.request_count() - started_requests,
         });
     }
@@ -311,7 +321,7 @@ pub async fn up(
             size.regions.join(", ")
         )));
     }
-    let (image, image_label) = resolve_image(client, req, &region).await?;
+    let (image, image_label, image_regions) = resolve_image(client, req, &region).await?;
     let other_hourly: f64 = others
         .iter()
         .map(|d| price.get(&d.size_slug).copied().unwrap_or(0.0))
@@ -399,131 +409,309 @@ pub async fn up(
         .clone()
         .unwrap_or_else(|| client.base_url().as_str().trim_end_matches('/').to_owned());
 
-    let mut created = Vec::new();
-    // The fleet's droplets were listed above: the first batch's reconcile needs no listing.
-    let mut known = Some(mine.clone());
-    for batch in missing.chunks(do_api::MAX_NAMES_PER_CREATE) {
-        let host_key = keys::generate(&format!("image-builder fleet {} host", req.name))?;
-        let user_data = userdata::render(&WorkerInput {
-            spec: req.spec,
-            provider,
-            sha: req.sha.as_deref(),
-            api_url: Some(&api_url),
-            metadata_url: req.worker_metadata_url.as_deref(),
-            callback_url: None,
-            secrets: &req.secrets,
-            authorized_key: &identity,
-            host_key: &host_key,
-            one_shot: req.one_shot,
-        })?;
-        for name in batch {
-            state.workers.retain(|w| &w.name != name);
-            state.workers.push(WorkerRecord {
-                name: name.clone(),
-                id: None,
-                address: String::new(),
-                port: 22,
-                host_key: host_key.public_key_only(),
-                created_at: time::OffsetDateTime::now_utc()
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-            });
-        }
-        states.save(&state)?;
-        let mut template =
-            DropletCreate::new(&req.name.worker(0), &region, &size_slug, image.clone());
-        template.tags = tags.clone();
-        template.user_data = Some(user_data);
-        let droplets = client
-            .create_droplets_reconciled(&template, batch, &req.name.tag(), known.take())
-            .await
-            .map_err(|e| {
-                match crate::backend::digitalocean::preflight::explain_create_refusal(
-                    &e, &size_slug, &region,
-                ) {
-                    Some(advice) => FleetError::Preflight(advice),
-                    None => FleetError::api("creating workers")(e),
-                }
-            })?;
-        for d in &droplets {
-            if let Some(w) = state.workers.iter_mut().find(|w| w.name == d.name) {
-                w.id = Some(d.id);
-            }
-        }
-        states.save(&state)?;
-        created.extend(batch.iter().cloned());
-        if let Some(project) = do_spec.and_then(|d| d.project.as_deref()) {
-            let urns: Vec<String> = droplets
-                .iter()
-                .map(|d| format!("do:droplet:{}", d.id))
-                .collect();
-            client
-                .assign_to_project(project, &urns)
-                .await
-                .map_err(FleetError::api(format!(
-                    "assigning workers to project {project}"
-                )))?;
-        }
-    }
-
-    // Active, with an address.
-    let deadline_active = Instant::now() + Duration::from_secs(600);
-    let active = loop {
-        let now = client
-            .list_droplets_by_tag(&req.name.tag())
-            .await
-            .map_err(FleetError::api("waiting for the workers"))?;
-        let ours: Vec<Droplet> = now
-            .into_iter()
-            .filter(|d| wanted.contains(&d.name))
-            .collect();
-        if ours.len() >= wanted.len()
-            && ours
-                .iter()
-                .all(|d| d.status == DropletStatus::Active && d.public_ipv4().is_some())
-        {
-            break ours;
-        }
-        if Instant::now() > deadline_active {
-            return Err(FleetError::Preflight(format!(
-                "workers of fleet {} are not active after 10 minutes; `image-builder fleet down {}` deletes them",
-                req.name, req.name
-            )));
-        }
-        tokio::time::sleep(req.poll).await;
+    let mut creator = Creator {
+        client,
+        states,
+        req,
+        pinned: &pinned,
+        identity: &identity,
+        tags,
+        provider,
+        api_url,
+        size_slug: size_slug.clone(),
+        image,
+        project: do_spec.and_then(|d| d.project.clone()),
+        // Where a refused batch may go: the regions that offer the size and hold the
+        // image, the one asked for first.
+        regions: std::iter::once(region.clone())
+            .chain(
+                size.regions
+                    .iter()
+                    .filter(|r| **r != region && image_regions.contains(r))
+                    .cloned(),
+            )
+            .collect(),
+        region_at: 0,
+        attempts: BTreeMap::new(),
+        progress: Progress::stderr(),
     };
-    for d in &active {
-        if let Some(w) = state.workers.iter_mut().find(|w| w.name == d.name) {
-            w.id = Some(d.id);
-            w.address = d.public_ipv4().unwrap_or_default().to_owned();
+
+    // The fleet's droplets were listed above: the first batch's reconcile needs no listing.
+    let mut created = creator.create(&missing, &mut state, Some(mine)).await?;
+    let mut active = creator.wait_active(&wanted, &mut state).await?;
+    let mut failed = Vec::new();
+    if let Some(limit) = req.wait_ready {
+        // Every worker is waited for in the first round (earlier ones are ready at once);
+        // later rounds wait only for the replacements.
+        let mut round: Vec<Droplet> = active.clone();
+        loop {
+            let lost = wait_ready(
+                client,
+                &pinned,
+                &round,
+                limit,
+                req.poll,
+                &mut creator.progress,
+            )
+            .await;
+            if lost.is_empty() {
+                break;
+            }
+            let mut again = Vec::new();
+            for f in lost {
+                state.workers.retain(|w| w.name != f.worker);
+                active.retain(|d| d.name != f.worker);
+                if creator.may_retry(&f.worker) {
+                    creator
+                        .progress
+                        .set(&f.worker, &format!("replacing: {}", f.reason));
+                    again.push(f.worker.clone());
+                } else {
+                    creator.progress.remove(&f.worker);
+                }
+                failed.push(f);
+            }
+            states.save(&state)?;
+            pinned.write(&state)?;
+            if again.is_empty() {
+                break;
+            }
+            created.extend(creator.create(&again, &mut state, None).await?);
+            round = creator.wait_active(&again, &mut state).await?;
+            active.extend(round.iter().cloned());
         }
     }
-    states.save(&state)?;
-    pinned.write(&state)?;
-
-    if let Some(limit) = req.wait_ready {
-        wait_ready(client, &pinned, &active, limit, req.poll).await?;
-    }
+    // A replaced worker's name is in the fleet again: only the lost ones are failures.
+    failed.retain(|f| !active.iter().any(|d| d.name == f.worker));
     Ok(UpReport {
         fleet: req.name.to_string(),
         created,
         workers: active.iter().map(|d| info(d, &price)).collect(),
+        failed,
         api_requests: client.request_count() - started_requests,
     })
 }
 
-/// Wait until every worker's agent says `ready`; a worker that is `degraded` or not
-/// ready in time is deleted and reported with its last status.
+/// Creates workers for one `up`: batches of at most 10 names, moved on to the next
+/// region that offers the size (and holds the image) when a region refuses it, each
+/// worker tried at most `1 + --retry` times.
+struct Creator<'a> {
+    client: &'a Client,
+    states: &'a StateDir,
+    req: &'a UpRequest<'a>,
+    pinned: &'a Pinned,
+    identity: &'a str,
+    tags: Vec<String>,
+    provider: Provider,
+    api_url: String,
+    size_slug: String,
+    image: ImageSpec,
+    project: Option<String>,
+    regions: Vec<String>,
+    /// The region in use (index into `regions`).
+    region_at: usize,
+    /// Creations per worker name in this run.
+    attempts: BTreeMap<String, u32>,
+    progress: Progress<std::io::Stderr>,
+}
+
+impl Creator<'_> {
+    fn region(&self) -> &str {
+        &self.regions[self.region_at]
+    }
+
+    /// Whether `worker` may be created once more (`--retry`).
+    fn may_retry(&self, worker: &str) -> bool {
+        self.attempts.get(worker).copied().unwrap_or(0) <= self.req.retry
+    }
+
+    /// Create `names` (recording each in the state before its POST); returns the names.
+    async fn create(
+        &mut self,
+        names: &[String],
+        state: &mut FleetState,
+        mut known: Option<Vec<Droplet>>,
+    ) -> Result<Vec<String>, FleetError> {
+        let mut created = Vec::new();
+        for batch in names.chunks(do_api::MAX_NAMES_PER_CREATE) {
+            let host_key = keys::generate(&format!("image-builder fleet {} host", self.req.name))?;
+            let user_data = userdata::render(&WorkerInput {
+                spec: self.req.spec,
+                provider: self.provider,
+                sha: self.req.sha.as_deref(),
+                api_url: Some(&self.api_url),
+                metadata_url: self.req.worker_metadata_url.as_deref(),
+                callback_url: self.req.callback_url.as_deref(),
+                secrets: &self.req.secrets,
+                authorized_key: self.identity,
+                host_key: &host_key,
+                one_shot: self.req.one_shot,
+            })?;
+            for name in batch {
+                state.workers.retain(|w| &w.name != name);
+                state.workers.push(WorkerRecord {
+                    name: name.clone(),
+                    id: None,
+                    address: String::new(),
+                    port: 22,
+                    host_key: host_key.public_key_only(),
+                    created_at: time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                });
+            }
+            self.states.save(state)?;
+            let droplets = loop {
+                for name in batch {
+                    *self.attempts.entry(name.clone()).or_default() += 1;
+                    self.progress
+                        .set(name, &format!("creating in {}", self.region()));
+                }
+                let mut template = DropletCreate::new(
+                    &self.req.name.worker(0),
+                    self.region(),
+                    &self.size_slug,
+                    self.image.clone(),
+                );
+                template.tags = self.tags.clone();
+                template.user_data = Some(user_data.clone());
+                match self
+                    .client
+                    .create_droplets_reconciled(
+                        &template,
+                        batch,
+                        &self.req.name.tag(),
+                        known.take(),
+                    )
+                    .await
+                {
+                    Ok(d) => break d,
+                    Err(e) => {
+                        // A region out of this size: the next region that has it, while
+                        // the batch has tries left (a 422 made nothing).
+                        let refused = matches!(
+                            e.refusal(),
+                            Some(Refusal::SizeNotInRegion | Refusal::RegionNotAvailable)
+                        );
+                        if refused
+                            && self.region_at + 1 < self.regions.len()
+                            && batch.iter().all(|n| self.may_retry(n))
+                        {
+                            let from = self.region().to_owned();
+                            self.region_at += 1;
+                            eprintln!(
+                                "region {from} refused size {} ({e}); creating {} in {} instead",
+                                self.size_slug,
+                                batch.join(", "),
+                                self.region()
+                            );
+                            continue;
+                        }
+                        let (size, region) = (self.size_slug.clone(), self.region().to_owned());
+                        let tried = self.regions[..=self.region_at].join(", ");
+                        return Err(
+                            match crate::backend::digitalocean::preflight::explain_create_refusal(
+                                &e, &size, &region,
+                            ) {
+                                Some(advice) if self.region_at > 0 => FleetError::Preflight(
+                                    format!("{advice} (regions tried: {tried})"),
+                                ),
+                                Some(advice) => FleetError::Preflight(advice),
+                                None => FleetError::api("creating workers")(e),
+                            },
+                        );
+                    }
+                }
+            };
+            for d in &droplets {
+                if let Some(w) = state.workers.iter_mut().find(|w| w.name == d.name) {
+                    w.id = Some(d.id);
+                }
+            }
+            self.states.save(state)?;
+            created.extend(batch.iter().cloned());
+            if let Some(project) = &self.project {
+                let urns: Vec<String> = droplets
+                    .iter()
+                    .map(|d| format!("do:droplet:{}", d.id))
+                    .collect();
+                self.client
+                    .assign_to_project(project, &urns)
+                    .await
+                    .map_err(FleetError::api(format!(
+                        "assigning workers to project {project}"
+                    )))?;
+            }
+        }
+        Ok(created)
+    }
+
+    /// Wait until every worker of `names` is active with an address; record and pin them.
+    async fn wait_active(
+        &mut self,
+        names: &[String],
+        state: &mut FleetState,
+    ) -> Result<Vec<Droplet>, FleetError> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let active = loop {
+            let now = self
+                .client
+                .list_droplets_by_tag(&self.req.name.tag())
+                .await
+                .map_err(FleetError::api("waiting for the workers"))?;
+            let ours: Vec<Droplet> = now
+                .into_iter()
+                .filter(|d| names.contains(&d.name))
+                .collect();
+            for d in &ours {
+                if d.status == DropletStatus::Active && d.public_ipv4().is_some() {
+                    self.progress.set(&d.name, "booting");
+                } else {
+                    self.progress.set(&d.name, &format!("droplet {}", d.status));
+                }
+            }
+            if ours.len() >= names.len()
+                && ours
+                    .iter()
+                    .all(|d| d.status == DropletStatus::Active && d.public_ipv4().is_some())
+            {
+                break ours;
+            }
+            if Instant::now() > deadline {
+                return Err(FleetError::Preflight(format!(
+                    "workers of fleet {} are not active after 10 minutes; `image-builder fleet down {}` deletes them",
+                    self.req.name, self.req.name
+                )));
+            }
+            tokio::time::sleep(self.req.poll).await;
+        };
+        for d in &active {
+            if let Some(w) = state.workers.iter_mut().find(|w| w.name == d.name) {
+                w.id = Some(d.id);
+                w.address = d.public_ipv4().unwrap_or_default().to_owned();
+            }
+        }
+        self.states.save(state)?;
+        self.pinned.write(state)?;
+        Ok(active)
+    }
+}
+
+/// Wait until every worker's agent says `ready`. A worker that is `degraded` or not ready
+/// in time is deleted (confirmed gone) and returned with its reason and log tail; the
+/// others keep being waited for.
 async fn wait_ready(
     client: &Client,
     pinned: &Pinned,
     workers: &[Droplet],
     limit: Duration,
     poll: Duration,
-) -> Result<(), FleetError> {
+    progress: &mut Progress<std::io::Stderr>,
+) -> Vec<FailedWorker> {
     let deadline = Instant::now() + limit;
     let mut pending: Vec<&Droplet> = workers.iter().collect();
     let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut failed = Vec::new();
     while !pending.is_empty() {
         let mut still = Vec::new();
         // Every pending worker is asked at once: one round costs one SSH round trip,
@@ -536,48 +724,84 @@ async fn wait_ready(
                 tokio::task::spawn_blocking(move || agent_status(&pinned, &name))
             })
             .collect();
+        let timed_out = Instant::now() > deadline;
         for (d, ask) in pending.into_iter().zip(asks) {
             let status = ask.await.unwrap_or_else(|e| Err(e.to_string()));
             match status {
-                Ok(r) if r.stage == Stage::Ready => {
-                    eprintln!("{}: ready", d.name);
-                }
+                Ok(r) if r.stage == Stage::Ready => progress.set(&d.name, "ready"),
                 Ok(r) if r.stage == Stage::Degraded => {
                     let reason = r.reason.clone().unwrap_or_else(|| "degraded".to_owned());
-                    let tail = serde_json::to_string(&r).unwrap_or_default();
-                    return Err(fail_worker(client, d, reason, tail).await);
+                    progress.set(&d.name, &format!("degraded: {reason}"));
+                    let last_status = serde_json::to_string(&r).unwrap_or_default();
+                    failed.push(fail_worker(client, pinned, d, reason, last_status).await);
                 }
                 Ok(r) => {
-                    last.insert(d.name.clone(), r.stage.as_str().to_owned());
+                    let stage = r.stage.to_string();
+                    progress.set(&d.name, &stage);
+                    last.insert(d.name.clone(), stage);
                     still.push(d);
                 }
                 Err(e) => {
+                    progress.set(&d.name, "no answer yet");
                     last.insert(d.name.clone(), e);
                     still.push(d);
                 }
+            }
+        }
+        if timed_out {
+            for d in still.drain(..) {
+                let reason = format!("not ready within {}", humantime::format_duration(limit));
+                progress.set(&d.name, &reason);
+                let tail = last.remove(&d.name).unwrap_or_default();
+                failed.push(fail_worker(client, pinned, d, reason, tail).await);
             }
         }
         pending = still;
         if pending.is_empty() {
             break;
         }
-        if Instant::now() > deadline {
-            let d = pending[0];
-            let tail = last.get(&d.name).cloned().unwrap_or_default();
-            return Err(fail_worker(
-                client,
-                d,
-                format!("not ready within {}", humantime::format_duration(limit)),
-                tail,
-            )
-            .await);
-        }
         tokio::time::sleep(poll).await;
+        progress.tick();
     }
-    Ok(())
+    failed
 }
 
-async fn fail_worker(client: &Client, d: &Droplet, reason: String, tail: String) -> FleetError {
+/// The last lines of the worker's cloud-init output, over its pinned SSH (None when the
+/// worker cannot be reached).
+fn cloud_init_tail(pinned: &Pinned, worker: &str) -> Option<String> {
+    let out = pinned
+        .ssh(worker)
+        .args([
+            "sudo",
+            "-n",
+            "tail",
+            "-n",
+            "40",
+            "/var/log/cloud-init-output.log",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+}
+
+/// Delete a worker that did not become ready (the tail of its cloud-init output read
+/// first, when SSH reaches it).
+async fn fail_worker(
+    client: &Client,
+    pinned: &Pinned,
+    d: &Droplet,
+    reason: String,
+    last_status: String,
+) -> FailedWorker {
+    let (p, name) = (pinned.clone(), d.name.clone());
+    let tail = tokio::task::spawn_blocking(move || cloud_init_tail(&p, &name))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(last_status);
     if let Err(e) = client
         .destroy_droplet(
             d.id,
@@ -587,8 +811,10 @@ async fn fail_worker(client: &Client, d: &Droplet, reason: String, tail: String)
     {
         tracing::error!(droplet = d.id, error = %e, "could not delete the failed worker: `fleet down` deletes it");
     }
-    FleetError::NotReady {
+    FailedWorker {
         worker: d.name.clone(),
+        id: Some(d.id),
+        region: Some(d.region.slug.clone()),
         reason,
         tail,
     }

@@ -3,6 +3,7 @@
 //! pinned host key, the fleet's identity, the agent config and secrets — with the `local`
 //! destroy provider (an idle worker powers its VM off).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use agent_config::Provider;
@@ -10,10 +11,11 @@ use agent_status::Stage;
 use serde::Serialize;
 
 use super::keys;
+use super::progress::Progress;
 use super::ssh::{Pinned, agent_status};
 use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord};
 use super::userdata::{self, WorkerInput, WorkerSecrets};
-use super::{FleetError, FleetName};
+use super::{FailedWorker, FleetError, FleetName};
 use crate::backend::qemu::local;
 use crate::spec::LoadedSpec;
 
@@ -36,6 +38,8 @@ pub struct LocalUp<'a> {
     pub one_shot: bool,
     /// Wait this long for every worker's agent to be `ready` (None: return once QEMU runs).
     pub wait_ready: Option<std::time::Duration>,
+    /// Where each worker's agent POSTs its readiness report.
+    pub callback_url: Option<String>,
 }
 
 /// A local worker of a fleet.
@@ -93,7 +97,7 @@ pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, 
             sha: req.sha.as_deref(),
             api_url: None,
             metadata_url: None,
-            callback_url: None,
+            callback_url: req.callback_url.as_deref(),
             secrets: &req.secrets,
             authorized_key: &identity,
             host_key: &host_key,
@@ -130,55 +134,69 @@ pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, 
     Ok(ls(&req.name))
 }
 
-/// Wait until every worker's agent says `ready` over pinned SSH; a worker `degraded` or
-/// not ready in time is stopped and reported with its console's tail.
+/// Wait until every worker's agent says `ready` over pinned SSH. A worker `degraded` or
+/// not ready in time is stopped; all of them are reported together with their consoles'
+/// tails, after the others were waited for.
 fn wait_ready(
     pinned: &Pinned,
     state: &FleetState,
     limit: std::time::Duration,
 ) -> Result<(), FleetError> {
+    let mut progress = Progress::stderr();
     let deadline = std::time::Instant::now() + limit;
     let mut pending: Vec<&str> = state.workers.iter().map(|w| w.name.as_str()).collect();
-    let mut last = String::new();
+    let mut last = BTreeMap::new();
+    let mut failed = Vec::new();
     while !pending.is_empty() {
+        let timed_out = std::time::Instant::now() > deadline;
         let mut still = Vec::new();
         for w in pending {
             match agent_status(pinned, w) {
-                Ok(r) if r.stage == Stage::Ready => eprintln!("{w}: ready"),
+                Ok(r) if r.stage == Stage::Ready => progress.set(w, "ready"),
                 Ok(r) if r.stage == Stage::Degraded => {
-                    return Err(not_ready(w, r.reason.as_deref().unwrap_or("degraded")));
+                    let reason = r.reason.unwrap_or_else(|| "degraded".to_owned());
+                    progress.set(w, &format!("degraded: {reason}"));
+                    failed.push(not_ready(w, reason));
                 }
                 Ok(r) => {
-                    last = format!("{w}: {}", r.stage);
+                    let stage = r.stage.to_string();
+                    progress.set(w, &stage);
+                    last.insert(w, stage);
                     still.push(w);
                 }
                 Err(e) => {
-                    last = format!("{w}: {e}");
+                    progress.set(w, "no answer yet");
+                    last.insert(w, e);
                     still.push(w);
                 }
             }
         }
-        pending = still;
-        if let Some(w) = pending.first()
-            && std::time::Instant::now() > deadline
-        {
-            return Err(not_ready(
-                w,
-                &format!(
-                    "not ready within {} ({last})",
-                    humantime::format_duration(limit)
-                ),
-            ));
+        if timed_out {
+            for w in still.drain(..) {
+                let reason = format!(
+                    "not ready within {} ({})",
+                    humantime::format_duration(limit),
+                    last.get(w).map(String::as_str).unwrap_or("no status")
+                );
+                progress.set(w, &reason);
+                failed.push(not_ready(w, reason));
+            }
         }
+        pending = still;
         if !pending.is_empty() {
             std::thread::sleep(std::time::Duration::from_secs(2));
+            progress.tick();
         }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(FleetError::NotReady(failed))
+    }
 }
 
-/// Stop a worker that did not become ready; the error carries its console's tail.
-fn not_ready(worker: &str, reason: &str) -> FleetError {
+/// Stop a worker that did not become ready; the report carries its console's tail.
+fn not_ready(worker: &str, reason: String) -> FailedWorker {
     let console = local::list()
         .into_iter()
         .find(|w| w.name == worker)
@@ -193,9 +211,11 @@ fn not_ready(worker: &str, reason: &str) -> FleetError {
     if let Err(e) = local::stop(worker, std::time::Duration::from_secs(10)) {
         tracing::error!(worker, error = %e, "could not stop the worker that did not become ready");
     }
-    FleetError::NotReady {
+    FailedWorker {
         worker: worker.to_owned(),
-        reason: reason.to_owned(),
+        id: None,
+        region: None,
+        reason,
         tail,
     }
 }

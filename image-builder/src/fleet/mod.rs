@@ -15,12 +15,14 @@
 //! Modules: [`keys`] (host keys and the fleet's SSH identity), [`ssh`] (every SSH the
 //! tool makes, pinned), [`userdata`] (the worker contract), [`policy`] (spending caps and
 //! the human-only policy), [`state`], [`digitalocean`] (up/ls/down/reap on DigitalOcean),
-//! [`local`] (QEMU workers on this machine).
+//! [`local`] (QEMU workers on this machine), [`progress`] (what `up` shows while workers
+//! come up).
 
 pub mod digitalocean;
 pub mod keys;
 pub mod local;
 pub mod policy;
+pub mod progress;
 pub mod ssh;
 pub mod state;
 pub mod userdata;
@@ -193,18 +195,9 @@ pub enum FleetError {
     /// The spec.
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
-    /// A worker did not become ready; it was destroyed.
-    #[error(
-        "worker {worker} did not become ready ({reason}); it was deleted\n--- last status ---\n{tail}"
-    )]
-    NotReady {
-        /// The worker.
-        worker: String,
-        /// Why.
-        reason: String,
-        /// Its last status or log lines.
-        tail: String,
-    },
+    /// Workers did not become ready; each was deleted (the others are up).
+    #[error("{}", not_ready(.0))]
+    NotReady(Vec<FailedWorker>),
     /// No such worker or fleet.
     #[error("{0}")]
     NotFound(String),
@@ -271,4 +264,41 @@ mod tests {
         assert_eq!(fleet_of(&tags), Some(f));
         assert_eq!(deadline_of(&tags), Some(1_700_000_000));
     }
+}
+
+/// A worker that did not become ready: deleted (confirmed gone), with why and the tail of
+/// its log.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FailedWorker {
+    /// `<fleet>-<n>`.
+    pub worker: String,
+    /// Its droplet (DigitalOcean).
+    pub id: Option<u64>,
+    /// Its region (DigitalOcean).
+    pub region: Option<String>,
+    /// Why: the agent's `degraded` reason, or the time it was given.
+    pub reason: String,
+    /// The last lines of its cloud-init output (DigitalOcean, over pinned SSH) or of its
+    /// console (local); its last status when neither could be read.
+    pub tail: String,
+}
+
+fn not_ready(failed: &[FailedWorker]) -> String {
+    let mut out = format!(
+        "{} worker(s) did not become ready and were deleted; `fleet up` again creates them anew",
+        failed.len()
+    );
+    for f in failed {
+        out.push_str(&format!(
+            "\n{}{}: {}\n--- last lines ---\n{}",
+            f.worker,
+            f.region
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            f.reason,
+            f.tail
+        ));
+    }
+    out
 }

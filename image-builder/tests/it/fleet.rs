@@ -98,6 +98,8 @@ impl Env {
             worker_api_url: None,
             worker_metadata_url: None,
             poll: Duration::from_millis(20),
+            retry: 0,
+            callback_url: None,
         }
     }
 
@@ -245,6 +247,36 @@ fn serde_saphyr_yaml(text: &str) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readiness_callback_and_its_token_reach_each_worker_and_nothing_else() {
+    let env = Env::start(SimConfig::default(), "").await;
+    let callback_token = "callback-bearer-5a4b3c";
+    let mut req = env.request(1);
+    req.callback_url = Some("https://ci.example.test/ready".into());
+    req.secrets.callback_token = Some(callback_token.into());
+    digitalocean::up(&env.client(), &env.states(), &UserConfig::default(), &req)
+        .await
+        .unwrap();
+    let ud = env.sim.user_data(env.workers()[0]).expect("user-data");
+    let config = agent_config::Config::from_toml(
+        &worker_file(&ud, "/etc/vm-agent/config.toml"),
+        std::path::Path::new("config.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        config.readiness.callback_url.as_deref(),
+        Some("https://ci.example.test/ready")
+    );
+    // The token only in the root-only secrets file, not in the config or the state.
+    let secrets: toml::Value =
+        toml::from_str(&worker_file(&ud, "/etc/vm-agent/secrets.toml")).unwrap();
+    assert_eq!(secrets["callback_token"].as_str(), Some(callback_token));
+    assert!(!worker_file(&ud, "/etc/vm-agent/config.toml").contains(callback_token));
+    let state_text =
+        std::fs::read_to_string(env.states().state_file(&"ci".parse().unwrap())).unwrap();
+    assert!(!state_text.contains(callback_token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_is_idempotent_and_grows_by_the_difference() {
     let env = Env::start(SimConfig::default(), "").await;
     env.up(3).await.unwrap();
@@ -302,6 +334,79 @@ async fn faults_at_every_create_never_make_a_second_worker_of_one_name() {
         assert_eq!(report.deleted.len(), 3, "{fault:?}");
         assert!(env.sim.droplet_ids().is_empty(), "{fault:?}: droplets left");
     }
+}
+
+/// DigitalOcean's 422 when a region is out of a size it lists (its own wording).
+fn size_not_in_region() -> FaultRule {
+    FaultRule {
+        route: "POST /v2/droplets".into(),
+        nth: 1,
+        times: 1,
+        fault: Fault::Respond {
+            status: 422,
+            body: serde_json::json!({
+                "id": "unprocessable_entity",
+                "message": do_sim::api::refusal::SIZE_NOT_IN_REGION,
+            }),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_refusing_the_size_moves_the_batch_to_the_next_region_with_the_image() {
+    // Without --retry the refusal is the answer, explained, and nothing exists.
+    let env = Env::start(SimConfig::default(), "").await;
+    env.sim.set_faults(vec![size_not_in_region()]);
+    let err = env.up(3).await.unwrap_err();
+    assert!(
+        matches!(&err, FleetError::Preflight(m) if m.contains("refused size s-1vcpu-1gb in region nyc3")),
+        "{err}"
+    );
+    assert!(env.sim.droplet_ids().is_empty());
+
+    // With --retry 1, the batch goes to the next region that offers the size AND holds
+    // the golden image (fra1 offers it but has no copy; ams3 has both).
+    let env = Env::start(SimConfig::default(), "").await;
+    env.sim.add_image_region(env.image, "ams3");
+    env.sim.set_faults(vec![size_not_in_region()]);
+    let report = digitalocean::up(
+        &env.client(),
+        &env.states(),
+        &UserConfig::default(),
+        &UpRequest {
+            retry: 1,
+            ..env.request(3)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.created, ["ci-1", "ci-2", "ci-3"]);
+    assert!(report.failed.is_empty());
+    let regions: Vec<&str> = report.workers.iter().map(|w| w.region.as_str()).collect();
+    assert_eq!(regions, ["ams3", "ams3", "ams3"]);
+    assert_eq!(
+        env.sim.count("POST /v2/droplets"),
+        2,
+        "the refused POST and one in ams3"
+    );
+    assert_eq!(env.workers().len(), 3);
+
+    // A refusal in the last region that could take the batch is the answer again.
+    let env = Env::start(SimConfig::default(), "").await;
+    env.sim.set_faults(vec![size_not_in_region()]);
+    let err = digitalocean::up(
+        &env.client(),
+        &env.states(),
+        &UserConfig::default(),
+        &UpRequest {
+            retry: 3,
+            ..env.request(2)
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(&err, FleetError::Preflight(_)), "{err}");
+    assert!(env.sim.droplet_ids().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,6 +238,17 @@ impl Sim {
         self.with(|w| api::seed_image(w, seed))
     }
 
+    /// Image `id` is in `region` too (what a finished `transfer` action leaves).
+    pub fn add_image_region(&self, id: u64, region: &str) {
+        self.with(|w| {
+            if let Some(i) = w.images.get_mut(&id)
+                && !i.regions.iter().any(|r| r == region)
+            {
+                i.regions.push(region.to_owned());
+            }
+        });
+    }
+
     /// The request log: total, counts per route, and every request in order.
     pub fn requests(&self) -> RequestLog {
         self.with(|w| api::request_log(w))

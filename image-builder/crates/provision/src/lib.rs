@@ -70,6 +70,7 @@ const WAIT_APT_IDLE: &str = include_str!("../scripts/wait-apt-idle.sh");
 const APT_UPDATE: &str = include_str!("../scripts/apt-update.sh");
 const APT_GET: &str = include_str!("../scripts/apt-get.sh");
 const SUDOERS_INSTALL: &str = include_str!("../scripts/sudoers-install.sh");
+const SSHD_ENV_INSTALL: &str = include_str!("../scripts/sshd-env-install.sh");
 const WAIT_CLOUD_INIT: &str = include_str!("../scripts/wait-cloud-init.sh");
 const AGENT_INSTALL: &str = include_str!("../scripts/agent-install.sh");
 const RUN_STEPS: &str = include_str!("../scripts/run-steps.sh");
@@ -267,6 +268,19 @@ pub fn sudoers_write_and_install(user: &str) -> Step {
         "sudoers",
         &[("STAGED", &staged), ("TARGET", &sudoers_path(user))],
         &format!("{write}{SUDOERS_INSTALL}"),
+    )
+}
+
+/// Install [`SSHD_ACCEPT_ENV_CONTENT`] at [`SSHD_ACCEPT_ENV_DROPIN`], kept only if
+/// `sshd -t` accepts the configuration with it (for callers that cannot use cloud-init's
+/// write_files, e.g. the Packer plugin).
+pub fn sshd_accept_env_install() -> Step {
+    let staged = format!("{WORK_DIR}/staged/sshd-60-image-builder-env.conf");
+    let write = write_file_snippet(&staged, SSHD_ACCEPT_ENV_CONTENT, "0644");
+    Step::from_script(
+        "sshd-accept-env",
+        &[("STAGED", &staged), ("TARGET", SSHD_ACCEPT_ENV_DROPIN)],
+        &format!("{write}{SSHD_ENV_INSTALL}"),
     )
 }
 
@@ -698,5 +712,97 @@ mod tests {
         let (ok, calls) = run(apt_upgrade());
         assert!(!ok);
         assert_eq!(calls.lines().count(), 1);
+    }
+
+    /// Run the sshd drop-in step in a private mount namespace whose `/etc/ssh` and
+    /// [`WORK_DIR`] are fresh tmpfs (the host's stay untouched), `/etc/ssh` holding
+    /// `sshd_config` and the given drop-ins; returns the output and the drop-in's
+    /// content and mode afterwards.
+    fn sshd_env_step_in_sandbox(
+        sshd_config: &str,
+        dropins: &[(&str, &str)],
+    ) -> (std::process::Output, Option<(String, u32)>) {
+        let uid = Command::new("id").arg("-u").output().expect("id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "this test needs root: it mounts a private /etc/ssh to run the step with the real sshd -t"
+        );
+        assert!(
+            std::path::Path::new("/usr/sbin/sshd").exists(),
+            "this test needs openssh-server (the real sshd -t); .ci/setup.sh installs it"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc-ssh");
+        std::fs::create_dir_all(etc.join("sshd_config.d")).unwrap();
+        std::fs::write(etc.join("sshd_config"), sshd_config).unwrap();
+        for (name, body) in dropins {
+            std::fs::write(etc.join("sshd_config.d").join(name), body).unwrap();
+        }
+        std::fs::write(dir.path().join("step.sh"), sshd_accept_env_install().script).unwrap();
+        let out_dir = dir.path().join("out");
+        let script = format!(
+            "set -e\nmount -t tmpfs tmpfs /etc/ssh\ncp -a {etc}/. /etc/ssh/\nmkdir -p {work}\n\
+             mount -t tmpfs tmpfs {work}\nrc=0\nsh -eu {step} || rc=$?\nmkdir -p {out}\n\
+             if [ -e {target} ]; then cp {target} {out}/dropin; stat -c %a {target} > {out}/mode; fi\n\
+             exit $rc\n",
+            etc = etc.display(),
+            work = WORK_DIR,
+            step = dir.path().join("step.sh").display(),
+            out = out_dir.display(),
+            target = SSHD_ACCEPT_ENV_DROPIN,
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .expect("unshare");
+        let after = std::fs::read_to_string(out_dir.join("dropin"))
+            .ok()
+            .map(|c| {
+                let mode = std::fs::read_to_string(out_dir.join("mode")).unwrap();
+                (c, u32::from_str_radix(mode.trim(), 8).unwrap())
+            });
+        (out, after)
+    }
+
+    const DEBIAN_SSHD_CONFIG: &str =
+        "Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\n";
+
+    #[test]
+    fn sshd_accept_env_step_installs_what_sshd_accepts_and_nothing_it_refuses() {
+        // Debian's own layout, no host keys yet (a sealed image): installed, 0644.
+        let (out, after) = sshd_env_step_in_sandbox(DEBIAN_SSHD_CONFIG, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            after,
+            Some((SSHD_ACCEPT_ENV_CONTENT.to_owned(), 0o644)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // sshd -t refuses the configuration (another drop-in is broken): ours is not
+        // left in place and the step fails saying so.
+        let (out, after) = sshd_env_step_in_sandbox(
+            DEBIAN_SSHD_CONFIG,
+            &[("10-broken.conf", "NoSuchOption yes\n")],
+        );
+        assert!(!out.status.success());
+        assert_eq!(
+            after, None,
+            "a drop-in was left beside a configuration sshd refuses"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("sshd -t refused"), "{err}");
+
+        // A sshd_config that does not read sshd_config.d: the drop-in would be ignored.
+        let (out, after) = sshd_env_step_in_sandbox("UsePAM yes\n", &[]);
+        assert!(!out.status.success());
+        assert_eq!(after, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("does not include sshd_config.d"), "{err}");
     }
 }
