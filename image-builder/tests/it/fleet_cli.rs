@@ -322,6 +322,58 @@ async fn user_data_for_terraform_is_0600_and_pins_the_fleet() {
         std::fs::read_to_string(env.dir.path().join("state/fleets/tf/known_hosts")).unwrap();
     assert!(known.starts_with("tf-* ssh-ed25519 "), "{known}");
     assert!(Path::new(&env.dir.path().join("state/fleets/tf/id_ed25519")).is_file());
+
+    // The readiness callback's token comes from a 0600 file: one readable by others is
+    // refused naming the file, and nothing is written; the token never reaches stderr.
+    let token_file = env.dir.path().join("callback-token");
+    std::fs::write(&token_file, "cb-token-77aa\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cb_out = env.dir.path().join("cb-user-data.yaml");
+    let with_callback = |out_path: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_image-builder"))
+            .args([
+                "fleet",
+                "user-data",
+                env.spec.to_str().unwrap(),
+                "--name",
+                "tf",
+            ])
+            .args(["--callback-url", "https://ci.example.test/ready"])
+            .arg("--callback-token-file")
+            .arg(&token_file)
+            .arg("-o")
+            .arg(out_path)
+            .env("IMAGE_BUILDER_STATE_DIR", env.dir.path().join("state"))
+            .env("DIGITALOCEAN_WORKER_TOKEN", WORKER_TOKEN)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let refused = with_callback(&cb_out);
+    assert_eq!(refused.status.code(), Some(65), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("callback-token"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(
+        text(&refused.stderr).contains("chmod 600"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!text(&refused.stderr).contains("cb-token-77aa"));
+    assert!(
+        !cb_out.exists(),
+        "user-data written after a refused secret file"
+    );
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ok = with_callback(&cb_out);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let ud = std::fs::read_to_string(&cb_out).unwrap();
+    assert!(
+        ud.contains("cb-token-77aa"),
+        "the token is in the worker's secrets"
+    );
 }
 
 /// SIGKILL of `fleet up` at each API step (the step's request processed, its answer held
