@@ -152,6 +152,31 @@ impl Env {
         c
     }
 
+    /// `fleet up SPEC --name NAME --image ID --yes --json` against the simulator, the
+    /// caller adding the rest.
+    fn fleet_up(&self, spec: &Path, name: &str, image: u64) -> Command {
+        let mut c = self.command();
+        c.args(["fleet", "up"])
+            .arg(spec)
+            .args([
+                "--name",
+                name,
+                "--image",
+                &image.to_string(),
+                "--yes",
+                "--json",
+            ])
+            .args([
+                "--ready-timeout",
+                "5m",
+                "--poll",
+                "500ms",
+                "--api-url",
+                &self.sim.api_url(),
+            ]);
+        c
+    }
+
     fn bake(&self, spec: &Path) -> Output {
         run(self
             .command()
@@ -306,29 +331,7 @@ async fn a_digitalocean_bake_and_its_fleet_on_machines_that_really_run() {
     assert!(publish.status.success(), "{}", text(&publish.stderr));
 
     // Workers from the snapshot, ready over pinned SSH with the artifact pulled.
-    let up = run(env
-        .command()
-        .arg("fleet")
-        .arg("up")
-        .arg(&spec)
-        .args([
-            "-n",
-            "3",
-            "--name",
-            "mf",
-            "--image",
-            &image_id.to_string(),
-            "--yes",
-            "--json",
-        ])
-        .args([
-            "--ready-timeout",
-            "5m",
-            "--poll",
-            "500ms",
-            "--api-url",
-            &env.sim.api_url(),
-        ]));
+    let up = run(env.fleet_up(&spec, "mf", image_id).args(["-n", "3"]));
     assert!(
         up.status.success(),
         "fleet up failed:\n{}",
@@ -441,25 +444,13 @@ async fn a_digitalocean_bake_and_its_fleet_on_machines_that_really_run() {
     // --retry 1 replaces it once, the same way, then gives up. Nothing is left behind.
     let posts_before = env.sim.count("POST /v2/droplets");
     let unpublished = "feedfacefeedfacefeedfacefeedfacefeedface";
-    let bad = run(env.command().arg("fleet").arg("up").arg(&spec).args([
+    let bad = run(env.fleet_up(&spec, "mbad", image_id).args([
         "-n",
         "1",
-        "--name",
-        "mbad",
-        "--image",
-        &image_id.to_string(),
         "--sha",
         unpublished,
         "--retry",
         "1",
-        "--yes",
-        "--json",
-        "--ready-timeout",
-        "5m",
-        "--poll",
-        "500ms",
-        "--api-url",
-        &env.sim.api_url(),
     ]));
     let stderr = text(&bad.stderr);
     assert_eq!(bad.status.code(), Some(1), "{stderr}");

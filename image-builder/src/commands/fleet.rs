@@ -134,8 +134,8 @@ fn secrets(args: &SecretArgs, host_token: Option<&Token>) -> Result<WorkerSecret
     })
 }
 
-/// A one-line secret from a file that only its owner can read.
-fn secret_file(path: &Path) -> Result<String, FleetError> {
+/// The text of a file that holds a secret: refused unless only its owner can read it.
+fn read_private_file(path: &Path) -> Result<String, FleetError> {
     use std::os::unix::fs::PermissionsExt as _;
     let err = |message: String| FleetError::File {
         path: path.to_owned(),
@@ -144,38 +144,38 @@ fn secret_file(path: &Path) -> Result<String, FleetError> {
     let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(err(format!(
-            "mode {:04o}: a secret file must not be readable by group or others (chmod 600)",
+            "mode {:04o}: a file holding a secret must not be readable by group or others (chmod 600)",
             meta.permissions().mode() & 0o777
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
+}
+
+/// A one-line secret from a file that only its owner can read.
+fn secret_file(path: &Path) -> Result<String, FleetError> {
+    let text = read_private_file(path)?;
     let secret = text.trim();
     if secret.is_empty() || secret.contains(char::is_whitespace) {
-        return Err(err("expected one token on one line".into()));
+        return Err(FleetError::File {
+            path: path.to_owned(),
+            message: "expected one token on one line".into(),
+        });
     }
     Ok(secret.to_owned())
 }
 
 fn space_key_file(path: &Path) -> Result<(String, String), FleetError> {
-    use std::os::unix::fs::PermissionsExt as _;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct KeyFile {
         access_key_id: String,
         secret_access_key: String,
     }
+    let text = read_private_file(path)?;
     let err = |message: String| FleetError::File {
         path: path.to_owned(),
         message,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(err(format!(
-            "mode {:04o}: a key file must not be readable by group or others (chmod 600)",
-            meta.permissions().mode() & 0o777
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     // toml's messages quote the offending line: keep only the message, never the value.
     let k: KeyFile = toml::from_str(&text).map_err(|e| err(e.message().to_owned()))?;
     Ok((k.access_key_id, k.secret_access_key))

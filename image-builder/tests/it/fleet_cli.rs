@@ -277,6 +277,24 @@ async fn secrets_stay_out_of_argv_output_logs_and_state_and_down_needs_no_state(
     );
 }
 
+/// `fleet user-data SPEC --name tf -o OUT` with the worker token in the environment.
+fn user_data_command(env: &Env, out: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_image-builder"));
+    c.args([
+        "fleet",
+        "user-data",
+        env.spec.to_str().unwrap(),
+        "--name",
+        "tf",
+        "-o",
+    ])
+    .arg(out)
+    .env("IMAGE_BUILDER_STATE_DIR", env.dir.path().join("state"))
+    .env("DIGITALOCEAN_WORKER_TOKEN", WORKER_TOKEN)
+    .stdin(Stdio::null());
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_data_for_terraform_is_0600_and_pins_the_fleet() {
     let env = Env::start().await;
@@ -296,22 +314,7 @@ async fn user_data_for_terraform_is_0600_and_pins_the_fleet() {
         .unwrap();
     // `fleet user-data` takes no --api-url; the flag above is refused as a usage error.
     assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_image-builder"));
-    let out = c
-        .args([
-            "fleet",
-            "user-data",
-            env.spec.to_str().unwrap(),
-            "--name",
-            "tf",
-            "-o",
-            out_file.to_str().unwrap(),
-        ])
-        .env("IMAGE_BUILDER_STATE_DIR", env.dir.path().join("state"))
-        .env("DIGITALOCEAN_WORKER_TOKEN", WORKER_TOKEN)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = user_data_command(&env, &out_file).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777;
@@ -330,22 +333,10 @@ async fn user_data_for_terraform_is_0600_and_pins_the_fleet() {
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let cb_out = env.dir.path().join("cb-user-data.yaml");
     let with_callback = |out_path: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_image-builder"))
-            .args([
-                "fleet",
-                "user-data",
-                env.spec.to_str().unwrap(),
-                "--name",
-                "tf",
-            ])
+        user_data_command(&env, out_path)
             .args(["--callback-url", "https://ci.example.test/ready"])
             .arg("--callback-token-file")
             .arg(&token_file)
-            .arg("-o")
-            .arg(out_path)
-            .env("IMAGE_BUILDER_STATE_DIR", env.dir.path().join("state"))
-            .env("DIGITALOCEAN_WORKER_TOKEN", WORKER_TOKEN)
-            .stdin(Stdio::null())
             .output()
             .unwrap()
     };
