@@ -96,6 +96,19 @@ impl Env {
         }
     }
 
+    /// A real S3 server on 127.0.0.1 and a 0600 credentials file for it.
+    fn space(&self) -> (artifact_support::S3Server, PathBuf) {
+        let s3 = artifact_support::S3Server::start();
+        let creds = self.dir.path().join("space.env");
+        s3_test_server::write_file(
+            &creds,
+            format!("SPACES_ACCESS_KEY_ID={ACCESS_KEY}\nSPACES_SECRET_ACCESS_KEY={SECRET_KEY}\n")
+                .as_bytes(),
+            0o600,
+        );
+        (s3, creds)
+    }
+
     /// A small disk: GPT (so a protective MBR), zstd-compressed qcow2 like a bake's.
     fn disk(&self) -> PathBuf {
         require_tool("qemu-img", "qemu-utils");
@@ -232,14 +245,7 @@ async fn a_url_that_refuses_head_fails_the_import_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_goes_through_the_space_and_its_upload_never_outlives_the_import() {
     let env = Env::new().await;
-    let s3 = artifact_support::S3Server::start();
-    let creds = env.dir.path().join("space.env");
-    s3_test_server::write_file(
-        &creds,
-        format!("SPACES_ACCESS_KEY_ID={ACCESS_KEY}\nSPACES_SECRET_ACCESS_KEY={SECRET_KEY}\n")
-            .as_bytes(),
-        0o600,
-    );
+    let (s3, creds) = env.space();
     let disk = env.disk();
     let endpoint = format!("http://127.0.0.1:{}", s3.port);
     let space = |keep: bool| {
@@ -363,14 +369,7 @@ async fn custom_image_calls_conform_to_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_without_a_partition_table_is_refused_before_anything_is_uploaded() {
     let env = Env::new().await;
-    let s3 = artifact_support::S3Server::start();
-    let creds = env.dir.path().join("space.env");
-    s3_test_server::write_file(
-        &creds,
-        format!("SPACES_ACCESS_KEY_ID={ACCESS_KEY}\nSPACES_SECRET_ACCESS_KEY={SECRET_KEY}\n")
-            .as_bytes(),
-        0o600,
-    );
+    let (s3, creds) = env.space();
     let bare = env.dir.path().join("bare.qcow2");
     let ok = std::process::Command::new(require_tool("qemu-img", "qemu-utils"))
         .args(["create", "-q", "-f", "qcow2"])

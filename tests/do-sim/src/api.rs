@@ -192,7 +192,7 @@ pub mod refusal {
     pub const SSH_KEY_IN_USE: &str = "SSH Key is already in use on your account";
 }
 
-fn unprocessable(rid: &ReqId, message: &str) -> Response {
+pub(crate) fn unprocessable(rid: &ReqId, message: &str) -> Response {
     error_response(
         StatusCode::UNPROCESSABLE_ENTITY,
         "unprocessable_entity",

@@ -23,7 +23,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{AppState, ReqId, Shared, error_response, json_response};
+use crate::api::{AppState, ReqId, Shared, error_response, json_response, unprocessable};
 use crate::catalog;
 use crate::state::Image;
 
@@ -50,15 +50,6 @@ struct CustomImageCreate {
     description: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
-}
-
-fn unprocessable(rid: &ReqId, message: &str) -> Response {
-    error_response(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unprocessable_entity",
-        message,
-        &rid.0,
-    )
 }
 
 /// `POST /v2/images`.
