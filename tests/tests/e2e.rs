@@ -490,6 +490,60 @@ fn bake_boot_and_watch_the_agent_do_its_whole_job() {
         String::from_utf8_lossy(&stopped.stderr)
     );
 
+    // A worker not ready in time is stopped and reported with its console's tail;
+    // --retry 1 starts it once more, then the command fails naming both attempts, and no
+    // worker of that fleet is left running.
+    let late_fleet = format!("{fleet_name}late");
+    let late = fleet(&[
+        "up",
+        spec.to_str().unwrap(),
+        "--backend",
+        "qemu",
+        "-n",
+        "1",
+        "--name",
+        &late_fleet,
+        "--image",
+        golden.to_str().unwrap(),
+        "--ready-timeout",
+        "1s",
+        "--retry",
+        "1",
+    ]);
+    let late_err = String::from_utf8_lossy(&late.stderr);
+    assert_eq!(late.status.code(), Some(1), "{late_err}");
+    assert!(
+        late_err.contains("2 worker(s) did not become ready"),
+        "{late_err}"
+    );
+    assert!(
+        late_err.contains(&format!("{late_fleet}-1: replacing: not ready within 1s")),
+        "{late_err}"
+    );
+    let late_ls = run(Command::new(&ib).args(["ls-local", "--json"]));
+    let local_workers: serde_json::Value =
+        serde_json::from_slice(&late_ls.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ls-local --json: {e}: {}",
+                String::from_utf8_lossy(&late_ls.stderr)
+            )
+        });
+    let left: Vec<&serde_json::Value> = local_workers
+        .as_array()
+        .expect("ls-local --json is a list")
+        .iter()
+        .filter(|w| {
+            w["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&late_fleet))
+                && w["running"] == true
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a worker that never became ready is still running: {left:?}"
+    );
+
     // The golden disk, offline: a GPT disk whose root filesystem is labelled `rootfs`.
     let raw = dir.path().join("golden.raw");
     assert!(

@@ -263,6 +263,7 @@ fn up(states: &StateDir, a: &UpArgs) -> Result<(), FleetError> {
                     one_shot: a.one_shot,
                     wait_ready: (!a.no_wait).then_some(a.ready_timeout),
                     callback_url: a.secrets.callback_url.clone(),
+                    retry: a.retry,
                 },
             )?;
             if a.json {

@@ -40,6 +40,8 @@ pub struct LocalUp<'a> {
     pub wait_ready: Option<std::time::Duration>,
     /// Where each worker's agent POSTs its readiness report.
     pub callback_url: Option<String>,
+    /// A worker that failed to become ready is started again up to this many times.
+    pub retry: u32,
 }
 
 /// A local worker of a fleet.
@@ -83,55 +85,105 @@ pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, 
         .filter(|w| w.running)
         .map(|w| w.name)
         .collect();
-    let q = &req.spec.spec.qemu;
-    for n in 1..=req.count {
-        let name = req.name.worker(n);
-        if running.contains(&name) && state.workers.iter().any(|w| w.name == name) {
-            continue;
+    let mut to_start: Vec<String> = (1..=req.count)
+        .map(|n| req.name.worker(n))
+        .filter(|name| !(running.contains(name) && state.workers.iter().any(|w| &w.name == name)))
+        .collect();
+    // Every worker is waited for in the first round; later rounds wait for replacements.
+    let mut waiting: Vec<String> = (1..=req.count).map(|n| req.name.worker(n)).collect();
+    let mut attempts: BTreeMap<String, u32> = BTreeMap::new();
+    let mut failed = Vec::new();
+    let mut progress = Progress::stderr();
+    loop {
+        for name in &to_start {
+            *attempts.entry(name.clone()).or_default() += 1;
+            progress.set(name, "starting");
+            start_worker(states, req, &pinned, &identity, &mut state, name)?;
         }
-        // Each local worker has its own user-data, so its own host key.
-        let host_key = keys::generate(&format!("image-builder fleet {} host {name}", req.name))?;
-        let user_data = userdata::render(&WorkerInput {
-            spec: req.spec,
-            provider: Provider::Local,
-            sha: req.sha.as_deref(),
-            api_url: None,
-            metadata_url: None,
-            callback_url: req.callback_url.as_deref(),
-            secrets: &req.secrets,
-            authorized_key: &identity,
-            host_key: &host_key,
-            one_shot: req.one_shot,
-        })?;
-        let w = local::run(&local::RunLocal {
-            image: req.image.clone(),
-            // The golden disk boots by its own GRUB under QEMU's default firmware, at the
-            // image's size.
-            firmware: Default::default(),
-            disk_size: None,
-            name: name.clone(),
-            user_data,
-            memory_mib: q.memory.0 >> 20,
-            cpus: q.cpus,
-            accel: q.accel,
-            ssh_port: None,
-        })?;
-        state.workers.retain(|r| r.name != name);
-        state.workers.push(WorkerRecord {
-            name,
-            id: None,
-            address: "127.0.0.1".into(),
-            port: w.ssh_port,
-            host_key: host_key.public_key_only(),
-            created_at: w.started_at.clone(),
-        });
+        let Some(limit) = req.wait_ready else { break };
+        let lost = wait_ready(&pinned, &waiting, limit, &mut progress);
+        if lost.is_empty() {
+            break;
+        }
+        state
+            .workers
+            .retain(|w| !lost.iter().any(|f| f.worker == w.name));
         states.save(&state)?;
         pinned.write(&state)?;
+        to_start = lost
+            .iter()
+            .map(|f| f.worker.clone())
+            .filter(|w| attempts.get(w).copied().unwrap_or(0) <= req.retry)
+            .collect();
+        for f in &lost {
+            if to_start.contains(&f.worker) {
+                progress.set(&f.worker, &format!("replacing: {}", f.reason));
+            } else {
+                progress.remove(&f.worker);
+            }
+        }
+        failed.extend(lost);
+        if to_start.is_empty() {
+            break;
+        }
+        waiting = to_start.clone();
     }
-    if let Some(limit) = req.wait_ready {
-        wait_ready(&pinned, &state, limit)?;
+    // A replaced worker that came up is no failure of the fleet.
+    failed.retain(|f| !state.workers.iter().any(|w| w.name == f.worker));
+    if !failed.is_empty() {
+        return Err(FleetError::NotReady(failed));
     }
     Ok(ls(&req.name))
+}
+
+/// Start local worker `name` with its own user-data (so its own host key) and record it.
+fn start_worker(
+    states: &StateDir,
+    req: &LocalUp<'_>,
+    pinned: &Pinned,
+    identity: &str,
+    state: &mut FleetState,
+    name: &str,
+) -> Result<(), FleetError> {
+    let q = &req.spec.spec.qemu;
+    let host_key = keys::generate(&format!("image-builder fleet {} host {name}", req.name))?;
+    let user_data = userdata::render(&WorkerInput {
+        spec: req.spec,
+        provider: Provider::Local,
+        sha: req.sha.as_deref(),
+        api_url: None,
+        metadata_url: None,
+        callback_url: req.callback_url.as_deref(),
+        secrets: &req.secrets,
+        authorized_key: identity,
+        host_key: &host_key,
+        one_shot: req.one_shot,
+    })?;
+    let w = local::run(&local::RunLocal {
+        image: req.image.clone(),
+        // The golden disk boots by its own GRUB under QEMU's default firmware, at the
+        // image's size.
+        firmware: Default::default(),
+        disk_size: None,
+        name: name.to_owned(),
+        user_data,
+        memory_mib: q.memory.0 >> 20,
+        cpus: q.cpus,
+        accel: q.accel,
+        ssh_port: None,
+    })?;
+    state.workers.retain(|r| r.name != name);
+    state.workers.push(WorkerRecord {
+        name: name.to_owned(),
+        id: None,
+        address: "127.0.0.1".into(),
+        port: w.ssh_port,
+        host_key: host_key.public_key_only(),
+        created_at: w.started_at.clone(),
+    });
+    states.save(state)?;
+    pinned.write(state)?;
+    Ok(())
 }
 
 /// Wait until every worker's agent says `ready` over pinned SSH. A worker `degraded` or
@@ -139,12 +191,12 @@ pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, 
 /// tails, after the others were waited for.
 fn wait_ready(
     pinned: &Pinned,
-    state: &FleetState,
+    workers: &[String],
     limit: std::time::Duration,
-) -> Result<(), FleetError> {
-    let mut progress = Progress::stderr();
+    progress: &mut Progress<std::io::Stderr>,
+) -> Vec<FailedWorker> {
     let deadline = std::time::Instant::now() + limit;
-    let mut pending: Vec<&str> = state.workers.iter().map(|w| w.name.as_str()).collect();
+    let mut pending: Vec<&str> = workers.iter().map(String::as_str).collect();
     let mut last = BTreeMap::new();
     let mut failed = Vec::new();
     while !pending.is_empty() {
@@ -188,11 +240,7 @@ fn wait_ready(
             progress.tick();
         }
     }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(FleetError::NotReady(failed))
-    }
+    failed
 }
 
 /// Stop a worker that did not become ready; the report carries its console's tail.
