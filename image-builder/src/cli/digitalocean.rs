@@ -127,6 +127,12 @@ pub struct ImagesImportArgs {
     /// Path-style Space URLs (self-hosted S3 servers).
     #[arg(long)]
     pub space_path_style: bool,
+    /// Base URL DigitalOcean fetches the upload from, the object's key appended
+    /// (e.g. the Space's CDN endpoint https://BUCKET.REGION.cdn.digitaloceanspaces.com)
+    /// [default: the object's URL at --space-endpoint]. The object is public-read
+    /// for the import's duration only.
+    #[arg(long, value_name = "BASE", conflicts_with = "url", value_parser = http_url)]
+    pub space_public_url: Option<String>,
     /// KEY=VALUE file (mode 0600) with SPACES_ACCESS_KEY_ID and SPACES_SECRET_ACCESS_KEY
     /// [default: those environment variables].
     #[arg(long, value_name = "FILE")]
@@ -146,6 +152,15 @@ pub struct ImagesImportArgs {
     /// API access.
     #[command(flatten)]
     pub conn: ConnArgs,
+}
+
+/// A URL DigitalOcean can fetch from: http:// or https://.
+fn http_url(s: &str) -> Result<String, String> {
+    if s.starts_with("http://") || s.starts_with("https://") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not an http:// or https:// URL"))
+    }
 }
 
 /// `image-builder images ls`.

@@ -237,6 +237,7 @@ fn images_import(a: &ImagesImportArgs) -> Result<ImportReport, Error> {
                     .and_then(|c| c.ok_or(artifact_store::s3::CredentialsError::Missing)),
             }
             .map_err(DoBakeError::SpaceCredentials)?,
+            public_url: a.space_public_url.clone(),
         },
         _ => {
             return Err(Error::Usage(

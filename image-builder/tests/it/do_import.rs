@@ -1,20 +1,24 @@
 //! `image-builder images import` against the simulator's `POST /v2/images` (which,
 //! as DigitalOcean documents, sends HEAD and then GET to the URL): from a URL the
 //! caller hosts, and through a Space (the real S3 test server), whose object is
-//! deleted whatever the import's outcome. The client's create and its polls are
-//! also checked against DigitalOcean's OpenAPI contract through Prism.
+//! deleted whatever the import's outcome, Ctrl-C included. The Space's public-read
+//! side is an anonymous s3s-fs over the same data (`--space-public-url`). The
+//! client's create and its polls are also checked against DigitalOcean's OpenAPI
+//! contract through Prism.
 
 #![allow(clippy::unwrap_used)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::artifact_support::{self, ACCESS_KEY, SECRET_KEY};
+use crate::artifact_support::{self, ACCESS_KEY, BUCKET, SECRET_KEY};
 use crate::common::require_tool;
-use do_sim::{Sim, SimConfig};
+use do_sim::{Fault, FaultRule, Sim, SimConfig};
 
 const TOKEN: &str = "dop_v1_import_test_token";
 const BIN: &str = env!("CARGO_BIN_EXE_image-builder");
@@ -78,10 +82,59 @@ struct Env {
     token_file: PathBuf,
 }
 
+/// A Space: the real S3 server and a 0600 credentials file for it.
+struct Space {
+    s3: artifact_support::S3Server,
+    creds: PathBuf,
+}
+
+impl Space {
+    /// The arguments of an import of `disk` as `name` (region nyc3) through this Space.
+    fn args(&self, disk: &Path, name: &str) -> Vec<String> {
+        [
+            disk.to_str().unwrap(),
+            "--name",
+            name,
+            "--region",
+            "nyc3",
+            "--space-endpoint",
+            &self.s3.endpoint(),
+            "--space-bucket",
+            BUCKET,
+            "--space-path-style",
+            "--space-credentials-file",
+            self.creds.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The objects under `imports/`.
+    fn uploads(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.s3.data_dir().join(BUCKET).join("imports"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The upload is gone: it was public.
+    fn assert_no_upload(&self) {
+        assert_eq!(
+            self.uploads(),
+            Vec::<PathBuf>::new(),
+            "the public upload is left"
+        );
+    }
+}
+
 impl Env {
     async fn new() -> Env {
+        Env::with_faults(Vec::new()).await
+    }
+
+    async fn with_faults(faults: Vec<FaultRule>) -> Env {
         let sim = Sim::start(SimConfig {
             token: Some(TOKEN.into()),
+            faults,
             ..SimConfig::default()
         })
         .await
@@ -97,7 +150,7 @@ impl Env {
     }
 
     /// A real S3 server on 127.0.0.1 and a 0600 credentials file for it.
-    fn space(&self) -> (artifact_support::S3Server, PathBuf) {
+    fn space(&self) -> Space {
         let s3 = artifact_support::S3Server::start();
         let creds = self.dir.path().join("space.env");
         s3_test_server::write_file(
@@ -106,7 +159,7 @@ impl Env {
                 .as_bytes(),
             0o600,
         );
-        (s3, creds)
+        Space { s3, creds }
     }
 
     /// A small disk: GPT (so a protective MBR), zstd-compressed qcow2 like a bake's.
@@ -143,9 +196,20 @@ impl Env {
     }
 
     /// Run `image-builder images import ARGS` against the simulator.
-    async fn import(&self, args: &[&str]) -> std::process::Output {
-        tokio::process::Command::new(BIN)
-            .args(["images", "import"])
+    async fn import(
+        &self,
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    ) -> std::process::Output {
+        self.command(args).output().await.unwrap()
+    }
+
+    /// `image-builder images import ARGS` against the simulator, to be run.
+    fn command(
+        &self,
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["images", "import"])
             .args(args)
             .arg("--api-url")
             .arg(self.sim.api_url())
@@ -159,20 +223,22 @@ impl Env {
                 "--timeout",
                 "2m",
             ])
-            .env("IMAGE_BUILDER_LOG", "warn")
-            .output()
-            .await
-            .unwrap()
+            .env("IMAGE_BUILDER_LOG", "warn");
+        cmd
     }
 
-    fn image(&self, id: u64) -> serde_json::Value {
-        self.sim.state()["images"]
-            .as_array()
+    /// The image as the simulator shows it (`GET /v2/images/{id}`).
+    async fn image(&self, id: u64) -> serde_json::Value {
+        let got: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/v2/images/{id}", self.sim.api_url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
             .unwrap()
-            .iter()
-            .find(|i| i["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("no image {id} in {}", self.sim.state()))
+            .json()
+            .await
+            .unwrap();
+        got["image"].clone()
     }
 }
 
@@ -214,7 +280,7 @@ async fn an_image_at_a_url_is_fetched_head_first_and_becomes_available() {
         .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(methods, ["HEAD", "GET"], "{:?}", server.seen());
-    let image = env.image(report["image_id"].as_u64().unwrap());
+    let image = env.image(report["image_id"].as_u64().unwrap()).await;
     assert_eq!(image["name"], "golden-url");
     assert_eq!(image["tags"], serde_json::json!(["golden"]));
     assert_eq!(env.sim.count("POST /v2/images"), 1);
@@ -237,53 +303,85 @@ async fn a_url_that_refuses_head_fails_the_import_with_the_reason() {
     assert_eq!(server.seen().len(), 1, "no GET after a refused HEAD");
 }
 
-/// Through a Space: the disk is converted to a zlib qcow2 (any importer reads it; a
-/// bake's zstd clusters need QEMU 5.1), uploaded under `imports/`, and the plain URL
-/// of the object goes to DigitalOcean. The S3 test server serves nothing unsigned
-/// (a real Space serves the public-read object), so here the import fails at HEAD,
-/// and the object must be gone anyway: it would be public.
+/// Through a Space end to end: the disk is converted to a zlib qcow2 (any importer
+/// reads it; a bake's zstd clusters need QEMU 5.1) and uploaded, signed, under
+/// `imports/`; DigitalOcean fetches it unsigned at `--space-public-url`, here an
+/// anonymous s3s-fs over the same data (the public-read side of a real Space) behind
+/// a recording proxy. The image becomes available and the upload is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_disk_goes_through_the_space_and_its_upload_never_outlives_the_import() {
+async fn a_disk_goes_through_the_space_and_is_fetched_unsigned_at_the_public_url() {
     let env = Env::new().await;
-    let (s3, creds) = env.space();
-    let disk = env.disk();
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let space = |keep: bool| {
-        let mut a = vec![
-            disk.display().to_string(),
-            "--name".into(),
-            "golden-space".into(),
-            "--region".into(),
-            "nyc3".into(),
-            "--space-endpoint".into(),
-            endpoint.clone(),
-            "--space-bucket".into(),
-            s3_test_server::BUCKET.into(),
-            "--space-path-style".into(),
-            "--space-credentials-file".into(),
-            creds.display().to_string(),
-        ];
-        if keep {
-            a.push("--keep-upload".into());
-        }
-        a
-    };
-    let imports = s3.data_dir().join(s3_test_server::BUCKET).join("imports");
-    let objects = || -> Vec<PathBuf> {
-        std::fs::read_dir(&imports)
-            .map(|d| d.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default()
-    };
+    let space = env.space();
+    let reader = space.s3.anonymous_reader();
+    let public = artifact_support::Proxy::start(reader.port);
+    let base = format!("http://127.0.0.1:{}/{BUCKET}", public.port);
+    let mut args = space.args(&env.disk(), "golden-space");
+    args.extend(
+        [
+            "--space-public-url",
+            &base,
+            "--tag",
+            "golden",
+            "--description",
+            "a golden disk",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let report = json(&env.import(&args).await);
+    assert_eq!(report["status"], "available");
+    assert_eq!(report["regions"], serde_json::json!(["nyc3"]));
+    let object = report["uploaded"]["object"].as_str().unwrap();
+    let key = object.strip_prefix(&format!("s3://{BUCKET}/")).unwrap();
+    assert!(
+        key.starts_with("imports/golden-space-") && key.ends_with(".qcow2"),
+        "{key}"
+    );
+    assert_eq!(report["url"], format!("{base}/{key}"));
+    assert!(report["uploaded"]["size"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["uploaded"]["deleted"], true);
+
+    let seen = public.seen();
+    let target = format!("/{BUCKET}/{key}");
+    let fetched: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| (r.method.as_str(), r.target.as_str()))
+        .collect();
+    assert_eq!(fetched, [("HEAD", &*target), ("GET", &*target)]);
+    assert!(
+        seen.iter().all(|r| r.header("authorization").is_none()),
+        "DigitalOcean's fetch is unsigned: {seen:?}"
+    );
+    space.assert_no_upload();
+
+    let image = env.image(report["image_id"].as_u64().unwrap()).await;
+    assert_eq!(image["name"], "golden-space");
+    assert_eq!(image["status"], "available");
+    assert_eq!(image["regions"], serde_json::json!(["nyc3"]));
+    assert_eq!(image["tags"], serde_json::json!(["golden"]));
+    assert_eq!(image["distribution"], "Debian");
+    assert_eq!(image["description"], "a golden disk");
+    assert_eq!(env.sim.count("POST /v2/images"), 1);
+}
+
+/// At the Space endpoint (the default URL) the S3 test server serves nothing
+/// unsigned, so the import fails at HEAD: the upload is the qcow2 DigitalOcean
+/// would fetch (kept with `--keep-upload`), and without that flag it is gone
+/// although the import failed: it would be public.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_import_leaves_no_upload_unless_it_is_kept() {
+    let env = Env::new().await;
+    let space = env.space();
+    let args = space.args(&env.disk(), "golden-space");
 
     // Kept: the object is what DigitalOcean would fetch.
-    let args = space(true);
     let out = env
-        .import(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .import(args.iter().chain(&["--keep-upload".into()]))
         .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("HEAD with 403"), "{stderr}");
-    let kept = objects();
+    let kept = space.uploads();
     assert_eq!(kept.len(), 1, "{kept:?}");
     let name = kept[0].file_name().unwrap().to_string_lossy().into_owned();
     assert!(
@@ -301,17 +399,117 @@ async fn a_disk_goes_through_the_space_and_its_upload_never_outlives_the_import(
     std::fs::remove_file(&kept[0]).unwrap();
 
     // Not kept: deleted although the import failed.
-    let args = space(false);
-    let out = env
-        .import(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .await;
+    let out = env.import(&args).await;
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        objects(),
-        Vec::<PathBuf>::new(),
-        "the public upload is left"
-    );
+    space.assert_no_upload();
     assert_eq!(env.sim.count("POST /v2/images"), 2);
+}
+
+/// Ctrl-C while the import waits for the image: the simulator holds the answer to
+/// the first status poll, so the signal provably lands in the wait. The import
+/// deletes its upload and fails as an interrupted bake does (exit 1, README.md
+/// "Exit codes"), naming the image it leaves with DigitalOcean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_wait_deletes_the_upload_and_fails_as_interrupted() {
+    const GATE: &str = "status wait";
+    let env = Env::with_faults(vec![FaultRule {
+        route: "GET /v2/images/{id}".into(),
+        nth: 1,
+        times: 1,
+        fault: Fault::Hold { gate: GATE.into() },
+    }])
+    .await;
+    let space = env.space();
+    let child = spawn(&mut env.command(space.args(&env.disk(), "golden-ctrl-c")));
+    tokio::time::timeout(Duration::from_secs(120), env.sim.wait_held(GATE, 1))
+        .await
+        .expect("the import never polled the image");
+    assert_eq!(space.uploads().len(), 1, "uploaded before the wait");
+    // The held poll is never answered while the import runs: it must act on the
+    // signal from inside the wait.
+    let stderr = interrupt(child, false).await;
+    env.sim.release(GATE);
+    let id = env.sim.state()["images"].as_array().unwrap()[0]["id"].clone();
+    assert!(
+        stderr.contains(&format!("custom image {id} stays")),
+        "{stderr}"
+    );
+    space.assert_no_upload();
+    assert_eq!(env.sim.count("POST /v2/images"), 1);
+}
+
+/// Ctrl-C at a terminal during the conversion reaches the whole foreground process
+/// group, qemu-img too: the import fails as interrupted, not as a failed qemu-img, and
+/// nothing is uploaded or created. A `qemu-img` on PATH stands in for the conversion
+/// (the real one answers the rest): it opens a FIFO when it starts converting, which
+/// is the test's cue, then waits to be stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_conversion_fails_as_interrupted_before_anything_is_uploaded() {
+    let env = Env::new().await;
+    let space = env.space();
+    let disk = env.disk();
+    let real = require_tool("qemu-img", "qemu-utils");
+    let converting = env.dir.path().join("converting");
+    nix::unistd::mkfifo(&converting, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let bin = env.dir.path().join("bin");
+    s3_test_server::write_file(
+        &bin.join("qemu-img"),
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = convert ]; then echo converting > '{}'; exec sleep 600; fi\nexec '{}' \"$@\"\n",
+            converting.display(),
+            real.display()
+        )
+        .as_bytes(),
+        0o755,
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = spawn(
+        env.command(space.args(&disk, "golden-converting"))
+            .env("PATH", path)
+            .process_group(0),
+    );
+    let cue = tokio::task::spawn_blocking(move || std::fs::read_to_string(converting));
+    let cue = tokio::time::timeout(Duration::from_secs(120), cue)
+        .await
+        .expect("the import never started converting");
+    assert_eq!(cue.unwrap().unwrap(), "converting\n");
+    interrupt(child, true).await;
+    assert!(
+        !space.s3.data_dir().join(BUCKET).join("imports").exists(),
+        "nothing is uploaded"
+    );
+    assert_eq!(env.sim.count("POST /v2/images"), 0);
+}
+
+/// Start `cmd` with its output captured.
+fn spawn(cmd: &mut tokio::process::Command) -> tokio::process::Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGINT to `child` (to its whole process group with `group`, as from a terminal),
+/// then its end: it must fail as an interrupted bake does (exit 1, README.md "Exit
+/// codes", `interrupted by SIGINT`). Its stderr.
+async fn interrupt(child: tokio::process::Child, group: bool) -> String {
+    use nix::sys::signal::{Signal, kill, killpg};
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    if group {
+        killpg(pid, Signal::SIGINT)
+    } else {
+        kill(pid, Signal::SIGINT)
+    }
+    .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: interrupted by SIGINT"), "{stderr}");
+    stderr
 }
 
 fn qemu_img_info(p: &Path) -> serde_json::Value {
@@ -369,7 +567,7 @@ async fn custom_image_calls_conform_to_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_without_a_partition_table_is_refused_before_anything_is_uploaded() {
     let env = Env::new().await;
-    let (s3, creds) = env.space();
+    let space = env.space();
     let bare = env.dir.path().join("bare.qcow2");
     let ok = std::process::Command::new(require_tool("qemu-img", "qemu-utils"))
         .args(["create", "-q", "-f", "qcow2"])
@@ -378,32 +576,13 @@ async fn a_disk_without_a_partition_table_is_refused_before_anything_is_uploaded
         .output()
         .unwrap();
     assert!(ok.status.success(), "{ok:?}");
-    let endpoint = format!("http://127.0.0.1:{}", s3.port);
-    let out = env
-        .import(&[
-            bare.to_str().unwrap(),
-            "--name",
-            "golden-bare",
-            "--region",
-            "nyc3",
-            "--space-endpoint",
-            &endpoint,
-            "--space-bucket",
-            s3_test_server::BUCKET,
-            "--space-path-style",
-            "--space-credentials-file",
-            creds.to_str().unwrap(),
-        ])
-        .await;
+    let out = env.import(space.args(&bare, "golden-bare")).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(65), "bad input: {stderr}");
     assert!(stderr.contains("not a whole disk"), "{stderr}");
     assert_eq!(env.sim.count("POST /v2/images"), 0);
     assert!(
-        !s3.data_dir()
-            .join(s3_test_server::BUCKET)
-            .join("imports")
-            .exists(),
+        !space.s3.data_dir().join(BUCKET).join("imports").exists(),
         "nothing is uploaded"
     );
 }

@@ -263,6 +263,29 @@ fn every_exit_code_through_the_real_binary() {
         )
         .env("PATH", f.arg("no-tools")),
         Case::new(
+            "--space-public-url not a URL",
+            &[
+                "images",
+                "import",
+                "x.qcow2",
+                "--name",
+                "golden",
+                "--region",
+                "nyc3",
+                "--space-endpoint",
+                "https://nyc3.digitaloceanspaces.com",
+                "--space-bucket",
+                "b",
+                "--space-public-url",
+                "b.nyc3.cdn.digitaloceanspaces.com",
+            ],
+            64,
+            &[
+                "error: invalid value 'b.nyc3.cdn.digitaloceanspaces.com' for '--space-public-url <BASE>'",
+                "is not an http:// or https:// URL",
+            ],
+        ),
+        Case::new(
             "no store endpoint",
             &["artifact", "ls"],
             64,

@@ -12,6 +12,9 @@
 //!   killed on drop; [`S3Server::stop`] / [`S3Server::restart`] crash and revive
 //!   it on the same port and data for fault tests; [`S3Server::object_path`]
 //!   is where s3s-fs keeps an object, to corrupt it behind the server's back.
+//! - [`S3Server::anonymous_reader`]: a second s3s-fs, without keys, over the same
+//!   data dir: the public-read side of a real Space (its stored objects readable
+//!   without a signature), which a server with keys never serves.
 //! - [`free_port`], [`wait_listening`], [`pseudo_random`], [`write_file`]:
 //!   small helpers the artifact tests share.
 //!
@@ -20,12 +23,13 @@
 //! in the callers, so this crate depends on std and `tempfile` only.
 //!
 //! The keys are passed on s3s-fs's command line: they are throwaway values for a
-//! loopback-only server, never real credentials. The server's stderr is appended
-//! to `server.log` in its data dir.
+//! loopback-only server, never real credentials. The server's stderr (and its
+//! anonymous readers') is appended to `server.log` in its data dir.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -88,15 +92,17 @@ pub fn wait_listening(port: u16) {
     }
 }
 
-/// A running s3s-fs on 127.0.0.1 with its own temp data dir; killed on drop.
+/// A running s3s-fs on 127.0.0.1 with its own temp data dir (or the one of the
+/// server it reads for, [`S3Server::anonymous_reader`]); killed on drop, the data
+/// dir removed with the last server over it.
 pub struct S3Server {
     /// The port it listens on (kept across [`S3Server::restart`]).
     pub port: u16,
-    /// Its access key id.
+    /// Its access key id (empty: anonymous).
     pub access_key: String,
-    /// Its secret access key.
+    /// Its secret access key (empty: anonymous).
     pub secret_key: String,
-    data: tempfile::TempDir,
+    data: Arc<tempfile::TempDir>,
     child: Option<Child>,
 }
 
@@ -135,7 +141,20 @@ impl S3Server {
         )
     }
 
-    fn launch(data: tempfile::TempDir, port: u16, access_key: String, secret_key: String) -> Self {
+    /// Another s3s-fs on its own port over this server's data dir, without keys:
+    /// it answers unsigned requests, so a test reads this server's objects as
+    /// anyone reads a public-read object of a real Space. For reading only (it
+    /// would also take unsigned writes).
+    pub fn anonymous_reader(&self) -> S3Server {
+        S3Server::launch(self.data.clone(), free_port(), String::new(), String::new())
+    }
+
+    fn launch(
+        data: Arc<tempfile::TempDir>,
+        port: u16,
+        access_key: String,
+        secret_key: String,
+    ) -> Self {
         let mut s = S3Server {
             port,
             access_key,
@@ -157,10 +176,13 @@ impl S3Server {
             .append(true)
             .open(&log_path)
             .unwrap_or_else(|e| panic!("open {}: {e}", log_path.display()));
-        let child = Command::new(s3s_fs_bin())
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", &self.access_key])
-            .args(["--secret-key", &self.secret_key])
+        let mut cmd = Command::new(s3s_fs_bin());
+        cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string()]);
+        if !self.access_key.is_empty() {
+            cmd.args(["--access-key", &self.access_key])
+                .args(["--secret-key", &self.secret_key]);
+        }
+        let child = cmd
             .arg(self.data.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -223,10 +245,10 @@ impl Drop for S3Server {
     }
 }
 
-fn data_dir() -> tempfile::TempDir {
+fn data_dir() -> Arc<tempfile::TempDir> {
     let data = tempfile::tempdir().expect("create the s3s-fs data dir");
     std::fs::create_dir(data.path().join(BUCKET)).expect("create the bucket dir");
-    data
+    Arc::new(data)
 }
 
 /// `len` deterministic pseudo-random bytes (xorshift64); different seeds give
@@ -305,6 +327,63 @@ mod tests {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
             "s3s-fs survived its drop"
+        );
+    }
+
+    /// The status line and body of an unsigned `method` of `/BUCKET/key` on `port`.
+    fn unsigned(port: u16, method: &str, key: &str) -> (String, String) {
+        use std::io::{Read as _, Write as _};
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            c,
+            "{method} /{BUCKET}/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).expect("read");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
+    }
+
+    #[test]
+    fn an_anonymous_reader_serves_the_same_objects_unsigned() {
+        let s = S3Server::start();
+        write_file(&s.object_path("imports/a.qcow2"), b"the disk", 0o644);
+        let r = s.anonymous_reader();
+        assert_ne!(r.port, s.port);
+        assert_eq!(r.data_dir(), s.data_dir());
+        assert!(r.access_key.is_empty() && r.secret_key.is_empty());
+        assert!(
+            unsigned(s.port, "HEAD", "imports/a.qcow2")
+                .0
+                .contains(" 403 ")
+        );
+        assert!(
+            unsigned(r.port, "HEAD", "imports/a.qcow2")
+                .0
+                .contains(" 200 ")
+        );
+        let (status, body) = unsigned(r.port, "GET", "imports/a.qcow2");
+        assert!(status.contains(" 200 "), "{status}");
+        assert_eq!(body, "the disk");
+
+        // The data dir lives as long as one of them.
+        let (dir, pid) = (s.data_dir().to_owned(), r.pid());
+        drop(s);
+        assert!(dir.is_dir());
+        assert!(
+            unsigned(r.port, "HEAD", "imports/a.qcow2")
+                .0
+                .contains(" 200 ")
+        );
+        drop(r);
+        assert!(!dir.exists(), "the data dir outlived its servers");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the reader survived its drop"
         );
     }
 

@@ -6,10 +6,13 @@
 //! 2. uploaded to the Space under `imports/<name>-<random>.qcow2` with a public-read ACL
 //!    (DigitalOcean downloads it by plain URL and first sends a HEAD, which a presigned
 //!    GET URL does not allow), or, with `--url`, taken from where the caller hosts it;
-//! 3. `POST /v2/images` with that URL, then `GET /v2/images/{id}` until `available` (or
-//!    its `error_message`);
+//! 3. `POST /v2/images` with the object's plain URL (at the Space endpoint, or at
+//!    `--space-public-url`, e.g. the Space's CDN) or the caller's, then
+//!    `GET /v2/images/{id}` until `available` (or its `error_message`);
 //! 4. the uploaded object is deleted whatever happened (unless `--keep-upload`): it is
-//!    public while it exists.
+//!    public while it exists. SIGINT and SIGTERM stop the upload or the wait, the
+//!    object is deleted, and the import fails with [`DoBakeError::Interrupted`] (as a
+//!    bake does; a second signal abandons the delete, naming the object).
 //!
 //! The disk must be one that boots by itself (the local backend's golden disks are):
 //! DigitalOcean boots custom images from their own bootloader. The command checks it
@@ -24,7 +27,7 @@ use serde::Serialize;
 use artifact_store::s3::{self, S3Credentials, S3Settings};
 use do_api::{Client, CustomImageCreate, ImportState, Poll};
 
-use super::DoBakeError;
+use super::{DoBakeError, Signals, api};
 use crate::backend::qemu::{self, run_logged};
 
 /// A single PUT carries at most this much (S3's limit).
@@ -43,6 +46,9 @@ pub enum ImportSource {
         space: S3Settings,
         /// Its keys.
         credentials: S3Credentials,
+        /// Where DigitalOcean fetches the object from: this base URL and the key
+        /// (e.g. the Space's CDN endpoint) [default: the object's URL at the endpoint].
+        public_url: Option<String>,
     },
 }
 
@@ -121,8 +127,12 @@ fn importable_qcow2(disk: &Path, out: &Path) -> Result<u64, DoBakeError> {
         .map_err(|e| config(format!("{}: {e}", out.display())))
 }
 
-/// The plain (unsigned) URL of `key`: what DigitalOcean fetches.
-fn object_url(settings: &S3Settings, key: &str) -> String {
+/// The plain (unsigned) URL of `key`: what DigitalOcean fetches. Under `public_url`
+/// when given, else at the Space endpoint.
+fn object_url(settings: &S3Settings, public_url: Option<&str>, key: &str) -> String {
+    if let Some(base) = public_url {
+        return format!("{}/{key}", base.trim_end_matches('/'));
+    }
     let endpoint = settings.endpoint.trim_end_matches('/');
     if settings.path_style {
         return format!("{endpoint}/{}/{key}", settings.bucket);
@@ -133,19 +143,77 @@ fn object_url(settings: &S3Settings, key: &str) -> String {
     }
 }
 
-/// Run `images import`.
+/// The object an import uploads, deleted when the import ends.
+struct Upload {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    size: u64,
+}
+
+impl Upload {
+    /// Delete the object (unless `keep`); a second signal abandons the delete.
+    async fn end(self, keep: bool, signals: &mut Signals) -> Uploaded {
+        let object = format!("s3://{}/{}", self.bucket, self.key);
+        let deleted = if keep {
+            false
+        } else {
+            let delete = self
+                .s3
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .send();
+            let outcome = tokio::select! {
+                r = delete => r.map(drop).map_err(|e| s3::error_chain(&e)),
+                s = signals.recv() => Err(format!("the delete was abandoned on {s}")),
+            };
+            match outcome {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(
+                        "could not delete the uploaded disk: {why}; delete {object} yourself (it is public)"
+                    );
+                    false
+                }
+            }
+        };
+        Uploaded {
+            object,
+            size: self.size,
+            deleted,
+        }
+    }
+}
+
+/// How long a failed conversion waits for the signal that may have stopped qemu-img.
+const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Run `images import`. SIGINT and SIGTERM are handled from the start: one during the
+/// conversion stops the import once qemu-img ends (at once when it got the signal too,
+/// as from a terminal), before anything is uploaded.
 pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportReport, DoBakeError> {
+    let mut signals = Signals::new()?;
     let (url, upload) = match &opts.source {
         ImportSource::Url(url) => (url.clone(), None),
         ImportSource::Disk {
             path: disk,
             space: settings,
             credentials,
+            public_url,
         } => {
             let work = tempfile::tempdir().map_err(|e| config(format!("temp dir: {e}")))?;
             let file = work.path().join(format!("{}.qcow2", opts.name));
             tracing::info!("converting {} for import", disk.display());
-            let size = importable_qcow2(disk, &file)?;
+            let converted = importable_qcow2(disk, &file);
+            if converted.is_err() {
+                // Ctrl-C at a terminal stops qemu-img too: its failure is then the interruption.
+                let signalled = tokio::time::timeout(SIGNAL_GRACE, signals.recv()).await;
+                if let Ok(s) = signalled {
+                    return Err(DoBakeError::Interrupted(s));
+                }
+            }
+            let size = converted?;
             if size > MAX_SINGLE_PUT {
                 return Err(config(format!(
                     "{}: the importable qcow2 is {size} bytes, more than one upload takes (5 GiB); host it yourself and pass --url",
@@ -153,59 +221,44 @@ pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportRepor
                 )));
             }
             let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-            let key = format!("imports/{}-{suffix}.qcow2", opts.name);
-            let s3 = s3::client(settings, credentials, None);
-            tracing::info!(
-                "uploading {size} bytes to s3://{}/{key} (public-read until the import ends)",
-                settings.bucket
-            );
-            let body = ByteStream::from_path(&file)
-                .await
-                .map_err(|e| config(format!("{}: {e}", file.display())))?;
-            s3.put_object()
-                .bucket(&settings.bucket)
-                .key(&key)
-                .acl(ObjectCannedAcl::PublicRead)
-                .content_type("application/octet-stream")
-                .content_length(i64::try_from(size).unwrap_or(i64::MAX))
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| DoBakeError::Space {
-                    during: "uploading the disk",
-                    source: Box::new(s3::classify(&e, "PutObject", &settings.bucket, &key).into()),
-                })?;
-            let url = object_url(settings, &key);
-            (url, Some((s3, settings.bucket.clone(), key, size)))
+            let upload = Upload {
+                s3: s3::client(settings, credentials, None),
+                bucket: settings.bucket.clone(),
+                key: format!("imports/{}-{suffix}.qcow2", opts.name),
+                size,
+            };
+            let put = tokio::select! {
+                biased;
+                s = signals.recv() => Err(DoBakeError::Interrupted(s)),
+                r = put_public(&upload, &file) => r,
+            };
+            match put {
+                Ok(()) => {}
+                // The object may exist (the PUT was sent): it is public.
+                Err(e @ DoBakeError::Interrupted(_)) => {
+                    upload.end(opts.keep_upload, &mut signals).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+            let url = object_url(settings, public_url.as_deref(), &upload.key);
+            (url, Some(upload))
         }
     };
 
-    let result = create_and_wait(opts, client, &url).await;
-
+    let mut created = None;
+    let result = tokio::select! {
+        r = create_and_wait(opts, client, &url, &mut created) => r,
+        s = signals.recv() => Err(DoBakeError::Interrupted(s)),
+    };
+    if let (Err(DoBakeError::Interrupted(s)), Some(id)) = (&result, created) {
+        tracing::warn!(
+            "{s}: stopping the import; custom image {id} stays with DigitalOcean (delete it if unwanted)"
+        );
+    }
     let uploaded = match upload {
         None => None,
-        Some((s3, bucket, key, size)) => {
-            let deleted = if opts.keep_upload {
-                false
-            } else {
-                match s3.delete_object().bucket(&bucket).key(&key).send().await {
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::warn!(
-                            "could not delete the uploaded disk: {}; delete s3://{}/{key} yourself (it is public)",
-                            s3::error_chain(&e),
-                            bucket
-                        );
-                        false
-                    }
-                }
-            };
-            Some(Uploaded {
-                object: format!("s3://{bucket}/{key}"),
-                size,
-                deleted,
-            })
-        }
+        Some(u) => Some(u.end(opts.keep_upload, &mut signals).await),
     };
     let image = result?;
     Ok(ImportReport {
@@ -218,17 +271,42 @@ pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportRepor
     })
 }
 
+/// PUT `file` as the upload's object, public-read.
+async fn put_public(upload: &Upload, file: &Path) -> Result<(), DoBakeError> {
+    tracing::info!(
+        "uploading {} bytes to s3://{}/{} (public-read until the import ends)",
+        upload.size,
+        upload.bucket,
+        upload.key
+    );
+    let body = ByteStream::from_path(file)
+        .await
+        .map_err(|e| config(format!("{}: {e}", file.display())))?;
+    upload
+        .s3
+        .put_object()
+        .bucket(&upload.bucket)
+        .key(&upload.key)
+        .acl(ObjectCannedAcl::PublicRead)
+        .content_type("application/octet-stream")
+        .content_length(i64::try_from(upload.size).unwrap_or(i64::MAX))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| DoBakeError::Space {
+            during: "uploading the disk",
+            source: Box::new(s3::classify(&e, "PutObject", &upload.bucket, &upload.key).into()),
+        })?;
+    Ok(())
+}
+
+/// Create the custom image (its id goes to `created`) and wait for it.
 async fn create_and_wait(
     opts: &ImportOptions,
     client: &Client,
     url: &str,
+    created_id: &mut Option<u64>,
 ) -> Result<do_api::Image, DoBakeError> {
-    let api = |during: &'static str| {
-        move |source| DoBakeError::Api {
-            during,
-            source: Box::new(source),
-        }
-    };
     let created = client
         .create_custom_image(&CustomImageCreate {
             name: opts.name.clone(),
@@ -240,6 +318,7 @@ async fn create_and_wait(
         })
         .await
         .map_err(api("creating the custom image"))?;
+    *created_id = Some(created.id);
     tracing::info!(
         "custom image {} created ({}); waiting for DigitalOcean to import it",
         created.id,
@@ -273,14 +352,33 @@ mod tests {
             path_style: false,
         };
         assert_eq!(
-            object_url(&s, "imports/golden-1.qcow2"),
+            object_url(&s, None, "imports/golden-1.qcow2"),
             "https://ci-artifacts.nyc3.digitaloceanspaces.com/imports/golden-1.qcow2"
         );
         s.endpoint = "http://127.0.0.1:9000/".into();
         s.path_style = true;
         assert_eq!(
-            object_url(&s, "imports/golden-1.qcow2"),
+            object_url(&s, None, "imports/golden-1.qcow2"),
             "http://127.0.0.1:9000/ci-artifacts/imports/golden-1.qcow2"
         );
+    }
+
+    #[test]
+    fn a_public_url_is_the_base_the_key_is_appended_to() {
+        let s = S3Settings {
+            endpoint: "https://nyc3.digitaloceanspaces.com".into(),
+            region: "us-east-1".into(),
+            bucket: "ci-artifacts".into(),
+            path_style: false,
+        };
+        for base in [
+            "https://ci-artifacts.nyc3.cdn.digitaloceanspaces.com",
+            "https://ci-artifacts.nyc3.cdn.digitaloceanspaces.com/",
+        ] {
+            assert_eq!(
+                object_url(&s, Some(base), "imports/golden-1.qcow2"),
+                "https://ci-artifacts.nyc3.cdn.digitaloceanspaces.com/imports/golden-1.qcow2"
+            );
+        }
     }
 }
