@@ -259,7 +259,6 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
             result
         }
     };
-    let run_uuid = uuid::Uuid::new_v4().to_string();
     let mut custom = BTreeMap::new();
     custom.insert("spec_sha256".into(), loaded.spec_hash());
     custom.insert("image_name".into(), name.clone());
@@ -271,35 +270,53 @@ pub async fn bake(kind: BackendKind, req: &BakeRequest) -> Result<Manifest, Bake
     for (step, seconds) in result.timings.iter() {
         custom.insert(format!("time_{step}_s"), format!("{seconds:.1}"));
     }
-    let manifest = Manifest {
-        builds: vec![ManifestBuild {
-            name,
-            builder_type: result.builder_type.clone(),
-            build_time: time::OffsetDateTime::now_utc().unix_timestamp(),
-            files: result
-                .files
-                .iter()
-                .map(|(p, s)| ManifestFile {
-                    name: p.display().to_string(),
-                    size: *s,
-                })
-                .collect(),
-            artifact_id: result.artifact_id.clone(),
-            packer_run_uuid: run_uuid.clone(),
-            custom_data: custom,
-            timings: result.timings.clone(),
-            image_builder: serde_json::json!({
-                "timings": result.timings.iter().map(|(step, seconds)| serde_json::json!({"step": step, "seconds": seconds})).collect::<Vec<_>>(),
-                "seal_report": result.report,
-                "details": result.details,
-            }),
-        }],
-        last_run_uuid: run_uuid,
-    };
-    let path = req.out_dir.join("manifest.json");
-    serde_json::to_vec_pretty(&manifest)
-        .map_err(std::io::Error::from)
-        .and_then(|text| artifact_store::fsutil::write_atomic(&path, &text, 0o644))
-        .map_err(|source| BakeError::Manifest { path, source })?;
+    let manifest = Manifest::single(ManifestBuild {
+        name,
+        builder_type: result.builder_type.clone(),
+        build_time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        files: result
+            .files
+            .iter()
+            .map(|(p, s)| ManifestFile {
+                name: p.display().to_string(),
+                size: *s,
+            })
+            .collect(),
+        artifact_id: result.artifact_id.clone(),
+        packer_run_uuid: String::new(),
+        custom_data: custom,
+        timings: result.timings.clone(),
+        image_builder: serde_json::json!({
+            "timings": result.timings.iter().map(|(step, seconds)| serde_json::json!({"step": step, "seconds": seconds})).collect::<Vec<_>>(),
+            "seal_report": result.report,
+            "details": result.details,
+        }),
+    });
+    manifest.write(&req.out_dir)?;
     Ok(manifest)
+}
+
+impl Manifest {
+    /// One build, under a new run id.
+    pub fn single(mut build: ManifestBuild) -> Manifest {
+        let run_uuid = uuid::Uuid::new_v4().to_string();
+        build.packer_run_uuid = run_uuid.clone();
+        Manifest {
+            builds: vec![build],
+            last_run_uuid: run_uuid,
+        }
+    }
+
+    /// Write it as `out_dir/manifest.json` (atomically), creating `out_dir`.
+    pub fn write(&self, out_dir: &Path) -> Result<PathBuf, BakeError> {
+        let path = out_dir.join("manifest.json");
+        std::fs::create_dir_all(out_dir)
+            .and_then(|()| serde_json::to_vec_pretty(self).map_err(std::io::Error::from))
+            .and_then(|text| artifact_store::fsutil::write_atomic(&path, &text, 0o644))
+            .map_err(|source| BakeError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(path)
+    }
 }

@@ -140,6 +140,12 @@ pub struct ImagesImportArgs {
     /// Leave the uploaded (public) object in the Space.
     #[arg(long)]
     pub keep_upload: bool,
+    /// Output directory of manifest.json (the same Packer-compatible manifest a bake writes).
+    #[arg(long, default_value = "image-builder-out")]
+    pub out: PathBuf,
+    /// Confirm without asking (the image bills as storage while it exists).
+    #[arg(long)]
+    pub yes: bool,
     /// Give up waiting for `available` after this long.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,

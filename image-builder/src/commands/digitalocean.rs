@@ -123,7 +123,8 @@ pub fn reap(args: &ReapArgs) -> Result<(), Error> {
 pub fn images(cmd: &ImagesCommand) -> Result<(), Error> {
     match cmd {
         ImagesCommand::Import(a) => {
-            let report = images_import(a)?;
+            let mut report = images_import(a)?;
+            report.manifest = Some(import_manifest(a, &report).write(&a.out)?);
             if a.json {
                 print_json(&report);
             } else {
@@ -256,7 +257,73 @@ fn images_import(a: &ImagesImportArgs) -> Result<ImportReport, Error> {
         keep_upload: a.keep_upload,
         poll: Poll::new(a.poll_interval.max(Duration::from_millis(10)), a.timeout),
     };
+    show_import(a, &opts);
+    crate::backend::digitalocean::confirm(
+        a.yes,
+        "Import this image?",
+        "import the image shown above",
+    )?;
     let client = client(&a.conn)?;
     Ok(runtime(tokio::runtime::Builder::new_current_thread())?
         .block_on(import::import(&opts, &client))?)
+}
+
+/// What an import will make and what it bills, before anything is uploaded or created.
+fn show_import(a: &ImagesImportArgs, opts: &ImportOptions) {
+    let from = match &opts.source {
+        ImportSource::Url(url) => format!("{url} (fetched by DigitalOcean; nothing is uploaded)"),
+        ImportSource::Disk { path, space, .. } => {
+            let virtual_size = crate::backend::qemu::vm::virtual_size(path)
+                .map(|b| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30)))
+                .unwrap_or_else(|_| "unknown size".into());
+            format!(
+                "{} ({virtual_size} disk), converted to a zlib qcow2 and uploaded public-read to \
+                 s3://{}/imports/ until the import ends{}",
+                path.display(),
+                space.bucket,
+                if a.keep_upload {
+                    " (kept: --keep-upload)"
+                } else {
+                    ""
+                }
+            )
+        }
+    };
+    eprintln!(
+        "image-builder will import into DigitalOcean region {}:\n  \
+         image     {} (custom image, tags {}), billed per GB-month while it exists\n  \
+         from      {from}\n  \
+         manifest  {}",
+        opts.region,
+        opts.name,
+        import::image_tags(&opts.tags).join(", "),
+        a.out.join("manifest.json").display()
+    );
+}
+
+/// The manifest of an import: the same shape as a DigitalOcean bake's.
+fn import_manifest(a: &ImagesImportArgs, report: &ImportReport) -> crate::bake::Manifest {
+    let mut custom = std::collections::BTreeMap::new();
+    custom.insert("image_name".to_owned(), report.name.clone());
+    custom.insert("image_id".to_owned(), report.image_id.to_string());
+    custom.insert("imported_from".to_owned(), report.url.clone());
+    let files = a
+        .disk
+        .iter()
+        .map(|p| crate::bake::ManifestFile {
+            name: p.display().to_string(),
+            size: std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        })
+        .collect();
+    crate::bake::Manifest::single(crate::bake::ManifestBuild {
+        name: report.name.clone(),
+        builder_type: crate::backend::digitalocean::BUILDER_TYPE.to_owned(),
+        build_time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        files,
+        artifact_id: format!("{}:{}", a.region, report.image_id),
+        packer_run_uuid: String::new(),
+        custom_data: custom,
+        timings: Default::default(),
+        image_builder: serde_json::json!({ "import": report }),
+    })
 }

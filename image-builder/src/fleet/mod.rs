@@ -31,7 +31,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Every resource this tool makes carries this tag.
-pub const TAG: &str = "image-builder";
+pub use crate::backend::digitalocean::TAG;
 /// `image-builder-fleet-<name>`: the fleet a worker belongs to.
 pub const FLEET_TAG_PREFIX: &str = "image-builder-fleet-";
 /// `image-builder-deadline-<unix seconds>`: when `reap` may delete the worker.

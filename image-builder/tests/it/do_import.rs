@@ -203,14 +203,28 @@ impl Env {
         self.command(args).output().await.unwrap()
     }
 
-    /// `image-builder images import ARGS` against the simulator, to be run.
+    /// `image-builder images import ARGS --yes --out DIR/out` against the simulator, to
+    /// be run.
     fn command(
+        &self,
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    ) -> tokio::process::Command {
+        let mut cmd = self.unconfirmed(args);
+        cmd.arg("--yes");
+        cmd
+    }
+
+    /// The same without `--yes`.
+    fn unconfirmed(
         &self,
         args: impl IntoIterator<Item = impl AsRef<OsStr>>,
     ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.args(["images", "import"])
             .args(args)
+            .arg("--out")
+            .arg(self.dir.path().join("out"))
+            .stdin(std::process::Stdio::null())
             .arg("--api-url")
             .arg(self.sim.api_url())
             .arg("--token-file")
@@ -282,7 +296,10 @@ async fn an_image_at_a_url_is_fetched_head_first_and_becomes_available() {
     assert_eq!(methods, ["HEAD", "GET"], "{:?}", server.seen());
     let image = env.image(report["image_id"].as_u64().unwrap()).await;
     assert_eq!(image["name"], "golden-url");
-    assert_eq!(image["tags"], serde_json::json!(["golden"]));
+    assert_eq!(
+        image["tags"],
+        serde_json::json!(["image-builder", "golden"])
+    );
     assert_eq!(env.sim.count("POST /v2/images"), 1);
 }
 
@@ -358,10 +375,58 @@ async fn a_disk_goes_through_the_space_and_is_fetched_unsigned_at_the_public_url
     assert_eq!(image["name"], "golden-space");
     assert_eq!(image["status"], "available");
     assert_eq!(image["regions"], serde_json::json!(["nyc3"]));
-    assert_eq!(image["tags"], serde_json::json!(["golden"]));
+    assert_eq!(
+        image["tags"],
+        serde_json::json!(["image-builder", "golden"])
+    );
     assert_eq!(image["distribution"], "Debian");
     assert_eq!(image["description"], "a golden disk");
     assert_eq!(env.sim.count("POST /v2/images"), 1);
+
+    // The same Packer-compatible manifest a DigitalOcean bake writes.
+    let path = env.dir.path().join("out/manifest.json");
+    assert_eq!(report["manifest"], path.display().to_string());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("manifest.json")).unwrap();
+    let build = &manifest["builds"][0];
+    assert_eq!(build["builder_type"], "image-builder.digitalocean");
+    assert_eq!(build["name"], "golden-space");
+    assert_eq!(
+        build["artifact_id"],
+        format!("nyc3:{}", report["image_id"].as_u64().unwrap())
+    );
+    assert_eq!(build["custom_data"]["imported_from"], report["url"]);
+    assert_eq!(build["packer_run_uuid"], manifest["last_run_uuid"]);
+    let disk = env.dir.path().join("golden.qcow2");
+    assert_eq!(build["files"][0]["name"], disk.display().to_string());
+}
+
+/// Off a terminal without --yes: the plan (image, tags, what is uploaded, the billing)
+/// is shown and nothing is converted, uploaded or created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_yes_off_a_terminal_nothing_is_uploaded_or_created() {
+    let env = Env::new().await;
+    let space = env.space();
+    let out = env
+        .unconfirmed(space.args(&env.disk(), "golden-unconfirmed"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pass --yes"), "{stderr}");
+    for shown in [
+        "region nyc3",
+        "golden-unconfirmed",
+        "tags image-builder",
+        "billed per GB-month",
+        "public-read",
+    ] {
+        assert!(stderr.contains(shown), "{shown} not shown:\n{stderr}");
+    }
+    space.assert_no_upload();
+    assert_eq!(env.sim.count("POST /v2/images"), 0);
+    assert!(!env.dir.path().join("out/manifest.json").exists());
 }
 
 /// At the Space endpoint (the default URL) the S3 test server serves nothing

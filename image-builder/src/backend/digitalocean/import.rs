@@ -88,6 +88,8 @@ pub struct ImportReport {
     pub url: String,
     /// The Space object it was uploaded to, if any, and whether it was deleted.
     pub uploaded: Option<Uploaded>,
+    /// The manifest written for it (`--out`).
+    pub manifest: Option<std::path::PathBuf>,
 }
 
 /// The object an import uploaded.
@@ -268,6 +270,7 @@ pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportRepor
         regions: image.regions,
         url,
         uploaded,
+        manifest: None,
     })
 }
 
@@ -300,6 +303,18 @@ async fn put_public(upload: &Upload, file: &Path) -> Result<(), DoBakeError> {
     Ok(())
 }
 
+/// The image's tags: [`super::TAG`] like every image a bake makes (so `images ls`,
+/// `images prune` and `fleet up` know it), then the caller's, each once.
+pub fn image_tags(extra: &[String]) -> Vec<String> {
+    let mut tags = vec![super::TAG.to_owned()];
+    for t in extra {
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
+    tags
+}
+
 /// Create the custom image (its id goes to `created`) and wait for it.
 async fn create_and_wait(
     opts: &ImportOptions,
@@ -314,7 +329,7 @@ async fn create_and_wait(
             region: opts.region.clone(),
             distribution: Some(opts.distribution.clone()),
             description: opts.description.clone(),
-            tags: opts.tags.clone(),
+            tags: image_tags(&opts.tags),
         })
         .await
         .map_err(api("creating the custom image"))?;
