@@ -104,13 +104,11 @@ impl Env {
     }
 
     async fn up(&self, count: usize) -> Result<digitalocean::UpReport, FleetError> {
-        digitalocean::up(
-            &self.client(),
-            &self.states(),
-            &UserConfig::default(),
-            &self.request(count),
-        )
-        .await
+        self.up_with(&self.request(count)).await
+    }
+
+    async fn up_with(&self, req: &UpRequest<'_>) -> Result<digitalocean::UpReport, FleetError> {
+        digitalocean::up(&self.client(), &self.states(), &UserConfig::default(), req).await
     }
 
     fn workers(&self) -> Vec<u64> {
@@ -253,9 +251,7 @@ async fn the_readiness_callback_and_its_token_reach_each_worker_and_nothing_else
     let mut req = env.request(1);
     req.callback_url = Some("https://ci.example.test/ready".into());
     req.secrets.callback_token = Some(callback_token.into());
-    digitalocean::up(&env.client(), &env.states(), &UserConfig::default(), &req)
-        .await
-        .unwrap();
+    env.up_with(&req).await.unwrap();
     let ud = env.sim.user_data(env.workers()[0]).expect("user-data");
     let config = agent_config::Config::from_toml(
         &worker_file(&ud, "/etc/vm-agent/config.toml"),
@@ -369,17 +365,13 @@ async fn a_region_refusing_the_size_moves_the_batch_to_the_next_region_with_the_
     let env = Env::start(SimConfig::default(), "").await;
     env.sim.add_image_region(env.image, "ams3");
     env.sim.set_faults(vec![size_not_in_region()]);
-    let report = digitalocean::up(
-        &env.client(),
-        &env.states(),
-        &UserConfig::default(),
-        &UpRequest {
+    let report = env
+        .up_with(&UpRequest {
             retry: 1,
             ..env.request(3)
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     assert_eq!(report.created, ["ci-1", "ci-2", "ci-3"]);
     assert!(report.failed.is_empty());
     let regions: Vec<&str> = report.workers.iter().map(|w| w.region.as_str()).collect();
@@ -394,17 +386,13 @@ async fn a_region_refusing_the_size_moves_the_batch_to_the_next_region_with_the_
     // A refusal in the last region that could take the batch is the answer again.
     let env = Env::start(SimConfig::default(), "").await;
     env.sim.set_faults(vec![size_not_in_region()]);
-    let err = digitalocean::up(
-        &env.client(),
-        &env.states(),
-        &UserConfig::default(),
-        &UpRequest {
+    let err = env
+        .up_with(&UpRequest {
             retry: 3,
             ..env.request(2)
-        },
-    )
-    .await
-    .unwrap_err();
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(&err, FleetError::Preflight(_)), "{err}");
     assert!(env.sim.droplet_ids().is_empty());
 }
