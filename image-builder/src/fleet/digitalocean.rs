@@ -23,6 +23,7 @@ use serde::Serialize;
 use super::keys;
 use super::policy::UserConfig;
 use super::progress::Progress;
+use super::readiness::{Readiness, Retries};
 use super::ssh::{Pinned, agent_status};
 use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord};
 use super::userdata::{self, WorkerInput, WorkerSecrets};
@@ -432,14 +433,13 @@ pub async fn up(
             )
             .collect(),
         region_at: 0,
-        attempts: BTreeMap::new(),
+        retries: Retries::new(req.retry),
         progress: Progress::stderr(),
     };
 
     // The fleet's droplets were listed above: the first batch's reconcile needs no listing.
     let mut created = creator.create(&missing, &mut state, Some(mine)).await?;
     let mut active = creator.wait_active(&wanted, &mut state).await?;
-    let mut failed = Vec::new();
     if let Some(limit) = req.wait_ready {
         // Every worker is waited for in the first round (earlier ones are ready at once);
         // later rounds wait only for the replacements.
@@ -457,20 +457,11 @@ pub async fn up(
             if lost.is_empty() {
                 break;
             }
-            let mut again = Vec::new();
-            for f in lost {
+            for f in &lost {
                 state.workers.retain(|w| w.name != f.worker);
                 active.retain(|d| d.name != f.worker);
-                if creator.may_retry(&f.worker) {
-                    creator
-                        .progress
-                        .set(&f.worker, &format!("replacing: {}", f.reason));
-                    again.push(f.worker.clone());
-                } else {
-                    creator.progress.remove(&f.worker);
-                }
-                failed.push(f);
             }
+            let again = creator.retries.lost(lost, &mut creator.progress);
             states.save(&state)?;
             pinned.write(&state)?;
             if again.is_empty() {
@@ -481,8 +472,9 @@ pub async fn up(
             active.extend(round.iter().cloned());
         }
     }
-    // A replaced worker's name is in the fleet again: only the lost ones are failures.
-    failed.retain(|f| !active.iter().any(|d| d.name == f.worker));
+    let failed = creator
+        .retries
+        .failures(|w| active.iter().any(|d| d.name == w));
     Ok(UpReport {
         fleet: req.name.to_string(),
         created,
@@ -510,19 +502,14 @@ struct Creator<'a> {
     regions: Vec<String>,
     /// The region in use (index into `regions`).
     region_at: usize,
-    /// Creations per worker name in this run.
-    attempts: BTreeMap<String, u32>,
+    /// Creations per worker name in this run, and the workers lost.
+    retries: Retries,
     progress: Progress<std::io::Stderr>,
 }
 
 impl Creator<'_> {
     fn region(&self) -> &str {
         &self.regions[self.region_at]
-    }
-
-    /// Whether `worker` may be created once more (`--retry`).
-    fn may_retry(&self, worker: &str) -> bool {
-        self.attempts.get(worker).copied().unwrap_or(0) <= self.req.retry
     }
 
     /// Create `names` (recording each in the state before its POST); returns the names.
@@ -563,7 +550,7 @@ impl Creator<'_> {
             self.states.save(state)?;
             let droplets = loop {
                 for name in batch {
-                    *self.attempts.entry(name.clone()).or_default() += 1;
+                    self.retries.attempt(name);
                     self.progress
                         .set(name, &format!("creating in {}", self.region()));
                 }
@@ -595,7 +582,7 @@ impl Creator<'_> {
                         );
                         if refused
                             && self.region_at + 1 < self.regions.len()
-                            && batch.iter().all(|n| self.may_retry(n))
+                            && batch.iter().all(|n| self.retries.may_retry(n))
                         {
                             let from = self.region().to_owned();
                             self.region_at += 1;
@@ -663,18 +650,16 @@ impl Creator<'_> {
                 .into_iter()
                 .filter(|d| names.contains(&d.name))
                 .collect();
+            let reachable =
+                |d: &Droplet| d.status == DropletStatus::Active && d.public_ipv4().is_some();
             for d in &ours {
-                if d.status == DropletStatus::Active && d.public_ipv4().is_some() {
+                if reachable(d) {
                     self.progress.set(&d.name, "booting");
                 } else {
                     self.progress.set(&d.name, &format!("droplet {}", d.status));
                 }
             }
-            if ours.len() >= names.len()
-                && ours
-                    .iter()
-                    .all(|d| d.status == DropletStatus::Active && d.public_ipv4().is_some())
-            {
+            if ours.len() >= names.len() && ours.iter().all(reachable) {
                 break ours;
             }
             if Instant::now() > deadline {
@@ -726,24 +711,15 @@ async fn wait_ready(
             .collect();
         let timed_out = Instant::now() > deadline;
         for (d, ask) in pending.into_iter().zip(asks) {
-            let status = ask.await.unwrap_or_else(|e| Err(e.to_string()));
-            match status {
-                Ok(r) if r.stage == Stage::Ready => progress.set(&d.name, "ready"),
-                Ok(r) if r.stage == Stage::Degraded => {
-                    let reason = r.reason.clone().unwrap_or_else(|| "degraded".to_owned());
-                    progress.set(&d.name, &format!("degraded: {reason}"));
-                    let last_status = serde_json::to_string(&r).unwrap_or_default();
-                    failed.push(fail_worker(client, pinned, d, reason, last_status).await);
+            let verdict = Readiness::of(ask.await.unwrap_or_else(|e| Err(e.to_string())));
+            progress.set(&d.name, &verdict.shown());
+            match verdict {
+                Readiness::Ready => {}
+                Readiness::Degraded { reason, report } => {
+                    failed.push(fail_worker(client, pinned, d, reason, report).await);
                 }
-                Ok(r) => {
-                    let stage = r.stage.to_string();
-                    progress.set(&d.name, &stage);
-                    last.insert(d.name.clone(), stage);
-                    still.push(d);
-                }
-                Err(e) => {
-                    progress.set(&d.name, "no answer yet");
-                    last.insert(d.name.clone(), e);
+                Readiness::Pending { last: why, .. } => {
+                    last.insert(d.name.clone(), why);
                     still.push(d);
                 }
             }

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use agent_config::Provider;
-use agent_status::Stage;
 use serde::Serialize;
 
 use super::keys;
 use super::progress::Progress;
+use super::readiness::{Readiness, Retries};
 use super::ssh::{Pinned, agent_status};
 use super::state::{FleetBackend, FleetState, STATE_VERSION, StateDir, WorkerRecord};
 use super::userdata::{self, WorkerInput, WorkerSecrets};
@@ -91,12 +91,11 @@ pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, 
         .collect();
     // Every worker is waited for in the first round; later rounds wait for replacements.
     let mut waiting: Vec<String> = (1..=req.count).map(|n| req.name.worker(n)).collect();
-    let mut attempts: BTreeMap<String, u32> = BTreeMap::new();
-    let mut failed = Vec::new();
+    let mut retries = Retries::new(req.retry);
     let mut progress = Progress::stderr();
     loop {
         for name in &to_start {
-            *attempts.entry(name.clone()).or_default() += 1;
+            retries.attempt(name);
             progress.set(name, "starting");
             start_worker(states, req, &pinned, &identity, &mut state, name)?;
         }
@@ -110,26 +109,13 @@ pub fn up(states: &StateDir, req: &LocalUp<'_>) -> Result<Vec<LocalWorkerInfo>, 
             .retain(|w| !lost.iter().any(|f| f.worker == w.name));
         states.save(&state)?;
         pinned.write(&state)?;
-        to_start = lost
-            .iter()
-            .map(|f| f.worker.clone())
-            .filter(|w| attempts.get(w).copied().unwrap_or(0) <= req.retry)
-            .collect();
-        for f in &lost {
-            if to_start.contains(&f.worker) {
-                progress.set(&f.worker, &format!("replacing: {}", f.reason));
-            } else {
-                progress.remove(&f.worker);
-            }
-        }
-        failed.extend(lost);
+        to_start = retries.lost(lost, &mut progress);
         if to_start.is_empty() {
             break;
         }
         waiting = to_start.clone();
     }
-    // A replaced worker that came up is no failure of the fleet.
-    failed.retain(|f| !state.workers.iter().any(|w| w.name == f.worker));
+    let failed = retries.failures(|w| state.workers.iter().any(|r| r.name == w));
     if !failed.is_empty() {
         return Err(FleetError::NotReady(failed));
     }
@@ -203,22 +189,14 @@ fn wait_ready(
         let timed_out = std::time::Instant::now() > deadline;
         let mut still = Vec::new();
         for w in pending {
-            match agent_status(pinned, w) {
-                Ok(r) if r.stage == Stage::Ready => progress.set(w, "ready"),
-                Ok(r) if r.stage == Stage::Degraded => {
-                    let reason = r.reason.unwrap_or_else(|| "degraded".to_owned());
-                    progress.set(w, &format!("degraded: {reason}"));
-                    failed.push(not_ready(w, reason));
-                }
-                Ok(r) => {
-                    let stage = r.stage.to_string();
-                    progress.set(w, &stage);
-                    last.insert(w, stage);
-                    still.push(w);
-                }
-                Err(e) => {
-                    progress.set(w, "no answer yet");
-                    last.insert(w, e);
+            let verdict = Readiness::of(agent_status(pinned, w));
+            progress.set(w, &verdict.shown());
+            match verdict {
+                Readiness::Ready => {}
+                // The console's tail says more than the report.
+                Readiness::Degraded { reason, .. } => failed.push(not_ready(w, reason)),
+                Readiness::Pending { last: why, .. } => {
+                    last.insert(w, why);
                     still.push(w);
                 }
             }

@@ -16,13 +16,14 @@
 //! tool makes, pinned), [`userdata`] (the worker contract), [`policy`] (spending caps and
 //! the human-only policy), [`state`], [`digitalocean`] (up/ls/down/reap on DigitalOcean),
 //! [`local`] (QEMU workers on this machine), [`progress`] (what `up` shows while workers
-//! come up).
+//! come up), [`readiness`] (a poll's verdict on a worker, and `--retry`'s book).
 
 pub mod digitalocean;
 pub mod keys;
 pub mod local;
 pub mod policy;
 pub mod progress;
+pub mod readiness;
 pub mod ssh;
 pub mod state;
 pub mod userdata;
