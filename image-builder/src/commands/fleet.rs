@@ -136,19 +136,12 @@ fn secrets(args: &SecretArgs, host_token: Option<&Token>) -> Result<WorkerSecret
 
 /// The text of a file that holds a secret: refused unless only its owner can read it.
 fn read_private_file(path: &Path) -> Result<String, FleetError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let err = |message: String| FleetError::File {
-        path: path.to_owned(),
-        message,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(err(format!(
-            "mode {:04o}: a file holding a secret must not be readable by group or others (chmod 600)",
-            meta.permissions().mode() & 0o777
-        )));
-    }
-    std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
+    artifact_store::fsutil::read_private(path)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
+        .map_err(|e| FleetError::File {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
 }
 
 /// A one-line secret from a file that only its owner can read.

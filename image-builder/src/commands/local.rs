@@ -10,7 +10,6 @@ pub fn run_local(args: &RunLocalArgs) -> Result<(), Error> {
     use crate::backend::qemu::local;
     use crate::render::ExtraFile;
     use agent_config::{Config as AgentConfig, Provider};
-    use std::os::unix::fs::PermissionsExt as _;
 
     local::preflight()?;
     if !crate::backend::qemu::disk::is_whole_disk(&args.image)? {
@@ -45,17 +44,7 @@ pub fn run_local(args: &RunLocalArgs) -> Result<(), Error> {
         mode: 0o644,
     }];
     if let Some(p) = &args.agent_secrets {
-        let meta = std::fs::metadata(p).map_err(|e| Error::input(p, e))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(Error::input(
-                p,
-                format!(
-                    "secrets file is mode {:04o}; it must not be readable by others (chmod 600)",
-                    meta.permissions().mode() & 0o777
-                ),
-            ));
-        }
-        let content = std::fs::read(p).map_err(|e| Error::input(p, e))?;
+        let content = artifact_store::fsutil::read_private(p).map_err(|e| Error::input(p, e))?;
         files.push(ExtraFile {
             path: provision::AGENT_SECRETS_PATH.into(),
             content,

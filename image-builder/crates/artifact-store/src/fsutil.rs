@@ -1,4 +1,5 @@
-//! Atomic file writes: temp file in the target directory, fsync, rename, fsync dir.
+//! Atomic file writes (temp file in the target directory, fsync, rename, fsync dir), and
+//! reading a file that holds a secret only when no one but its owner can read it.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -28,9 +29,37 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     Ok(())
 }
 
+/// The bytes of a file that holds a secret. Refused (`PermissionDenied`, naming the mode
+/// and the fix) when group or others may read or write it.
+pub fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "mode {mode:04o}: a file holding a secret must not be readable by group or others (chmod 600)"
+            ),
+        ));
+    }
+    std::fs::read(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_others_can_read_is_refused_naming_the_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("token");
+        std::fs::write(&p, "s3cr3t").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = read_private(&p).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().starts_with("mode 0640:") && e.to_string().contains("chmod 600"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_private(&p).unwrap(), b"s3cr3t");
+    }
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temp() {
