@@ -73,6 +73,11 @@ impl Env {
     }
 
     fn up(&self, extra: &[&str]) -> Output {
+        self.up_command(extra).output().unwrap()
+    }
+
+    /// `fleet up SPEC --name ci --no-wait --poll 20ms EXTRA...`, to be run.
+    fn up_command(&self, extra: &[&str]) -> Command {
         let spec = self.spec.to_str().unwrap().to_owned();
         let mut args = vec![
             "fleet",
@@ -85,7 +90,7 @@ impl Env {
             "20ms",
         ];
         args.extend_from_slice(extra);
-        self.run(&args)
+        self.command(&args)
     }
 }
 
@@ -211,22 +216,8 @@ async fn secrets_stay_out_of_argv_output_logs_and_state_and_down_needs_no_state(
         times: 1,
         fault: Fault::Delay { ms: 1500 },
     }]);
-    let spec = env.spec.to_str().unwrap().to_owned();
     let mut child = env
-        .command(&[
-            "fleet",
-            "up",
-            &spec,
-            "--name",
-            "ci",
-            "-n",
-            "3",
-            "--yes",
-            "--no-wait",
-            "--json",
-            "--poll",
-            "20ms",
-        ])
+        .up_command(&["-n", "3", "--yes", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -385,21 +376,8 @@ async fn sigkill_of_fleet_up_at_every_step_then_down_without_state_leaves_nothin
                 gate: "kill-point".into(),
             },
         }]);
-        let spec = env.spec.to_str().unwrap().to_owned();
         let mut child = env
-            .command(&[
-                "fleet",
-                "up",
-                &spec,
-                "--name",
-                "ci",
-                "-n",
-                "3",
-                "--yes",
-                "--no-wait",
-                "--poll",
-                "20ms",
-            ])
+            .up_command(&["-n", "3", "--yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
