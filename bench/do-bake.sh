@@ -28,7 +28,6 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
 command -v packer >/dev/null || { echo "do-bake.sh: packer not found: apt-get install packer (Debian's 1.6.6)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "do-bake.sh: python3 not found" >&2; exit 1; }
-S3S_FS=$("$ROOT/.ci/setup-s3.sh" | tail -n1)
 
 prof_flag=()
 [[ "$PROFILE" == release ]] && prof_flag=(--release)
@@ -53,14 +52,9 @@ S3_KEY=bench-access-key
 S3_SECRET="bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 printf 'SPACES_ACCESS_KEY_ID=%s\nSPACES_SECRET_ACCESS_KEY=%s\n' "$S3_KEY" "$S3_SECRET" > "$work/space.env"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
+source "$ROOT/bench/lib/sim.sh"
 # The Space: s3s-fs on loopback.
-S3_PORT=$(free_port)
-mkdir -p "$work/s3/bench"
-"$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" "$work/s3" \
-    >/dev/null 2>"$work/s3.log" &
-pids+=($!)
+start_s3 "$S3_KEY" "$S3_SECRET"
 
 # The simulator, with the same delays for both tools.
 cat > "$work/sim.json" <<EOF
@@ -68,11 +62,7 @@ cat > "$work/sim.json" <<EOF
  "action_ms_by_type": {"snapshot": $SNAPSHOT_MS},
  "play_vm": {"result": "ok", "report_after_ms": 0, "after_ms": $ACTION_MS}}
 EOF
-"$SIM" --listen 127.0.0.1:0 --config "$work/sim.json" > "$work/sim.out" 2>"$work/sim.log" &
-pids+=($!)
-for _ in $(seq 100); do [[ -s "$work/sim.out" ]] && break; sleep 0.05; done
-API=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api_url"])' "$work/sim.out")
-for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $S3_PORT), 1)" 2>/dev/null && break; sleep 0.05; done
+start_sim "$SIM"
 
 sim_reset() { python3 -c 'import sys,urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1]+"/_sim/requests/reset", method="POST"))' "$API"; }
 sim_requests() { python3 -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1]+"/_sim/requests").read().decode())' "$API"; }

@@ -53,24 +53,15 @@ S3_KEY=bench-access-key; S3_SECRET="bench-$(rand)"
 export DIGITALOCEAN_TOKEN="$TOKEN" DIGITALOCEAN_WORKER_TOKEN="$WORKER_TOKEN"
 export IMAGE_BUILDER_STATE_DIR="$work/state" IMAGE_BUILDER_CONFIG="$work/none.toml"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-S3S_FS=$("$ROOT/.ci/setup-s3.sh" | tail -n1)
-S3_PORT=$(free_port)
-mkdir -p "$work/s3/bench"
-"$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" "$work/s3" \
-    >/dev/null 2>"$work/s3.log" &
-pids+=($!)
+source "$ROOT/bench/lib/sim.sh"
+start_s3 "$S3_KEY" "$S3_SECRET"
 
 cat > "$work/sim.json" <<EOF
 {"token": "$TOKEN",
  "scoped_tokens": [{"name": "worker", "token": "$WORKER_TOKEN", "scopes": ["droplet:read", "droplet:delete"]}],
  "machines": {"base_rootfs": "$ROOTFS", "forwards": ["127.0.0.1:$S3_PORT"], "state_dir": "$work/machines"}}
 EOF
-"$SIM" --listen 127.0.0.1:0 --config "$work/sim.json" > "$work/sim.out" 2>"$work/sim.log" &
-pids+=($!)
-for _ in $(seq 200); do [[ -s "$work/sim.out" ]] && break; sleep 0.05; done
-API=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api_url"])' "$work/sim.out")
-for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $S3_PORT), 1)" 2>/dev/null && break; sleep 0.05; done
+start_sim "$SIM"
 
 sim_reset() { curl -fsS -X POST "$API/_sim/requests/reset" >/dev/null; }
 sim_total() { curl -fsS "$API/_sim/requests" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])'; }
