@@ -10,9 +10,8 @@
 #       the vmagent provisioner running the same provision)
 #
 # Prints each wall time, the container way's disk assembly and boot check times (from
-# its manifest), and
-# the ratios container/packer and vm/packer (medians over RUNS runs). Goal: container
-# <= 0.5x Packer. Then boots a worker from the container-way golden image with
+# its manifest), and the ratios container/packer and vm/packer (medians over RUNS runs).
+# Goal: the container way with its boot check <= 0.5x Packer. Then boots a worker from the container-way golden image with
 # `image-builder run-local` and measures QEMU start -> agent `ready` and cloud-init done
 # -> `ready` (goal <= 1 s), read from the agent's readiness history over SSH.
 # Exits 1 if a goal is missed, 2 if something needed is missing.
@@ -139,8 +138,11 @@ PY
 build_user="$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["build_user"]["name"])' "$spec")"
 
 # --- one bake each way -------------------------------------------------------------------
+# Each timed bake starts with no dirty pages left by the one before (as hyperfine's
+# `--prepare sync`): the previous bake's 2 GB of writes must not slow the next one's copy.
 bake_ib() { # way out log -> prints wall seconds
   local way="$1" out="$2" log="$3" t0 t1
+  sync
   t0=$(now)
   if ! "$ib" bake "$spec" --backend qemu --way "$way" --agent-bin "$agent" --json --out "$out" \
       >"$out.manifest.json" 2>"$log"; then
@@ -152,6 +154,7 @@ bake_ib() { # way out log -> prints wall seconds
 
 bake_packer() { # out log agent_config -> prints wall seconds
   local out="$1" log="$2" cfg="$3" t0 t1
+  sync
   t0=$(now)
   if ! (cd "$here/templates/packer" && CHECKPOINT_DISABLE=1 PACKER_PLUGIN_PATH="$work/plugins" \
       PACKER_CONFIG_DIR="$work/packer-config" PACKER_CACHE_DIR="$work/packer_cache" \
@@ -237,15 +240,16 @@ printf '%-48s %8ss   runs: %s\n' "      of which prepare (cp -a of the base root
 printf '%-48s %8ss   runs: %s\n' "      of which nspawn provisioning" "$m_prov" "${T_PROV[*]}"
 printf '%-48s %8ss   runs: %s\n' "      of which disk (GPT, ext4, ESP, GRUB)" "$m_disk" "${T_DISK[*]}"
 printf '%-48s %8ss   runs: %s\n' "      of which qcow2 (convert zstd)" "$m_img" "${T_IMG[*]}"
-printf '%-48s %8ss   runs: %s\n' "      of which boot check (SeaBIOS, to bootcmd)" "$m_boot" "${T_BOOT[*]}"
+printf '%-48s %8ss   runs: %s\n' "      of which boot check (SeaBIOS, qemu64, bootcmd)" "$m_boot" "${T_BOOT[*]}"
 printf '%-48s %8ss   runs: %s\n' "      other (outside the manifest's timed steps)" "$m_other" "${T_OTHER[*]}"
 printf '%-48s %8ss   runs: %s\n' "    container way without the boot check" "$m_nocheck" "${T_NOCHECK[*]}"
 printf '%-48s %8ss   runs: %s\n' "(b) image-builder bake --way vm" "$m_vm" "${T_VM[*]}"
 printf '%-48s %8ss   runs: %s\n' "(c) packer build (qemu + vmagent)" "$m_packer" "${T_PACKER[*]}"
-# The goal compares the container way with Packer and reports the boot check beside it.
-if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) <= 0.5 else 1)' "$r_nocheck"; then verdict=OK; else verdict=MISSED; fail=1; fi
-printf '%-48s %8sx  (goal <= 0.5x) %s\n' "ratio container (boot check beside) / packer" "$r_nocheck" "$verdict"
-printf '%-48s %8sx  (boot check %ss included)\n' "ratio container with boot check / packer" "$r_cont" "$m_boot"
+# The goal (#14) is the container way WITH its boot check against Packer: both outputs are
+# disks that were booted once. Without the boot check it is reported beside.
+if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) <= 0.5 else 1)' "$r_cont"; then verdict=OK; else verdict=MISSED; fail=1; fi
+printf '%-48s %8sx  (goal <= 0.5x) %s\n' "ratio container with boot check / packer" "$r_cont" "$verdict"
+printf '%-48s %8sx  (boot check %ss left out)\n' "ratio container without boot check / packer" "$r_nocheck" "$m_boot"
 printf '%-48s %8sx\n' "ratio vm / packer" "$r_vm"
 
 # --- boot-to-ready of a worker ----------------------------------------------------------

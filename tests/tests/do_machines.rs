@@ -299,6 +299,12 @@ async fn a_digitalocean_bake_and_its_fleet_on_machines_that_really_run() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("ssh_host_"))
         .collect();
     assert!(host_keys.is_empty(), "host keys are removed: {host_keys:?}");
+    // An empty machine-id: each worker makes its own, without systemd's first-boot mode.
+    assert_eq!(
+        std::fs::read(tree.join("etc/machine-id")).expect("etc/machine-id exists"),
+        b"",
+        "the machine ID is emptied by the seal"
+    );
     for place in [
         "var/lib/cloud",
         "var/log",
@@ -480,6 +486,11 @@ async fn a_digitalocean_bake_and_its_fleet_on_machines_that_really_run() {
     assert_ne!(
         failed[0]["id"], failed[1]["id"],
         "the replacement is a new droplet"
+    );
+    assert_eq!(
+        report["created"],
+        serde_json::json!(["mbad-1"]),
+        "a replaced worker is listed once"
     );
     assert_eq!(
         env.sim.count("POST /v2/droplets") - posts_before,

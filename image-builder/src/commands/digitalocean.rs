@@ -223,6 +223,7 @@ fn images_import(a: &ImagesImportArgs) -> Result<ImportReport, Error> {
                 }
                 path.clone()
             },
+            virtual_size: import::disk_virtual_size(path)?,
             space: S3Settings {
                 endpoint: endpoint.clone(),
                 region: a
@@ -272,14 +273,17 @@ fn images_import(a: &ImagesImportArgs) -> Result<ImportReport, Error> {
 fn show_import(a: &ImagesImportArgs, opts: &ImportOptions) {
     let from = match &opts.source {
         ImportSource::Url(url) => format!("{url} (fetched by DigitalOcean; nothing is uploaded)"),
-        ImportSource::Disk { path, space, .. } => {
-            let virtual_size = crate::backend::qemu::vm::virtual_size(path)
-                .map(|b| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30)))
-                .unwrap_or_else(|_| "unknown size".into());
+        ImportSource::Disk {
+            path,
+            space,
+            virtual_size,
+            ..
+        } => {
             format!(
-                "{} ({virtual_size} disk), converted to a zlib qcow2 and uploaded public-read to \
+                "{} ({:.1} GiB disk), converted to a zlib qcow2 and uploaded public-read to \
                  s3://{}/imports/ until the import ends{}",
                 path.display(),
+                *virtual_size as f64 / f64::from(1u32 << 30),
                 space.bucket,
                 if a.keep_upload {
                     " (kept: --keep-upload)"

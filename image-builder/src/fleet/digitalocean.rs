@@ -133,7 +133,7 @@ impl AgentSummary {
 pub struct UpReport {
     /// The fleet.
     pub fleet: String,
-    /// Workers created by this run.
+    /// Workers created by this run, each once (a worker replaced under `--retry` too).
     pub created: Vec<String>,
     /// Every worker of the fleet.
     pub workers: Vec<WorkerInfo>,
@@ -467,7 +467,12 @@ pub async fn up(
             if again.is_empty() {
                 break;
             }
-            created.extend(creator.create(&again, &mut state, None).await?);
+            // A replacement keeps its name: each worker is listed once.
+            for name in creator.create(&again, &mut state, None).await? {
+                if !created.contains(&name) {
+                    created.push(name);
+                }
+            }
             round = creator.wait_active(&again, &mut state).await?;
             active.extend(round.iter().cloned());
         }
@@ -747,14 +752,9 @@ async fn wait_ready(
 fn cloud_init_tail(pinned: &Pinned, worker: &str) -> Option<String> {
     let out = pinned
         .ssh(worker)
-        .args([
-            "sudo",
-            "-n",
-            "tail",
-            "-n",
-            "40",
-            "/var/log/cloud-init-output.log",
-        ])
+        .args(["sudo", "-n", "tail", "-n"])
+        .arg(super::FAILURE_TAIL_LINES.to_string())
+        .arg("/var/log/cloud-init-output.log")
         .stdin(std::process::Stdio::null())
         .output()
         .ok()?;

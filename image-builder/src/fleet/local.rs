@@ -231,7 +231,7 @@ fn not_ready(worker: &str, reason: String) -> FailedWorker {
         .and_then(|c| std::fs::read_to_string(c).ok())
         .map(|t| {
             let lines: Vec<&str> = t.lines().collect();
-            lines[lines.len().saturating_sub(30)..].join("\n")
+            lines[lines.len().saturating_sub(super::FAILURE_TAIL_LINES)..].join("\n")
         })
         .unwrap_or_default();
     if let Err(e) = local::stop(worker, std::time::Duration::from_secs(10)) {

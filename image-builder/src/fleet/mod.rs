@@ -267,6 +267,9 @@ mod tests {
     }
 }
 
+/// How many lines of a failed worker's log its report carries, on either backend.
+pub const FAILURE_TAIL_LINES: usize = 40;
+
 /// A worker that did not become ready: deleted (confirmed gone), with why and the tail of
 /// its log.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -279,8 +282,8 @@ pub struct FailedWorker {
     pub region: Option<String>,
     /// Why: the agent's `degraded` reason, or the time it was given.
     pub reason: String,
-    /// The last lines of its cloud-init output (DigitalOcean, over pinned SSH) or of its
-    /// console (local); its last status when neither could be read.
+    /// The last [`FAILURE_TAIL_LINES`] lines of its cloud-init output (DigitalOcean, over
+    /// pinned SSH) or of its console (local); its last status when neither could be read.
     pub tail: String,
 }
 

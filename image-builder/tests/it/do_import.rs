@@ -164,19 +164,30 @@ impl Env {
 
     /// A small disk: GPT (so a protective MBR), zstd-compressed qcow2 like a bake's.
     fn disk(&self) -> PathBuf {
+        self.disk_with_noise(0)
+    }
+
+    /// The same, 64 MiB bigger, with `noise` random (incompressible) bytes in its
+    /// partition.
+    fn disk_with_noise(&self, noise: u64) -> PathBuf {
         require_tool("qemu-img", "qemu-utils");
         require_tool("sgdisk", "gdisk");
         let raw = self.dir.path().join("disk.raw");
-        std::fs::File::create(&raw)
-            .unwrap()
-            .set_len(64 << 20)
-            .unwrap();
+        let file = std::fs::File::create(&raw).unwrap();
+        file.set_len((64 << 20) + noise).unwrap();
         let ok = std::process::Command::new("sgdisk")
             .args(["--clear", "--new=1:2048:0"])
             .arg(&raw)
             .output()
             .unwrap();
         assert!(ok.status.success(), "{ok:?}");
+        if noise > 0 {
+            use rand::RngCore as _;
+            use std::os::unix::fs::FileExt as _;
+            let mut bytes = vec![0u8; usize::try_from(noise).unwrap()];
+            rand::rng().fill_bytes(&mut bytes);
+            file.write_all_at(&bytes, 1 << 20).unwrap();
+        }
         let qcow = self.dir.path().join("golden.qcow2");
         let ok = std::process::Command::new("qemu-img")
             .args([
@@ -399,6 +410,83 @@ async fn a_disk_goes_through_the_space_and_is_fetched_unsigned_at_the_public_url
     assert_eq!(build["packer_run_uuid"], manifest["last_run_uuid"]);
     let disk = env.dir.path().join("golden.qcow2");
     assert_eq!(build["files"][0]["name"], disk.display().to_string());
+}
+
+/// A disk whose importable qcow2 is 64 MiB or more goes up in parts, as `artifact
+/// publish` sends big files (and so past the 5 GiB of one PUT): every part, then the
+/// completion, and DigitalOcean fetches the whole object. A part the Space never takes
+/// aborts the upload (no parts left to bill), and nothing is imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_disk_goes_up_in_parts_and_a_lost_part_aborts_the_upload() {
+    let env = Env::new().await;
+    let space = env.space();
+    let upload = artifact_support::Proxy::start(space.s3.port);
+    let reader = space.s3.anonymous_reader();
+    let public = artifact_support::Proxy::start(reader.port);
+    let base = format!("http://127.0.0.1:{}/{BUCKET}", public.port);
+    let disk = env.disk_with_noise(72 << 20);
+    let args = |name: &str| {
+        let mut args = space.args(&disk, name);
+        let at = args.iter().position(|a| a == "--space-endpoint").unwrap() + 1;
+        args[at] = format!("http://127.0.0.1:{}", upload.port);
+        args.extend(["--space-public-url", &base, "--json"].map(String::from));
+        args
+    };
+
+    let report = json(&env.import(args("golden-big")).await);
+    assert_eq!(report["status"], "available");
+    let size = report["uploaded"]["size"].as_u64().unwrap();
+    assert!(size >= 64 << 20, "{report}");
+    let object = report["uploaded"]["object"].as_str().unwrap();
+    let path = format!("/{}", object.strip_prefix("s3://").unwrap());
+    let seen = upload.seen();
+    let on_object: Vec<(&str, &str)> = seen
+        .iter()
+        .filter(|r| r.target.starts_with(&path))
+        .map(|r| (r.method.as_str(), &r.target[path.len()..]))
+        .collect();
+    let created = on_object
+        .iter()
+        .filter(|(m, q)| *m == "POST" && q.contains("uploads"))
+        .count();
+    let completed = on_object
+        .iter()
+        .filter(|(m, q)| *m == "POST" && q.contains("uploadId="))
+        .count();
+    assert_eq!((created, completed), (1, 1), "{on_object:?}");
+    let mut parts: Vec<u64> = on_object
+        .iter()
+        .filter(|(m, _)| *m == "PUT")
+        .map(|(_, q)| {
+            let n = q.split("partNumber=").nth(1).expect("a part");
+            n.split('&').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    parts.sort_unstable();
+    let part_size = artifact_store::publish::PublishOptions::default().part_size;
+    assert_eq!(
+        parts,
+        (1..=size.div_ceil(part_size)).collect::<Vec<_>>(),
+        "{on_object:?}"
+    );
+    let methods: Vec<String> = public.seen().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["HEAD", "GET"]);
+    space.assert_no_upload();
+
+    // The Space never answers part 2: the upload is aborted, nothing is imported.
+    upload.fail("PUT", "partNumber=2");
+    let out = env.import(args("golden-lost")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("UploadPart"), "{stderr}");
+    let aborted = upload
+        .seen()
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.target.contains("uploadId="))
+        .count();
+    assert_eq!(aborted, 1, "the multipart upload is aborted");
+    space.assert_no_upload();
+    assert_eq!(env.sim.count("POST /v2/images"), 1, "only the first import");
 }
 
 /// Off a terminal without --yes: the plan (image, tags, what is uploaded, the billing)

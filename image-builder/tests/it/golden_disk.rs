@@ -394,6 +394,8 @@ fn the_example_spec_bakes_into_a_disk_that_boots_under_bios_and_uefi() {
     for c in checks {
         assert_eq!(c["agent_enabled"], "enabled", "{c}");
         assert_eq!(c["sudoers"], "ok", "{c}");
+        // On the x86-64 baseline CPU: the image needs no extension past it.
+        assert_eq!(c["cpu"], "qemu64", "{c}");
         let cmdline = c["cmdline"].as_str().unwrap();
         assert!(
             cmdline.starts_with("BOOT_IMAGE=/vmlinuz ")
@@ -436,6 +438,16 @@ fn the_example_spec_bakes_into_a_disk_that_boots_under_bios_and_uefi() {
     let disk = Disk::open(Path::new(b["artifact_id"].as_str().unwrap()), dir.path());
     assert_bootable_disk(&disk, &root_uuid, dir.path());
     assert_digitalocean_ready(&disk);
+    // The seal leaves /etc/machine-id empty: each machine makes its own ID on its first
+    // boot without systemd's first-boot `preset-all` (missing or "uninitialized" would
+    // trigger it, and it would enable ssh.socket beside ssh.service).
+    let machine_id = disk.debugfs("stat /etc/machine-id");
+    assert!(
+        machine_id.contains("Type: regular") && machine_id.contains("Size: 0\n"),
+        "{machine_id}"
+    );
+    let socket = disk.debugfs("stat /etc/systemd/system/sockets.target.wants/ssh.socket");
+    assert!(!socket.contains("Type: symlink"), "{socket}");
     assert_eq!(
         disk.part("root").start,
         details["disk"]["root"]["start"].as_u64().unwrap()

@@ -44,6 +44,7 @@
 //! `image-builder artifact {publish,ls,gc,pull}`.
 
 pub mod manifest;
+pub mod multipart;
 pub mod progress;
 pub mod publish;
 pub mod pull;

@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures::{StreamExt as _, TryStreamExt as _};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -23,6 +22,7 @@ use sha2::Digest as _;
 use tokio::sync::Semaphore;
 
 use super::manifest::{self, FileEntry, Manifest, ManifestError};
+use super::multipart::{Multipart, ObjectOptions, PartOptions, SendError};
 use super::s3::{RemoteError, RemoteKind, classify};
 use super::{META_SHA256, manifest_key, object_key};
 
@@ -494,123 +494,43 @@ async fn upload_multipart(
     e: &FileEntry,
     key: &str,
 ) -> Result<(), PublishError> {
-    let created = {
+    let object = ObjectOptions {
+        content_type: Some("application/octet-stream".into()),
+        acl: None,
+        metadata: vec![(META_SHA256.to_owned(), e.sha256.clone())],
+    };
+    let upload = {
         let _permit = ctx.sem.acquire().await.ok();
-        ctx.client
-            .create_multipart_upload()
-            .bucket(ctx.bucket)
-            .key(key)
-            .content_type("application/octet-stream")
-            .metadata(META_SHA256, &e.sha256)
-            .send()
-            .await
-            .map_err(|err| classify(&err, "CreateMultipartUpload", ctx.bucket, key))?
+        Multipart::create(ctx.client, ctx.bucket, key, &object).await?
     };
-    let Some(upload_id) = created.upload_id().map(str::to_string) else {
-        return Err(RemoteError {
-            kind: RemoteKind::Other,
-            operation: "CreateMultipartUpload",
-            bucket: ctx.bucket.to_string(),
-            key: key.to_string(),
-            status: None,
-            code: None,
-            message: "no upload id in the answer".into(),
-        }
-        .into());
+    let parts = PartOptions {
+        part_size: ctx.opts.part_size,
+        concurrency: ctx.opts.concurrency,
+        sem: Some(&*ctx.sem),
+        progress: ctx.progress,
     };
-    let part = ctx.opts.part_size.max(1);
-    let parts: Vec<(i32, u64, u64)> = (0..e.size.div_ceil(part))
-        .map(|i| {
-            let off = i * part;
-            ((i + 1) as i32, off, part.min(e.size - off))
-        })
-        .collect();
-    let result = futures::stream::iter(parts)
-        .map(|(n, off, len)| {
-            let upload_id = upload_id.clone();
-            async move {
-                let _permit = ctx.sem.acquire().await.ok();
-                let body = ByteStream::read_from()
-                    .path(&f.abs)
-                    .offset(off)
-                    .length(Length::Exact(len))
-                    .build()
-                    .await
-                    .map_err(|err| PublishError::Local {
-                        path: f.abs.clone(),
-                        source: std::io::Error::other(err),
-                    })?;
-                let out = ctx
-                    .client
-                    .upload_part()
-                    .bucket(ctx.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(n)
-                    .content_length(len as i64)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|err| classify(&err, "UploadPart", ctx.bucket, key))?;
-                if let Some(p) = ctx.progress {
-                    p.inc(len);
-                }
-                Ok::<_, PublishError>(
-                    CompletedPart::builder()
-                        .part_number(n)
-                        .set_e_tag(out.e_tag().map(str::to_string))
-                        .build(),
-                )
-            }
-        })
-        .buffer_unordered(ctx.opts.concurrency.max(1))
-        .try_collect::<Vec<_>>()
-        .await;
-    let mut done = match result {
-        Ok(d) => d,
+    let sent = match upload.send(&f.abs, e.size, parts).await {
+        Ok(sent) => sent,
         Err(err) => {
-            abort(ctx, key, &upload_id).await;
-            return Err(err);
+            upload.abort().await;
+            return Err(match err {
+                SendError::Local(source) => PublishError::Local {
+                    path: f.abs.clone(),
+                    source,
+                },
+                SendError::Remote(r) => r.into(),
+            });
         }
     };
-    done.sort_by_key(|p| p.part_number());
     let complete = {
         let _permit = ctx.sem.acquire().await.ok();
-        ctx.client
-            .complete_multipart_upload()
-            .bucket(ctx.bucket)
-            .key(key)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(done))
-                    .build(),
-            )
-            .send()
-            .await
+        upload.complete(sent).await
     };
     if let Err(err) = complete {
-        abort(ctx, key, &upload_id).await;
-        return Err(classify(&err, "CompleteMultipartUpload", ctx.bucket, key).into());
+        upload.abort().await;
+        return Err(err.into());
     }
     Ok(())
-}
-
-async fn abort(ctx: &Ctx<'_>, key: &str, upload_id: &str) {
-    if let Err(err) = ctx
-        .client
-        .abort_multipart_upload()
-        .bucket(ctx.bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .send()
-        .await
-    {
-        tracing::warn!(
-            "{}",
-            classify(&err, "AbortMultipartUpload", ctx.bucket, key)
-        );
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //!    1.1: the bake's zstd clusters need QEMU 5.1 or later to read);
 //! 2. uploaded to the Space under `imports/<name>-<random>.qcow2` with a public-read ACL
 //!    (DigitalOcean downloads it by plain URL and first sends a HEAD, which a presigned
-//!    GET URL does not allow), or, with `--url`, taken from where the caller hosts it;
+//!    GET URL does not allow), in parts from 64 MiB on (so over the 5 GiB of one PUT
+//!    too), or, with `--url`, taken from where the caller hosts it;
 //! 3. `POST /v2/images` with the object's plain URL (at the Space endpoint, or at
 //!    `--space-public-url`, e.g. the Space's CDN) or the caller's, then
 //!    `GET /v2/images/{id}` until `available` (or its `error_message`);
@@ -24,14 +25,12 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ObjectCannedAcl;
 use serde::Serialize;
 
-use artifact_store::s3::{self, S3Credentials, S3Settings};
+use artifact_store::multipart::{self, Multipart, ObjectOptions, PartOptions, SendError};
+use artifact_store::s3::{self, RemoteError, S3Credentials, S3Settings};
 use do_api::{Client, CustomImageCreate, ImportState, Poll};
 
 use super::{DoBakeError, Signals, api};
 use crate::backend::qemu::{self, run_logged};
-
-/// A single PUT carries at most this much (S3's limit).
-const MAX_SINGLE_PUT: u64 = 5 << 30;
 
 /// Where the disk comes from.
 #[derive(Debug)]
@@ -42,6 +41,8 @@ pub enum ImportSource {
     Disk {
         /// The disk (the golden qcow2 of `bake --backend qemu`, or raw).
         path: PathBuf,
+        /// Its virtual size in bytes ([`disk_virtual_size`]).
+        virtual_size: u64,
         /// The Space.
         space: S3Settings,
         /// Its keys.
@@ -107,8 +108,9 @@ fn config(message: String) -> DoBakeError {
     DoBakeError::Config(message)
 }
 
-/// Convert `disk` to a zlib-compressed qcow2 (compat 1.1) at `out`.
-fn importable_qcow2(disk: &Path, out: &Path) -> Result<u64, DoBakeError> {
+/// The virtual size of `disk` in bytes, refused at DigitalOcean's limit: custom images
+/// must be under 100 GB.
+pub fn disk_virtual_size(disk: &Path) -> Result<u64, DoBakeError> {
     let size = qemu::vm::virtual_size(disk).map_err(|e| config(e.to_string()))?;
     if size >= 100_000_000_000 {
         return Err(config(format!(
@@ -116,6 +118,11 @@ fn importable_qcow2(disk: &Path, out: &Path) -> Result<u64, DoBakeError> {
             disk.display()
         )));
     }
+    Ok(size)
+}
+
+/// Convert `disk` to a zlib-compressed qcow2 (compat 1.1) at `out`.
+fn importable_qcow2(disk: &Path, out: &Path) -> Result<u64, DoBakeError> {
     let qemu_img = qemu::require_tool("qemu-img").map_err(|e| config(e.to_string()))?;
     let mut cmd = std::process::Command::new(qemu_img);
     cmd.args(["convert", "-W", "-m", "8", "-O", "qcow2", "-c", "-o"])
@@ -203,6 +210,7 @@ pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportRepor
             space: settings,
             credentials,
             public_url,
+            virtual_size: _,
         } => {
             let work = tempfile::tempdir().map_err(|e| config(format!("temp dir: {e}")))?;
             let file = work.path().join(format!("{}.qcow2", opts.name));
@@ -216,12 +224,6 @@ pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportRepor
                 }
             }
             let size = converted?;
-            if size > MAX_SINGLE_PUT {
-                return Err(config(format!(
-                    "{}: the importable qcow2 is {size} bytes, more than one upload takes (5 GiB); host it yourself and pass --url",
-                    disk.display()
-                )));
-            }
             let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
             let upload = Upload {
                 s3: s3::client(settings, credentials, None),
@@ -229,10 +231,14 @@ pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportRepor
                 key: format!("imports/{}-{suffix}.qcow2", opts.name),
                 size,
             };
-            let put = tokio::select! {
-                biased;
-                s = signals.recv() => Err(DoBakeError::Interrupted(s)),
-                r = put_public(&upload, &file) => r,
+            let put = if size >= multipart_threshold() {
+                put_public_parts(&upload, &file, &mut signals).await
+            } else {
+                tokio::select! {
+                    biased;
+                    s = signals.recv() => Err(DoBakeError::Interrupted(s)),
+                    r = put_public(&upload, &file) => r,
+                }
             };
             match put {
                 Ok(()) => {}
@@ -272,6 +278,64 @@ pub async fn import(opts: &ImportOptions, client: &Client) -> Result<ImportRepor
         uploaded,
         manifest: None,
     })
+}
+
+/// Disks from this size on go up as a multipart upload, in parts sent several at a time
+/// (and over the 5 GiB one PUT carries): the same threshold as `artifact publish`.
+fn multipart_threshold() -> u64 {
+    artifact_store::publish::PublishOptions::default().multipart_threshold
+}
+
+/// Upload `file` as the upload's object, public-read, in parts (as `artifact publish`
+/// sends big files). A signal, or a failed part, aborts the multipart upload: no part
+/// is left in the Space.
+async fn put_public_parts(
+    upload: &Upload,
+    file: &Path,
+    signals: &mut Signals,
+) -> Result<(), DoBakeError> {
+    let space = |source: RemoteError| DoBakeError::Space {
+        during: "uploading the disk",
+        source: Box::new(source.into()),
+    };
+    let tuning = artifact_store::publish::PublishOptions::default();
+    tracing::info!(
+        "uploading {} bytes to s3://{}/{} in parts of {} (public-read until the import ends)",
+        upload.size,
+        upload.bucket,
+        upload.key,
+        multipart::part_size(upload.size, tuning.part_size)
+    );
+    let object = ObjectOptions {
+        content_type: Some("application/octet-stream".into()),
+        acl: Some(ObjectCannedAcl::PublicRead),
+        metadata: Vec::new(),
+    };
+    let parts = Multipart::create(&upload.s3, &upload.bucket, &upload.key, &object)
+        .await
+        .map_err(space)?;
+    let options = PartOptions {
+        part_size: tuning.part_size,
+        concurrency: tuning.concurrency,
+        sem: None,
+        progress: None,
+    };
+    let sent = tokio::select! {
+        biased;
+        s = signals.recv() => Err(DoBakeError::Interrupted(s)),
+        r = parts.send(file, upload.size, options) => r.map_err(|e| match e {
+            SendError::Local(e) => config(format!("{}: {e}", file.display())),
+            SendError::Remote(r) => space(r),
+        }),
+    };
+    let done = match sent {
+        Ok(sent) => parts.complete(sent).await.map_err(space),
+        Err(e) => Err(e),
+    };
+    if done.is_err() {
+        parts.abort().await;
+    }
+    done
 }
 
 /// PUT `file` as the upload's object, public-read.

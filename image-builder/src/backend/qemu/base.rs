@@ -80,6 +80,9 @@ impl BaseSpec {
             h.update(format!("pkg={p}\n"));
         }
         h.update(CUSTOMIZE_HOOK.as_bytes());
+        // The disk's GRUB configuration (the root's UUID is the disk's own).
+        h.update(super::disk::grub_cfg("{root-uuid}", "{os-name}").as_bytes());
+        h.update(super::disk::early_config("{root-uuid}").as_bytes());
         hex::encode(h.finalize())[..16].to_owned()
     }
 }

@@ -133,6 +133,7 @@ fn start(opts: &RunLocal, dir: &Path) -> Result<LocalWorker, QemuError> {
         memory_mib: opts.memory_mib,
         cpus: opts.cpus,
         accel: opts.accel,
+        cpu: vm::CpuModel::Best,
         ssh_port: Some(ssh_port),
     };
     let pidfile = dir.join("qemu.pid");

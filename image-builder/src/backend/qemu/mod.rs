@@ -519,12 +519,13 @@ pub async fn bake(
     let out_dir = &std::path::absolute(out_dir).map_err(|e| io_err(out_dir, e))?;
     let qcow = out_dir.join(format!("{name}.qcow2"));
     let tmp_qcow = out_dir.join(format!(".{name}.qcow2.tmp"));
-    let vm_spec = |disk: PathBuf, firmware: vm::Firmware| vm::VmSpec {
+    let vm_spec = |disk: PathBuf, firmware: vm::Firmware, cpu: vm::CpuModel| vm::VmSpec {
         disk,
         firmware,
         memory_mib: spec.qemu.memory.0 >> 20,
         cpus: spec.qemu.cpus,
         accel: spec.qemu.accel,
+        cpu,
         ssh_port: None,
     };
     let timeout = spec.bake.timeout.0;
@@ -552,6 +553,8 @@ pub async fn bake(
         std::fs::rename(&tmp_qcow, &qcow).map_err(|e| io_err(&qcow, e))
     };
     let mut layout = None;
+    // Declared after `work_dir`, so dropped (joined) before it is removed.
+    let mut _removing = None;
     let report = if way == Way::Container {
         let rootfs = base_rootfs
             .as_deref()
@@ -590,6 +593,11 @@ pub async fn bake(
             &assembly,
         )?);
         mark(&mut timings, BakeStep::Disk);
+        // The provisioned tree is on the disk now; its copy goes while the disk is
+        // converted and boot-checked, instead of after.
+        if !opts.keep_work {
+            _removing = Some(RemoveInBackground::start(prepared.rootfs.clone()));
+        }
         convert(&raw, &work.join("convert.log"))?;
         let _ = std::fs::remove_file(&raw);
         mark(&mut timings, BakeStep::Image);
@@ -599,7 +607,7 @@ pub async fn bake(
             "provisioning {name} in a QEMU VM (timeout {})",
             humantime::format_duration(timeout)
         );
-        let vm = vm_spec(base_disk.clone(), vm::Firmware::Bios);
+        let vm = vm_spec(base_disk.clone(), vm::Firmware::Bios, vm::CpuModel::Best);
         // The VM's disk has the spec's size; growpart grows the root into it while
         // provisioning, so the golden image has that size as the container way's does.
         let (overlay, seen) = vm::provision(
@@ -638,7 +646,7 @@ pub async fn bake(
                 qcow.display()
             );
             let check = vm::boot_check(
-                &vm_spec(qcow.clone(), firmware),
+                &vm_spec(qcow.clone(), firmware, vm::CpuModel::Baseline),
                 &work,
                 Duration::from_secs(300),
             )
@@ -708,6 +716,27 @@ fn check_boot(
 
 fn io_err(p: &Path, e: std::io::Error) -> QemuError {
     QemuError::io(p, e)
+}
+
+/// A directory removed on another thread; joined when dropped.
+struct RemoveInBackground(Option<std::thread::JoinHandle<()>>);
+
+impl RemoveInBackground {
+    fn start(dir: PathBuf) -> Self {
+        RemoveInBackground(Some(std::thread::spawn(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::debug!("removing {}: {e}", dir.display());
+            }
+        })))
+    }
+}
+
+impl Drop for RemoveInBackground {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 #[cfg(test)]
