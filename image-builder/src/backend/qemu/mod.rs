@@ -553,8 +553,10 @@ pub async fn bake(
         std::fs::rename(&tmp_qcow, &qcow).map_err(|e| io_err(&qcow, e))
     };
     let mut layout = None;
+    let mut rootfs_from = None;
     // Declared after `work_dir`, so dropped (joined) before it is removed.
     let mut _removing = None;
+    let mut _spare = None;
     let report = if way == Way::Container {
         let rootfs = base_rootfs
             .as_deref()
@@ -566,6 +568,7 @@ pub async fn bake(
             &instance,
             agent.map(|a| a.path.as_path()),
         )?;
+        rootfs_from = Some(prepared.from);
         mark(&mut timings, BakeStep::Prepare);
         tracing::info!(
             "provisioning {name} in a container (timeout {})",
@@ -598,6 +601,8 @@ pub async fn bake(
         if !opts.keep_work {
             _removing = Some(RemoveInBackground::start(prepared.rootfs.clone()));
         }
+        // The next bake of this base takes a spare copy instead of copying.
+        _spare = Some(container::SpareCopy::start(rootfs));
         convert(&raw, &work.join("convert.log"))?;
         let _ = std::fs::remove_file(&raw);
         mark(&mut timings, BakeStep::Image);
@@ -628,6 +633,9 @@ pub async fn bake(
 
     let mut details =
         serde_json::json!({"way": way, "base": base_disk, "base_cache_hit": base_cached});
+    if let Some(from) = rootfs_from {
+        details["rootfs_from"] = serde_json::to_value(from).unwrap_or_default();
+    }
     if let Some(layout) = &layout {
         details["disk"] = serde_json::to_value(layout).unwrap_or_default();
     }
