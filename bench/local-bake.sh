@@ -248,7 +248,7 @@ fail=0
 echo "== local bake: $(basename "$spec"), base bookworm-$base_key, $runs run(s), medians =="
 echo "   host: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $packer_version"
 printf '%-48s %8ss   runs: %s\n' "(a) image-builder bake --way container" "$m_cont" "${T_CONT[*]}"
-printf '%-48s %8ss   runs: %s\n' "      of which prepare (cp -a of the base rootfs)" "$m_prep" "${T_PREP[*]}"
+printf '%-48s %8ss   runs: %s\n' "      of which prepare (base tree: spare or cp -a)" "$m_prep" "${T_PREP[*]}"
 printf '%-48s %8ss   runs: %s\n' "      of which nspawn provisioning" "$m_prov" "${T_PROV[*]}"
 printf '%-48s %8ss   runs: %s\n' "      of which disk (GPT, ext4, ESP, GRUB)" "$m_disk" "${T_DISK[*]}"
 printf '%-48s %8ss   runs: %s\n' "      of which qcow2 (convert zstd)" "$m_img" "${T_IMG[*]}"
