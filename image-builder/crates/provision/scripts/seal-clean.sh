@@ -5,12 +5,8 @@ rm -rf "$WORK_DIR"
 if command -v cloud-init >/dev/null 2>&1; then
   cloud-init clean --logs --seed --machine-id || cloud-init clean --logs
 fi
-# An empty /etc/machine-id: every machine booted from the image makes its own ID on its
-# first boot, without systemd's first-boot mode, which `cloud-init clean --machine-id`
-# asks for (it leaves the file missing or "uninitialized"). First-boot mode runs
-# `systemctl preset-all`, which would enable what the image left disabled (Debian's
-# presets enable ssh.socket beside ssh.service, and any unit a spec disabled), and
-# costs seconds of every worker's first boot.
+# Empty, not missing: a new ID on each machine's first boot without systemd's first-boot
+# `preset-all` (which would enable units the image left disabled; README "seal").
 : > /etc/machine-id
 chmod 0444 /etc/machine-id
 # journald may hold command output.
