@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 #   qemu-*, systemd-container, mmdebstrap, e2fsprogs, genisoimage: local images and workers
 #   systemd: systemd-analyze (unit checks);  git: artifact tests and `git rev-parse`
 #   binutils: readelf/strings (vm-agent/build-static.sh);  curl, ca-certificates: setup scripts
-#   util-linux: unshare, umount, nsenter, setpriv;  procps: kill;  python3
+#   util-linux: unshare, umount, nsenter, setpriv, ionice;  procps: kill;  python3
 #   iproute2: ip (do-sim's machine mode: droplets in network namespaces)
 #   gdisk, fdisk, mtools, grub-common, grub-*-bin: golden disks (sgdisk, sfdisk, mformat/
 #     mmd/mcopy, grub-mkimage, GRUB's BIOS and EFI images);  ovmf: UEFI boots
