@@ -270,7 +270,7 @@ pub fn build(spec: &BaseSpec) -> Result<Base, QemuError> {
     let work = tmp.keep();
     std::fs::rename(&work, &dir).map_err(|e| QemuError::io(&dir, e))?;
     // The first bake of this base takes a spare copy of its tree instead of copying it.
-    drop(super::container::SpareCopy::start(&base.rootfs));
+    drop(super::container::spare_copy(&base.rootfs));
     tracing::info!("base {key} ready in {}", dir.display());
     Ok(base)
 }

@@ -31,7 +31,7 @@ pub enum RootfsFrom {
 }
 
 /// The spare copy of a base tree: a pristine `cp -a` of `<base>/rootfs`, made by a bake
-/// in the background while its disk is checked ([`SpareCopy`]) and taken by the next
+/// in the background while its disk is checked ([`spare_copy`]) and taken by the next
 /// bake of that base with one rename. The copy is the one step of a bake that writes
 /// ~16,000 files: 0.8 s on a settled disk, 4 to 11 s while the disk still writes back
 /// what came before (bench/README.md). It costs the base's cache one more tree.
@@ -84,61 +84,44 @@ pub fn prepare(
     Ok(Prepared { rootfs, from })
 }
 
-/// Makes the spare copy of a base tree ([`spare_path`]) on another thread, at the
-/// lowest CPU and IO priority (`nice -n 19 ionice -c 3 cp -a`, beside a boot check it
-/// takes nothing measurable from it), into a temporary name in the base's directory,
-/// renamed only once it is complete. Joined when dropped, so a bake ends with the
-/// spare made or its temporary copy removed. A temporary copy left by a killed bake is
-/// removed by the next one.
-pub struct SpareCopy(Option<std::thread::JoinHandle<()>>);
-
-impl SpareCopy {
-    /// Start, unless the spare exists.
-    pub fn start(base_rootfs: &Path) -> SpareCopy {
-        let (base, spare) = (base_rootfs.to_owned(), spare_path(base_rootfs));
-        SpareCopy(Some(std::thread::spawn(move || {
-            remove_stale_spares(&base);
-            if spare.exists() {
-                return;
-            }
-            let tmp = base.with_file_name(format!(
-                ".rootfs.spare-{}-{}",
-                std::process::id(),
-                uuid::Uuid::new_v4().simple()
-            ));
-            let mut cmd = if require_tool("ionice").is_ok() {
-                let mut c = std::process::Command::new("nice");
-                c.args(["-n", "19", "ionice", "-c", "3", "cp"]);
-                c
-            } else {
-                let mut c = std::process::Command::new("nice");
-                c.args(["-n", "19", "cp"]);
-                c
-            };
-            cmd.args(["-a", "--reflink=auto"])
-                .arg(&base)
-                .arg(&tmp)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            let copied = cmd.status().map(|s| s.success()).unwrap_or(false);
-            // Renaming onto an existing spare (another bake's) fails: ours goes.
-            if !copied || std::fs::rename(&tmp, &spare).is_err() {
-                let _ = std::fs::remove_dir_all(&tmp);
-                if !copied {
-                    tracing::debug!("could not copy {} to its spare", base.display());
-                }
-            }
-        })))
-    }
-}
-
-impl Drop for SpareCopy {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            let _ = h.join();
+/// Make the spare copy of a base tree ([`spare_path`]) on another thread, at the lowest
+/// CPU and IO priority (`nice -n 19 ionice -c 3 cp -a`, beside a boot check it takes
+/// nothing measurable from it), into a temporary name in the base's directory, renamed
+/// only once it is complete; nothing when the spare exists. Joined when dropped, so a
+/// bake ends with the spare made or its temporary copy removed. A temporary copy left by
+/// a killed bake is removed by the next one.
+pub fn spare_copy(base_rootfs: &Path) -> super::Background {
+    let (base, spare) = (base_rootfs.to_owned(), spare_path(base_rootfs));
+    super::Background::spawn(move || {
+        remove_stale_spares(&base);
+        if spare.exists() {
+            return;
         }
-    }
+        let tmp = base.with_file_name(format!(
+            ".rootfs.spare-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut cmd = std::process::Command::new("nice");
+        cmd.args(["-n", "19"]);
+        if require_tool("ionice").is_ok() {
+            cmd.args(["ionice", "-c", "3"]);
+        }
+        cmd.args(["cp", "-a", "--reflink=auto"])
+            .arg(&base)
+            .arg(&tmp)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let copied = cmd.status().map(|s| s.success()).unwrap_or(false);
+        // Renaming onto an existing spare (another bake's) fails: ours goes.
+        if !copied || std::fs::rename(&tmp, &spare).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !copied {
+                tracing::debug!("could not copy {} to its spare", base.display());
+            }
+        }
+    })
 }
 
 /// Remove temporary spare copies whose bake no longer runs (`.rootfs.spare-<pid>-…`).
@@ -278,7 +261,7 @@ mod tests {
         std::fs::create_dir_all(&stale).unwrap();
         std::fs::create_dir_all(&running).unwrap();
 
-        drop(SpareCopy::start(&base));
+        drop(spare_copy(&base));
         let spare = spare_path(&base);
         assert!(!stale.exists() && running.exists());
         assert_eq!(
@@ -322,9 +305,9 @@ mod tests {
         );
 
         // With a spare in place, another is not made.
-        drop(SpareCopy::start(&base));
+        drop(spare_copy(&base));
         std::fs::write(spare.join("marker"), "").unwrap();
-        drop(SpareCopy::start(&base));
+        drop(spare_copy(&base));
         assert!(spare.join("marker").exists());
     }
 }

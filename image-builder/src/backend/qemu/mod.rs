@@ -599,10 +599,10 @@ pub async fn bake(
         // The provisioned tree is on the disk now; its copy goes while the disk is
         // converted and boot-checked, instead of after.
         if !opts.keep_work {
-            _removing = Some(RemoveInBackground::start(prepared.rootfs.clone()));
+            _removing = Some(remove_in_background(prepared.rootfs.clone()));
         }
         // The next bake of this base takes a spare copy instead of copying.
-        _spare = Some(container::SpareCopy::start(rootfs));
+        _spare = Some(container::spare_copy(rootfs));
         convert(&raw, &work.join("convert.log"))?;
         let _ = std::fs::remove_file(&raw);
         mark(&mut timings, BakeStep::Image);
@@ -726,25 +726,31 @@ fn io_err(p: &Path, e: std::io::Error) -> QemuError {
     QemuError::io(p, e)
 }
 
-/// A directory removed on another thread; joined when dropped.
-struct RemoveInBackground(Option<std::thread::JoinHandle<()>>);
+/// Work on another thread, joined (waited for) when dropped: a bake ends with it done.
+pub struct Background(Option<std::thread::JoinHandle<()>>);
 
-impl RemoveInBackground {
-    fn start(dir: PathBuf) -> Self {
-        RemoveInBackground(Some(std::thread::spawn(move || {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::debug!("removing {}: {e}", dir.display());
-            }
-        })))
+impl Background {
+    /// Run `work` on another thread.
+    pub fn spawn(work: impl FnOnce() + Send + 'static) -> Background {
+        Background(Some(std::thread::spawn(work)))
     }
 }
 
-impl Drop for RemoveInBackground {
+impl Drop for Background {
     fn drop(&mut self) {
         if let Some(h) = self.0.take() {
             let _ = h.join();
         }
     }
+}
+
+/// Remove `dir` on another thread.
+fn remove_in_background(dir: PathBuf) -> Background {
+    Background::spawn(move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::debug!("removing {}: {e}", dir.display());
+        }
+    })
 }
 
 #[cfg(test)]
