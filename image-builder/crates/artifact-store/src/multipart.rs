@@ -1,9 +1,9 @@
-//! One local file as an S3 multipart upload, in three steps a caller can stop between:
-//! [`Multipart::create`], [`Multipart::send`] (the parts, several at a time) and
-//! [`Multipart::complete`]. Whoever stops it calls [`Multipart::abort`], so no parts are
-//! left in the bucket (stores keep and bill the parts of an unfinished upload). Used by
-//! [`crate::publish`] for big build files and by `images import` for disks over the
-//! 5 GiB a single PUT carries.
+//! One local file as an S3 multipart upload: [`Multipart::create`], then
+//! [`Multipart::upload`] (the parts, several at a time, and the completion; aborted when
+//! any of it fails). A caller that stops an upload midway (a signal) calls
+//! [`Multipart::abort`], so no parts are left in the bucket (stores keep and bill the
+//! parts of an unfinished upload). Used by [`crate::publish`] for big build files and by
+//! `images import` for disks over the 5 GiB a single PUT carries.
 
 use std::path::Path;
 
@@ -96,14 +96,33 @@ impl Multipart {
         })
     }
 
-    /// The object's key.
-    pub fn key(&self) -> &str {
-        &self.key
+    /// Upload the `size` bytes of `path` as parts, then complete the upload (the object
+    /// exists from then on). Whatever fails, the upload is aborted first.
+    pub async fn upload(
+        &self,
+        path: &Path,
+        size: u64,
+        opts: PartOptions<'_>,
+    ) -> Result<(), SendError> {
+        let done = match self.send(path, size, opts).await {
+            Ok(sent) => {
+                let _permit = match opts.sem {
+                    Some(s) => s.acquire().await.ok(),
+                    None => None,
+                };
+                self.complete(sent).await.map_err(SendError::from)
+            }
+            Err(e) => Err(e),
+        };
+        if done.is_err() {
+            self.abort().await;
+        }
+        done
     }
 
     /// Upload the `size` bytes of `path` as parts; their receipts, in order, for
     /// [`Multipart::complete`].
-    pub async fn send(
+    async fn send(
         &self,
         path: &Path,
         size: u64,
@@ -164,7 +183,7 @@ impl Multipart {
     }
 
     /// `CompleteMultipartUpload`: the object exists from here on.
-    pub async fn complete(&self, parts: Vec<CompletedPart>) -> Result<(), RemoteError> {
+    async fn complete(&self, parts: Vec<CompletedPart>) -> Result<(), RemoteError> {
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)

@@ -509,28 +509,16 @@ async fn upload_multipart(
         sem: Some(&*ctx.sem),
         progress: ctx.progress,
     };
-    let sent = match upload.send(&f.abs, e.size, parts).await {
-        Ok(sent) => sent,
-        Err(err) => {
-            upload.abort().await;
-            return Err(match err {
-                SendError::Local(source) => PublishError::Local {
-                    path: f.abs.clone(),
-                    source,
-                },
-                SendError::Remote(r) => r.into(),
-            });
-        }
-    };
-    let complete = {
-        let _permit = ctx.sem.acquire().await.ok();
-        upload.complete(sent).await
-    };
-    if let Err(err) = complete {
-        upload.abort().await;
-        return Err(err.into());
-    }
-    Ok(())
+    upload
+        .upload(&f.abs, e.size, parts)
+        .await
+        .map_err(|err| match err {
+            SendError::Local(source) => PublishError::Local {
+                path: f.abs.clone(),
+                source,
+            },
+            SendError::Remote(r) => r.into(),
+        })
 }
 
 #[cfg(test)]

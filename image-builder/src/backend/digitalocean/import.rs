@@ -320,19 +320,16 @@ async fn put_public_parts(
         sem: None,
         progress: None,
     };
-    let sent = tokio::select! {
+    // A failed part or completion aborts the upload itself; a signal stops it here.
+    let done = tokio::select! {
         biased;
         s = signals.recv() => Err(DoBakeError::Interrupted(s)),
-        r = parts.send(file, upload.size, options) => r.map_err(|e| match e {
+        r = parts.upload(file, upload.size, options) => r.map_err(|e| match e {
             SendError::Local(e) => config(format!("{}: {e}", file.display())),
             SendError::Remote(r) => space(r),
         }),
     };
-    let done = match sent {
-        Ok(sent) => parts.complete(sent).await.map_err(space),
-        Err(e) => Err(e),
-    };
-    if done.is_err() {
+    if let Err(DoBakeError::Interrupted(_)) = done {
         parts.abort().await;
     }
     done

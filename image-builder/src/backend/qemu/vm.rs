@@ -36,12 +36,10 @@ pub fn resolve_accel(accel: Accel) -> Accel {
 }
 
 /// The CPU a VM gets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuModel {
     /// All the accelerator offers: the host's CPU under KVM (`-cpu host`), QEMU's `max`
     /// under TCG. Workers and provisioning VMs get it: their jobs may use any extension.
-    #[default]
     Best,
     /// QEMU's `qemu64`: x86-64 with no extension past SSE3, Debian amd64's baseline. The
     /// boot check's: an image that boots on it needs nothing a x86-64 machine may lack.
